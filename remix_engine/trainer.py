@@ -1,0 +1,562 @@
+"""The training loop: rollout → reward → advantage → mix fresh + replayed → m epochs → reincarnate.
+
+Plain GRPO/PPO are the special case of the same loop (replay share 0, one epoch, KL-Convex off,
+no reincarnation), so baselines run exactly the code ReMix runs. The math lives in
+`algorithms.py`; this module only orchestrates and emits events to a `Sink`.
+
+Versions: the policy that generates at step t is version t (weights before step t's update).
+A replayed sample generated at step v and consumed at step t has age t − v.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from remix_engine import algorithms as algo
+from remix_engine.buffer import Group, ReplayBuffer, Sample
+from remix_engine.config import RunConfig, load_saved_config, save_config
+from remix_engine.data import Problem, encode_prompts, load_problems, render_prompt
+from remix_engine.logprobs import forward_response, make_token_batch, sequence_logprobs
+from remix_engine.models import load_policy
+from remix_engine.reward.behavior import behavior_metrics
+from remix_engine.reward.pool import GraderPool
+from remix_engine.rollout import SamplingParams, make_backend
+from remix_engine.sinks import Sink
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    cost_rollouts: int = 0  # responses generated so far (the paper's "cost")
+    cost_tokens: int = 0  # response tokens generated so far
+    data_epoch: int = 0
+    data_pos: int = 0
+    elapsed_s: float = 0.0  # training wall time, carried across resumes
+    reincarnated_at: int | None = None
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpt_root = Path(output_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
+        return None
+    done = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def train(cfg: RunConfig | None, output_dir: str | Path, sink: Sink | None = None, resume: bool = False) -> dict:
+    """Run (or resume) a training run in `output_dir`; returns the summary dict.
+
+    With `resume=True` and no `cfg`, the config saved in `output_dir/config.yaml` is used.
+    """
+    output_dir = Path(output_dir)
+    if cfg is None:
+        cfg_path = output_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"no config.yaml in {output_dir}: nothing to resume")
+        cfg = load_saved_config(cfg_path)
+    trainer = Trainer(cfg, output_dir, sink or Sink())
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        trainer.close()
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, output_dir: Path, sink: Sink):
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.sink = sink
+        self.state = TrainState()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.trainer.torch_threads:
+            torch.set_num_threads(cfg.trainer.torch_threads)
+        seed = cfg.trainer.seed
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+        self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed)
+        # The warm start may come from cache (no RNG used) or be computed: reseed so both agree.
+        torch.manual_seed(seed + 1)
+        self.rng = random.Random(seed)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.anchor = _frozen_copy(self.model) if cfg.actor.kl_coef > 0 else None
+        self.uses_precedent = cfg.is_remix and cfg.remix.kl_convex and cfg.remix.precedent == "previous" and cfg.actor.kl_coef > 0
+        self.precedent = _frozen_copy(self.model) if self.uses_precedent else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor.lr, weight_decay=cfg.actor.weight_decay)
+        self.buffer = ReplayBuffer(cfg.remix.window)
+        self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer,
+                                    gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization)
+        self.grader = GraderPool(processes=2, timeout_s=5.0)
+
+        self.train_problems = load_problems(cfg.data.train, split="train", seed=seed)
+        if not self.train_problems:
+            raise ValueError(f"data.train: no problems found in '{cfg.data.train}'")
+        self.heldout = load_problems(cfg.data.heldout, split="heldout", limit=cfg.data.heldout_size, seed=seed)
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    def close(self) -> None:
+        self.grader.close()
+        self.backend.close()
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        ckpt = latest_checkpoint(self.out) if resume else None
+        if ckpt is not None:
+            self._load_checkpoint(ckpt)
+        else:
+            save_config(cfg, self.out / "config.yaml")
+        self.sink.on_start({"config": cfg.model_dump(mode="json"), "resumed_from": self.state.step if ckpt else None,
+                            "output_dir": str(self.out)})
+        if ckpt is None:
+            initial = self._evaluate()
+            initial.update(self._cost_metrics())
+            self.sink.on_step(0, initial)
+            self.initial_eval = initial
+
+        status = "completed"
+        last_eval: dict[str, float] = {}
+        while self.state.step < cfg.trainer.steps:
+            if self.sink.should_stop():
+                status = "cancelled"
+                break
+            t = self.state.step + 1
+            started = time.perf_counter()
+            metrics = self._train_step(t)
+            self.state.step = t
+            if t % cfg.trainer.eval_every == 0 or t == cfg.trainer.steps:
+                last_eval = self._evaluate()
+                metrics.update(last_eval)
+            self.state.elapsed_s += time.perf_counter() - started
+            metrics["timing_s/step"] = time.perf_counter() - started
+            metrics["timing_s/elapsed"] = self.state.elapsed_s
+            metrics.update(self._cost_metrics())
+            self.sink.on_step(t, metrics)
+            if t % cfg.trainer.checkpoint_every == 0 or t == cfg.trainer.steps:
+                self._save_checkpoint()
+        if status == "cancelled" and latest_checkpoint(self.out) != self._ckpt_dir(self.state.step):
+            self._save_checkpoint()
+
+        summary = {
+            "status": status,
+            "algorithm": cfg.algorithm,
+            "steps": self.state.step,
+            "cost/rollouts": self.state.cost_rollouts,
+            "cost/tokens": self.state.cost_tokens,
+            "elapsed_s": round(self.state.elapsed_s, 3),
+            "reincarnated_at": self.state.reincarnated_at,
+            "final_eval": last_eval,
+            "initial_eval": getattr(self, "initial_eval", None),
+            "output_dir": str(self.out),
+            "checkpoint": str(latest_checkpoint(self.out)) if latest_checkpoint(self.out) else None,
+        }
+        self.sink.on_end(summary)
+        return summary
+
+    # ------------------------------------------------------------------ one step
+    def _phase(self, t: int) -> tuple[bool, float, int]:
+        """(mix-policy phase?, replay share p, UTD m) at step t."""
+        rc = self.cfg.remix
+        mixing = self.cfg.is_remix and (rc.reincarnate_at is None or t <= rc.reincarnate_at)
+        return mixing, (rc.replay_share if mixing else 0.0), (rc.utd if mixing else 1)
+
+    def _train_step(self, t: int) -> dict[str, float]:
+        cfg = self.cfg
+        metrics: dict[str, float] = {}
+        mixing, share, utd = self._phase(t)
+        n_prompts = cfg.rollout.prompts_per_step
+        n_fresh = max(1, round((1 - share) * n_prompts))
+
+        # 1. fresh rollouts from the current policy π_t
+        problems = self._next_problems(n_fresh)
+        tick = time.perf_counter()
+        result = self.backend.generate([self._encode(p) for p in problems], SamplingParams(
+            n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens))
+        metrics["timing_s/gen"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        group_size = cfg.rollout.group_size
+        refs = [problems[i // group_size].answer for i in range(len(result))]
+        grades = self.grader.grade_many(list(zip(result.texts, refs, strict=True)), require_think=cfg.data.require_think)
+        rewards = torch.tensor([1.0 if g.correct else 0.0 for g in grades])
+        metrics["timing_s/reward"] = time.perf_counter() - tick
+        fresh_groups = self._make_groups(t, problems, result, rewards)
+
+        # 2. replayed groups from the buffer (whole groups, lag ~ uniform)
+        replay_groups = self.buffer.sample_groups(n_prompts - n_fresh, self.rng) if share > 0 else []
+        fresh = [s for g in fresh_groups for s in g.samples]
+        replayed = [s for g in replay_groups for s in g.samples]
+        batch = fresh + replayed
+
+        # 3. log-probs: π_k (current weights, fixed for all epochs), anchor, precedent
+        tick = time.perf_counter()
+        prompts = [s.prompt_ids for s in batch]
+        responses = [s.response_ids for s in batch]
+        temp = cfg.rollout.temperature
+        old_lp = _pad_rows(sequence_logprobs(self.model, prompts, responses, temp, self.pad_id))
+        if result.logprobs and result.logprobs[0]:
+            engine_lp = _pad_rows([s.behavior_logprobs for s in fresh], width=old_lp.shape[1])
+            metrics.update(_rollout_corr(engine_lp, old_lp[: len(fresh)], _mask_for(fresh, old_lp.shape[1])))
+        if cfg.rollout.behavior_logprobs == "recompute":
+            for s, row in zip(fresh, old_lp, strict=False):
+                s.behavior_logprobs = row[: len(s.response_ids)].tolist()
+        behavior_lp = _pad_rows([s.behavior_logprobs for s in batch], width=old_lp.shape[1])
+        anchor_lp = (_pad_rows(sequence_logprobs(self.anchor, prompts, responses, temp, self.pad_id), old_lp.shape[1])
+                     if self.anchor is not None else None)
+        lam = self._kl_lambda(t)
+        precedent_lp = None
+        if self.anchor is not None and lam < 1.0:
+            if self.precedent is not None:
+                precedent_lp = _pad_rows(sequence_logprobs(self.precedent, prompts, responses, temp, self.pad_id),
+                                         old_lp.shape[1])
+            else:  # precedent = "current": π_k itself, i.e. verl's old_log_prob
+                precedent_lp = old_lp
+        if self.precedent is not None:  # π_t becomes next step's precedent π_{k−1}
+            self.precedent.load_state_dict(self.model.state_dict())
+        metrics["timing_s/old_log_prob"] = time.perf_counter() - tick
+
+        # 4. advantages per token
+        token_batch = make_token_batch(prompts, responses, self.pad_id)
+        mask = token_batch.response_mask
+        advantages = algo.broadcast_to_tokens(torch.tensor([s.advantage for s in batch]), mask)
+
+        # 5. m epochs of mini-batch updates
+        tick = time.perf_counter()
+        update_metrics, per_sample = self._update(token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp,
+                                                  advantages, lam, utd)
+        metrics["timing_s/update"] = time.perf_counter() - tick
+        metrics["perf/throughput"] = float(mask.sum()) * utd / max(metrics["timing_s/update"], 1e-9)
+        metrics.update(update_metrics)
+        metrics["timing_s/sync"] = self.backend.sync_weights(self.model)
+
+        # 6. bookkeeping: reuse counts, buffer, reincarnation, cost
+        for s in replayed:
+            s.reuse_count += 1
+        self.buffer.push(t, fresh_groups)
+        if cfg.is_remix and cfg.remix.reincarnate_at == t:
+            self._reincarnate(t)
+        self.state.cost_rollouts += len(fresh)
+        self.state.cost_tokens += sum(len(s.response_ids) for s in fresh)
+
+        metrics.update(self._rollout_metrics(fresh, result, grades, rewards, fresh_groups))
+        metrics.update(self._replay_metrics(t, batch, replayed, per_sample, share, utd, mixing, lam))
+        self._emit_rollouts(t, problems, fresh, result, grades)
+        self._emit_uses(t, batch, per_sample)
+        return metrics
+
+    def _update(self, token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp, advantages, lam, utd):
+        cfg = self.cfg.actor
+        temp = self.cfg.rollout.temperature
+        size = token_batch.input_ids.shape[0]
+        sums: dict[str, float] = defaultdict(float)
+        n_updates = 0
+        stats_acc: dict[str, torch.Tensor] = {}
+        self.model.train()
+        for _ in range(utd):
+            order = list(range(size))
+            self.rng.shuffle(order)
+            for lo in range(0, size, cfg.mini_batch_size):
+                idx = torch.tensor(order[lo: lo + cfg.mini_batch_size])
+                mb = _select(token_batch, idx)
+                logp, entropy, _ = forward_response(self.model, mb, temp, with_entropy=cfg.entropy_coef > 0)
+                loss, m = algo.mix_ppg_policy_loss(
+                    logp, old_lp[idx], behavior_lp[idx], advantages[idx], mb.response_mask,
+                    clip_eps_low=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
+                    agg=cfg.loss_agg)
+                if anchor_lp is not None:
+                    kl_loss, kl_m = algo.kl_convex_loss(
+                        logp, anchor_lp[idx], precedent_lp[idx] if precedent_lp is not None else None, lam,
+                        mb.response_mask, kind=cfg.kl_estimator, agg=cfg.loss_agg)
+                    loss = loss + cfg.kl_coef * kl_loss
+                    m.update(kl_m)
+                if entropy is not None:
+                    ent_loss, ent_m = algo.entropy_bonus_loss(entropy, mb.response_mask, cfg.entropy_coef, cfg.loss_agg)
+                    loss = loss + ent_loss
+                    m.update(ent_m)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                m["actor/grad_norm"] = float(grad_norm)
+                m["actor/loss"] = float(loss.detach())
+                for k, v in m.items():
+                    sums[k] += float(v)
+                n_updates += 1
+                with torch.no_grad():
+                    stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp[idx], old_lp[idx], mb.response_mask,
+                                                        cfg.clip_eps, cfg.clip_eps_high)
+                for k, v in stats.items():
+                    acc = stats_acc.setdefault(k, torch.zeros(size) if k != "ratio_max" else torch.full((size,), -math.inf))
+                    if k == "ratio_max":
+                        acc[idx] = torch.maximum(acc[idx], v)
+                    else:
+                        acc[idx] += v / utd  # mean over epochs
+        metrics = {k: v / max(n_updates, 1) for k, v in sums.items()}
+        metrics["actor/optimizer_steps"] = float(n_updates)
+        metrics["actor/lr"] = cfg.lr
+        return metrics, stats_acc
+
+    # ------------------------------------------------------------------ pieces
+    def _kl_lambda(self, t: int) -> float:
+        rc = self.cfg.remix
+        if not (self.cfg.is_remix and rc.kl_convex):
+            return 1.0  # KL-Convex off: plain KL to the anchor
+        s = rc.schedule
+        return algo.kl_convex_lambda(t, start=s.start, interval=s.interval, decay=s.decay, floor=s.floor)
+
+    def _reincarnate(self, t: int) -> None:
+        """Policy reincarnation: the anchor becomes a frozen copy of π_T and the buffer is dropped."""
+        if self.anchor is not None:
+            self.anchor.load_state_dict(self.model.state_dict())
+        self.buffer.clear()
+        self.state.reincarnated_at = t
+
+    def _make_groups(self, t: int, problems: list[Problem], result, rewards: torch.Tensor) -> list[Group]:
+        group_size = self.cfg.rollout.group_size
+        group_index = torch.arange(len(result)) // group_size
+        adv = self._advantages(rewards, group_index)
+        groups = []
+        for gi, problem in enumerate(problems):
+            gid = f"s{t:06d}-g{gi:03d}"
+            group = Group(gid, t)
+            for j in range(group_size):
+                i = gi * group_size + j
+                group.samples.append(Sample(
+                    uid=f"{gid}-r{j}", prompt_id=problem.id, group_id=gid, prompt_ids=result.prompt_ids[i],
+                    response_ids=result.response_ids[i], behavior_logprobs=result.logprobs[i],
+                    reward=float(rewards[i]), advantage=float(adv[i]), policy_version=t, step=t,
+                    truncated=result.truncated[i]))
+            groups.append(group)
+        return groups
+
+    def _advantages(self, rewards: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+        kind = self.cfg.actor.advantage
+        if kind == "grpo":
+            return algo.grpo_advantages(rewards, group_index)
+        if kind == "drgrpo":
+            return algo.drgrpo_advantages(rewards, group_index)
+        if kind == "rloo":
+            return algo.rloo_advantages(rewards, group_index)
+        raise ValueError(f"actor.advantage '{kind}' is not available for {self.cfg.algorithm}")
+
+    def _next_problems(self, n: int) -> list[Problem]:
+        """Walk the training set in a seeded permutation per epoch (resumable from (epoch, pos))."""
+        out = []
+        while len(out) < n:
+            order = list(range(len(self.train_problems)))
+            random.Random(self.cfg.trainer.seed * 1_000_003 + self.state.data_epoch).shuffle(order)
+            take = order[self.state.data_pos: self.state.data_pos + n - len(out)]
+            out.extend(self.train_problems[i] for i in take)
+            self.state.data_pos += len(take)
+            if self.state.data_pos >= len(order):
+                self.state.data_epoch += 1
+                self.state.data_pos = 0
+        return out
+
+    def _encode(self, problem: Problem) -> list[int]:
+        ids = self._prompt_ids.get(problem.id)
+        if ids is None:
+            text = render_prompt(self.tokenizer, problem.problem, self.cfg.data, self.cfg.model.use_chat_template)
+            ids = encode_prompts(self.tokenizer, [text], self.cfg.data.max_prompt_tokens)[0]
+            self._prompt_ids[problem.id] = ids
+        return ids
+
+    def _evaluate(self) -> dict[str, float]:
+        """Greedy pass@1 on the held-out problems (temperature 0, one sample each)."""
+        if not self.heldout:
+            return {}
+        tick = time.perf_counter()
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.rollout.max_new_tokens)
+        result = self.backend.generate([self._encode(p) for p in self.heldout], params)
+        grades = self.grader.grade_many([(txt, p.answer) for txt, p in zip(result.texts, self.heldout, strict=True)],
+                                        require_think=self.cfg.data.require_think)
+        n = len(grades)
+        metrics = {
+            "eval/heldout/pass@1": sum(g.correct for g in grades) / n,
+            "eval/heldout/format_ok": sum(g.format_ok for g in grades) / n,
+            "eval/heldout/response_length": sum(len(r) for r in result.response_ids) / n,
+            "eval/heldout/self_reflection_rate": behavior_metrics(result.texts)["behavior/self_reflection_rate"],
+            "timing_s/eval": time.perf_counter() - tick,
+        }
+        return metrics
+
+    def _cost_metrics(self) -> dict[str, float]:
+        return {"cost/rollouts": float(self.state.cost_rollouts), "cost/tokens": float(self.state.cost_tokens)}
+
+    def _rollout_metrics(self, fresh, result, grades, rewards, groups) -> dict[str, float]:
+        lengths = torch.tensor([float(len(s.response_ids)) for s in fresh])
+        zero_std = sum(1 for g in groups if len({s.reward for s in g.samples}) == 1) / max(len(groups), 1)
+        m = {
+            "critic/score/mean": float(rewards.mean()),
+            "critic/score/max": float(rewards.max()),
+            "critic/score/min": float(rewards.min()),
+            "critic/advantages/mean": sum(s.advantage for s in fresh) / len(fresh),
+            "critic/frac_reward_zero_std": zero_std,
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/min": float(lengths.min()),
+            "response_length/clip_ratio": sum(result.truncated) / len(fresh),
+            "reward/format_ok": sum(g.format_ok for g in grades) / len(grades),
+        }
+        m.update(behavior_metrics(result.texts))
+        return m
+
+    def _replay_metrics(self, t, batch, replayed, per_sample, share, utd, mixing, lam) -> dict[str, float]:
+        m = {
+            "replay/buffer_size": float(len(self.buffer)),
+            "replay/fresh_share": (len(batch) - len(replayed)) / len(batch),
+            "replay/replayed_samples": float(len(replayed)),
+            "replay/target_share": share,
+            "replay/utd": float(utd),
+            "replay/mix_phase": 1.0 if mixing else 0.0,
+            "replay/reincarnated": 1.0 if self.state.reincarnated_at is not None else 0.0,
+            "actor/kl_lambda": lam,
+        }
+        if replayed:
+            reuse = [s.reuse_count for s in replayed]
+            m["replay/reuse_count_mean"] = sum(reuse) / len(reuse)
+            m["replay/reuse_count_max"] = float(max(reuse))
+        ages = torch.tensor([t - s.policy_version for s in batch])
+        m["replay/age_mean"] = float(ages.float().mean())
+        m["replay/age_max"] = float(ages.max())
+        for age in sorted(set(ages.tolist())):
+            sel = ages == age
+            prefix = f"replay/age_{age}"
+            m[f"{prefix}/count"] = float(sel.sum())
+            m[f"{prefix}/ratio_mean"] = float(per_sample["ratio_mean"][sel].mean())
+            m[f"{prefix}/ratio_max"] = float(per_sample["ratio_max"][sel].max())
+            m[f"{prefix}/clipfrac"] = float(per_sample["clipfrac"][sel].mean())
+            m[f"{prefix}/kl_to_behavior"] = float(per_sample["kl_to_behavior"][sel].mean())
+        return m
+
+    def _emit_rollouts(self, t, problems, fresh, result, grades) -> None:
+        if not self.cfg.trainer.log_rollouts:
+            return
+        group_size = self.cfg.rollout.group_size
+        rows = []
+        for i, (s, g) in enumerate(zip(fresh, grades, strict=True)):
+            problem = problems[i // group_size]
+            rows.append({
+                "uid": s.uid, "step": t, "policy_version": s.policy_version, "group_id": s.group_id,
+                "prompt_id": problem.id, "prompt": problem.problem, "response": result.texts[i],
+                "extracted": g.extracted, "reference": problem.answer, "reward": s.reward, "correct": g.correct,
+                "format_ok": g.format_ok, "reason": g.reason, "length": len(s.response_ids),
+                "truncated": s.truncated, "advantage": s.advantage,
+            })
+        self.sink.on_rollouts(t, rows)
+
+    def _emit_uses(self, t, batch, per_sample) -> None:
+        if not self.cfg.trainer.log_rollouts:
+            return
+        rows = [{
+            "rollout_uid": s.uid, "step": t, "age": t - s.policy_version,
+            "ratio_mean": float(per_sample["ratio_mean"][i]), "ratio_max": float(per_sample["ratio_max"][i]),
+            "clipfrac": float(per_sample["clipfrac"][i]), "kl_to_behavior": float(per_sample["kl_to_behavior"][i]),
+        } for i, s in enumerate(batch)]
+        self.sink.on_rollout_uses(t, rows)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_dir(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+    def _save_checkpoint(self) -> Path:
+        """Policy in HF format + everything needed for an exact resume, written atomically."""
+        step = self.state.step
+        final = self._ckpt_dir(step)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp / "policy")
+        self.tokenizer.save_pretrained(tmp / "policy")
+        torch.save({
+            "state": asdict(self.state),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "python_rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "anchor": self.anchor.state_dict() if self.anchor is not None and self.state.reincarnated_at else None,
+            "precedent": self.precedent.state_dict() if self.precedent is not None else None,
+            "initial_eval": getattr(self, "initial_eval", None),
+        }, tmp / STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        kept = sorted(p for p in final.parent.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp"))
+        for old in kept[: -self.cfg.trainer.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.sink.on_checkpoint(step, str(final), {"step": step, "policy_version": step + 1, "path": str(final),
+                                                   "policy_path": str(final / "policy")})
+        return final
+
+    def _load_checkpoint(self, path: Path) -> None:
+        blob = torch.load(path / STATE_FILE, weights_only=False)
+        from remix_engine.models import load_pretrained
+
+        policy, _ = load_pretrained(path / "policy")
+        self.model.load_state_dict(policy.state_dict())
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.buffer.load_state_dict(blob["buffer"])
+        self.rng.setstate(blob["python_rng"])
+        torch.set_rng_state(blob["torch_rng"])
+        self.state = TrainState(**blob["state"])
+        if blob["anchor"] is not None and self.anchor is not None:
+            self.anchor.load_state_dict(blob["anchor"])
+        if blob["precedent"] is not None and self.precedent is not None:
+            self.precedent.load_state_dict(blob["precedent"])
+        self.initial_eval = blob.get("initial_eval")
+        self.backend.sync_weights(self.model)
+
+
+# ---------------------------------------------------------------------- helpers
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    clone = copy.deepcopy(model)
+    clone.eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
+
+
+def _pad_rows(rows: list[list[float]], width: int | None = None) -> torch.Tensor:
+    width = width or max(1, max(len(r) for r in rows))
+    out = torch.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(r[:width])
+    return out
+
+
+def _mask_for(samples: list[Sample], width: int) -> torch.Tensor:
+    mask = torch.zeros((len(samples), width))
+    for i, s in enumerate(samples):
+        mask[i, : len(s.response_ids)] = 1.0
+    return mask
+
+
+def _select(batch, idx: torch.Tensor):
+    from remix_engine.logprobs import TokenBatch
+
+    return TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.position_ids[idx],
+                      batch.response_ids[idx], batch.response_mask[idx], batch.prompt_width)
+
+
+def _rollout_corr(engine_lp: torch.Tensor, trainer_lp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Gap between the rollout engine's behaviour log-probs and the trainer's recomputation (verl's rollout_corr)."""
+    diff = (engine_lp - trainer_lp).abs() * mask
+    n = mask.sum().clamp(min=1)
+    return {
+        "rollout_corr/logprob_abs_diff_mean": float(diff.sum() / n),
+        "rollout_corr/logprob_abs_diff_max": float(diff.max()),
+        "rollout_corr/ratio_mean": float(((trainer_lp - engine_lp).exp() * mask).sum() / n),
+    }

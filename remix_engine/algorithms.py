@@ -393,6 +393,7 @@ def kl_convex_loss(
     kind: str = "k3",
     agg: str = "token-mean",
     global_token_count: float | int | None = None,
+    global_seq_count: float | int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """KL-Convex regulariser (remix_algorithm.md §4), per token then aggregated:
 
@@ -417,7 +418,9 @@ def kl_convex_loss(
             raise ValueError("precedent_logp is required when lam < 1")
         kl_prec = kl_penalty(logp, precedent_logp, kind)
         combined = lam * kl_anchor + (1.0 - lam) * kl_prec
-    loss = agg_loss(combined, mask, agg, global_token_count=global_token_count)
+    loss = agg_loss(
+        combined, mask, agg, global_token_count=global_token_count, global_seq_count=global_seq_count
+    )
     with torch.no_grad():
         metrics = {
             "actor/kl_anchor": _float(agg_loss(kl_anchor, mask, agg)),

@@ -23,7 +23,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Union
 
 GRADER_TAG = "deepscaler-v1"
 grader_tag = GRADER_TAG
@@ -32,7 +31,7 @@ THINK_CLOSE = "</think>"
 BOX_MACRO = "\\boxed"
 BOX_OPEN = "\\boxed{"
 
-Reference = Union[str, int, float, Sequence[Union[str, int, float]]]
+Reference = str | int | float | Sequence[str | int | float]
 
 REASON_CORRECT = "correct"
 REASON_WRONG = "wrong answer"
@@ -504,7 +503,7 @@ def equal_sympy(given: str, reference: str) -> bool:
         return False
     if len(ref_elems) != len(given_elems):
         return False
-    return all(_elements_equal(r, g) for r, g in zip(ref_elems, given_elems))
+    return all(_elements_equal(r, g) for r, g in zip(ref_elems, given_elems, strict=True))
 
 
 def answers_match(given: str, reference: str) -> bool:

@@ -27,7 +27,12 @@ def _load():
         from latex2sympy2_extended import NormalizationConfig
     except ImportError:
         return None
-    for name in ("math_verify", "math_verify.parser", "math_verify.grader", "latex2sympy2_extended.math_normalization"):
+    for name in (
+        "math_verify",
+        "math_verify.parser",
+        "math_verify.grader",
+        "latex2sympy2_extended.math_normalization",
+    ):
         logging.getLogger(name).addFilter(_drop_expected_warnings)
     return math_verify, NormalizationConfig
 

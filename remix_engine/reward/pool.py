@@ -307,7 +307,9 @@ class GraderPool:
             self._collect(jobs, outcomes)
             self._expire(jobs, outcomes)
             self._check_startups()
-        return [outcome if outcome is not None else TaskOutcome(ok=False, error="lost") for outcome in outcomes]
+        return [
+            outcome if outcome is not None else TaskOutcome(ok=False, error="lost") for outcome in outcomes
+        ]
 
     def _dispatch(self, kind: str, payloads: list[tuple], pending: deque, jobs: dict[int, _Job]) -> None:
         """Hand the next pending items to ready, idle workers."""
@@ -358,7 +360,9 @@ class GraderPool:
             if job is None:
                 continue
             ok, value = message
-            outcomes[job.index] = TaskOutcome(ok=True, value=value) if ok else TaskOutcome(ok=False, error=value)
+            outcomes[job.index] = (
+                TaskOutcome(ok=True, value=value) if ok else TaskOutcome(ok=False, error=value)
+            )
 
     def _on_crash(self, slot: int, jobs: dict[int, _Job], outcomes: list[TaskOutcome | None]) -> None:
         """A worker died (segfault, OOM kill): fail its item and replace it."""
@@ -408,7 +412,7 @@ class GraderPool:
         outcomes = self.run_tasks(TASK_GRADE, payloads)
         return [
             _to_grade_result(outcome, response, require_think)
-            for outcome, (response, _) in zip(outcomes, items)
+            for outcome, (response, _) in zip(outcomes, items, strict=True)
         ]
 
     def mathverify_many(self, items: Sequence[tuple[str, Reference]]) -> list[bool | None]:

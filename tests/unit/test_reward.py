@@ -285,7 +285,9 @@ def test_amc_float_references_and_all_minerva_alternatives():
     amc = load_benchmark("amc23")
     assert sum(grade(boxed(row["answer"]), row["meta"]["answer_raw"]).correct for row in amc) == 83
     minerva = load_benchmark("minerva")
-    alternatives = [(alt.strip(), row["meta"]["answers_raw"]) for row in minerva for alt in row["meta"]["answers_raw"]]
+    alternatives = [
+        (alt.strip(), row["meta"]["answers_raw"]) for row in minerva for alt in row["meta"]["answers_raw"]
+    ]
     assert sum(grade(boxed(alt), refs).correct for alt, refs in alternatives) == len(alternatives) == 351
 
 

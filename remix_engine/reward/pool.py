@@ -43,11 +43,10 @@ from remix_engine.reward.grader import (
 )
 
 _READY = "ready"
-# Extra seconds granted the first time a worker runs a task kind whose imports are lazy.
-_FIRST_USE_GRACE_S = {"mathverify": 30.0}
 TASK_GRADE = "grade"
 TASK_MATHVERIFY = "mathverify"
 TASK_SLEEP = "sleep"  # test hook: sleeps for the given seconds, then echoes them back
+TASK_LOAD = "load"  # imports and warms the code behind a task kind (start-up work, not timed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,14 +89,23 @@ def _run_task(kind: str, payload: tuple) -> Any:
         (seconds,) = payload
         time.sleep(seconds)
         return seconds
+    if kind == TASK_LOAD:
+        (loaded_kind,) = payload
+        _warm_up(loaded_kind)
+        return loaded_kind
     raise ValueError(f"unknown task kind {kind!r}")
 
 
-def _warm_up() -> None:
-    """Import the grader and run one sympy comparison so the first real item is fast."""
-    from remix_engine.reward.grader import grade
+def _warm_up(kind: str) -> None:
+    """Import the code behind a task kind and run one small item so the first real one is fast."""
+    if kind == TASK_GRADE:
+        from remix_engine.reward.grader import grade
 
-    grade("</think>\\boxed{2\\sqrt{2}}", "\\sqrt{8}")
+        grade("</think>\\boxed{2\\sqrt{2}}", "\\sqrt{8}")
+    elif kind == TASK_MATHVERIFY:
+        from remix_engine.reward.mathverify import mathverify_correct
+
+        mathverify_correct("</think>\\boxed{\\frac{1}{2}}", "0.5")
 
 
 def _die_with_parent() -> None:
@@ -112,15 +120,19 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(read_fd: int, write_fd: int, memory_limit_mb: int) -> None:
-    """Worker loop: announce readiness, then answer ``(kind, payload)`` requests until EOF/None.
+def worker_main(read_fd: int, write_fd: int, memory_limit_mb: int, preload: str) -> None:
+    """Worker loop: warm up, announce readiness, then answer ``(kind, payload)`` requests.
+
+    ``preload`` is a comma-separated list of task kinds to import before reporting ready. The
+    loop ends on EOF or a ``None`` request.
 
     Each reply is ``(True, result)`` or ``(False, error_text)``.
     """
     _die_with_parent()
     inbox = Connection(read_fd, writable=False)
     outbox = Connection(write_fd, readable=False)
-    _warm_up()
+    for kind in filter(None, preload.split(",")):
+        _warm_up(kind)
     _limit_address_space(memory_limit_mb)
     outbox.send(_READY)
     while True:
@@ -145,7 +157,7 @@ def worker_main(read_fd: int, write_fd: int, memory_limit_mb: int) -> None:
 _BOOTSTRAP = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "from remix_engine.reward.pool import worker_main; "
-    "worker_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+    "worker_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])"
 )
 
 
@@ -163,7 +175,7 @@ class _Worker:
     writer: Connection
     ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
-    kinds_run: set[str] = field(default_factory=set)
+    loaded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -214,6 +226,7 @@ class GraderPool:
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
+        self._preload = {TASK_GRADE}
         self._workers: list[_Worker] = [self._start_worker() for _ in range(processes)]
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -230,9 +243,14 @@ class GraderPool:
             str(to_child_r),
             str(to_parent_w),
             str(self.memory_limit_mb or 0),
+            ",".join(sorted(self._preload)),
         ]
         try:
             process = subprocess.Popen(command, pass_fds=(to_child_r, to_parent_w), stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(to_parent_r)
+            os.close(to_child_w)
+            raise
         finally:
             os.close(to_child_r)
             os.close(to_parent_w)
@@ -240,6 +258,7 @@ class GraderPool:
             process=process,
             reader=Connection(to_parent_r, writable=False),
             writer=Connection(to_child_w, readable=False),
+            loaded=frozenset(self._preload),
         )
 
     @staticmethod
@@ -295,6 +314,8 @@ class GraderPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("GraderPool is closed")
+            if payloads:
+                self._ensure_loaded(kind)
             return self._run_locked(kind, list(payloads))
 
     def _run_locked(self, kind: str, payloads: list[tuple]) -> list[TaskOutcome]:
@@ -325,9 +346,7 @@ class GraderPool:
                 pending.appendleft(index)
                 self._replace_worker(slot)
                 continue
-            grace = 0.0 if kind in worker.kinds_run else _FIRST_USE_GRACE_S.get(kind, 0.0)
-            worker.kinds_run.add(kind)
-            jobs[slot] = _Job(index=index, deadline=time.monotonic() + self.timeout_s + grace)
+            jobs[slot] = _Job(index=index, deadline=time.monotonic() + self.timeout_s)
 
     def _wait_budget(self, jobs: dict[int, _Job]) -> float:
         """Seconds to block: until the earliest deadline, or a short poll while workers start."""
@@ -394,9 +413,38 @@ class GraderPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("GraderPool is closed")
-            while any(not worker.ready for worker in self._workers):
-                self._collect({}, [])
-                self._check_startups()
+            self._wait_ready_locked()
+
+    def _wait_ready_locked(self) -> None:
+        """Block until every worker has sent its ready message; the caller holds the lock."""
+        while any(not worker.ready for worker in self._workers):
+            self._collect({}, [])
+            self._check_startups()
+
+    def _ensure_loaded(self, kind: str) -> None:
+        """Have every worker import and warm ``kind``'s code before its timed items start.
+
+        Import time (math-verify pulls in antlr) is start-up work and must not count against an
+        item's timeout. Workers started later (replacements) preload the kind themselves.
+        """
+        if kind not in (TASK_GRADE, TASK_MATHVERIFY):
+            return
+        self._preload.add(kind)
+        self._wait_ready_locked()
+        lacking = [worker for worker in self._workers if kind not in worker.loaded]
+        for worker in lacking:
+            worker.writer.send((TASK_LOAD, (kind,)))
+        deadline = time.monotonic() + self.startup_timeout_s
+        for worker in lacking:
+            try:
+                if not worker.reader.poll(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"grader worker did not load {kind!r} in time")
+                ok, value = worker.reader.recv()
+            except (EOFError, OSError) as exc:
+                raise RuntimeError(f"grader worker died while loading {kind!r}") from exc
+            if not ok:
+                raise RuntimeError(f"grader worker could not load {kind!r}: {value}")
+            worker.loaded = worker.loaded | {kind}
 
     # -- public grading API ------------------------------------------------------------------
 

@@ -109,6 +109,20 @@ def test_mathverify_through_the_pool(pool):
     assert pool.mathverify_many(items) == [True, False, True]
 
 
+@pytest.mark.skipif(not mathverify_available(), reason="math-verify is not installed")
+def test_hung_mathverify_call_is_killed(pool):
+    # math-verify 0.9.0 (timeouts disabled) evaluates 9^(9^9) and never returns in time.
+    restarts = pool.restarts
+    items = [("</think> \\boxed{9^{9^{9}}}", "5"), ("</think> \\boxed{0.5}", "\\frac12")]
+    start = time.perf_counter()
+    assert pool.mathverify_many(items) == [False, True]
+    assert time.perf_counter() - start < 1.5 + 3.0
+    assert pool.restarts == restarts + 1
+    # The replacement worker preloads math-verify and serves both task kinds.
+    assert pool.mathverify_many(items[1:] * 3) == [True] * 3
+    assert pool.grade_many(MIXED_ITEMS[:2]) == [grade(r, ref) for r, ref in MIXED_ITEMS[:2]]
+
+
 def test_closed_pool_stops_workers_and_refuses_work():
     small = GraderPool(processes=1, timeout_s=5.0)
     small.wait_ready()

@@ -11,7 +11,8 @@
   AMQP requeue) and messages made stale by a re-queue fail the claim and are acknowledged as no-ops.
 * The running worker heartbeats `heartbeat_at`; its UPDATEs are fenced by (id, attempt, running),
   so a worker that lost its job (re-queued elsewhere, cancelled) notices and stops.
-* The reaper re-dispatches jobs whose heartbeat went stale and jobs whose dispatch never went out.
+* The reaper re-dispatches jobs whose heartbeat went stale (counted in `lost_attempts`; at
+  `max_attempts` the job fails) and jobs whose dispatch never went out.
 """
 
 from __future__ import annotations
@@ -177,11 +178,13 @@ def finish(job_id: int, attempt: int, status: str, *, error: str | None = None, 
     return retrying(_finish)
 
 
-def requeue(job_id: int, attempt: int | None = None, *, reason: str, stale_before: datetime | None = None,
-            settings: Settings | None = None) -> str:
+def requeue(job_id: int, attempt: int | None = None, *, reason: str, lost: bool = True,
+            stale_before: datetime | None = None, settings: Settings | None = None) -> str:
     """Put a running job back to pending with a new dispatch token and send it again.
 
-    Returns 'requeued', 'failed' (attempts exhausted), 'cancelled' (cancel was requested) or
+    `lost=True` (the reaper: the worker stopped heartbeating) counts against max_attempts;
+    `lost=False` (a worker shutting down gracefully after checkpointing) does not.
+    Returns 'requeued', 'failed' (lost too often), 'cancelled' (cancel was requested) or
     'skipped' (the job changed meanwhile: someone else handled it)."""
     settings = settings or get_settings()
 
@@ -202,10 +205,11 @@ def requeue(job_id: int, attempt: int | None = None, *, reason: str, stale_befor
                     _finish_in_session(s, job, JobStatus.CANCELLED.value, error=None)
                     return "cancelled"
                 return "skipped"
-            if job.attempt >= job.max_attempts:
-                msg = f"{reason}; gave up after {job.attempt} attempts"
+            lost_attempts = job.lost_attempts + (1 if lost else 0)
+            if lost_attempts >= job.max_attempts:
+                msg = f"{reason}; gave up after {lost_attempts} lost attempts (REMIX_MAX_ATTEMPTS={job.max_attempts})"
                 res = s.execute(update(Job).where(*cond).values(status=JobStatus.FAILED.value, finished_at=utcnow(),
-                                                                error=msg))
+                                                                lost_attempts=lost_attempts, error=msg))
                 if res.rowcount:
                     s.refresh(job)
                     _finish_in_session(s, job, JobStatus.FAILED.value, error=msg)
@@ -213,7 +217,7 @@ def requeue(job_id: int, attempt: int | None = None, *, reason: str, stale_befor
                 return "skipped"
             res = s.execute(update(Job).where(*cond).values(
                 status=JobStatus.PENDING.value, dispatch_token=new_token(), worker=None, queued_at=utcnow(),
-                error=f"re-queued after attempt {job.attempt}: {reason}"))
+                lost_attempts=lost_attempts, error=f"re-queued after attempt {job.attempt}: {reason}"))
             if not res.rowcount:
                 return "skipped"
             if job.run_id is not None:

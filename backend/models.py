@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Double, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -111,8 +111,11 @@ class Job(SQLModel, table=True):
     run_id: int | None = Field(default=None, foreign_key="runs.id", ondelete="CASCADE", index=True)
     kind: str = Field(default=JobKind.TRAIN.value, max_length=16)
     status: str = Field(default=JobStatus.PENDING.value, max_length=16)
-    # Number of times a worker started this job (1 on the first claim); bounded by max_attempts.
+    # Number of times a worker started this job (1 on the first claim).
     attempt: int = Field(default=0)
+    # Attempts that ended with a lost worker (stale heartbeat); at max_attempts the job fails.
+    # Graceful interruptions (worker shutdown) do not count.
+    lost_attempts: int = Field(default=0)
     max_attempts: int = Field(default=3)
     # The token of the one Celery message that may claim the job; a re-queue issues a new token,
     # so stale deliveries (Redis visibility timeout, AMQP redelivery) are discarded at claim time.

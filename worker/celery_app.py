@@ -68,6 +68,11 @@ def make_celery_app(settings: Settings) -> Celery:
         timezone="UTC",
         include=["worker.tasks"],
     )
+    if settings.celery_broker_url.startswith(("amqp", "pyamqp")):
+        # A solo-pool worker is busy inside the job and cannot answer AMQP heartbeats; RabbitMQ
+        # would drop the connection mid-job. (Also raise RabbitMQ's consumer_timeout above the
+        # longest job, see docs/studio.md.)
+        app.conf.broker_heartbeat = 0
     return app
 
 

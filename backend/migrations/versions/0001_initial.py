@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("lost_attempts", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("dispatch_token", sa.String(36), nullable=True),
         sa.Column("celery_task_id", sa.String(64), nullable=True),

@@ -1,0 +1,225 @@
+"""Rollouts: filtered keyset-paginated lists, one rollout with its uses, a GRPO group side by side,
+and the off-policy views (reuse ratio per step, staleness histogram, ratio/clip per policy age)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from sqlalchemy import case, func, or_, select, tuple_
+from sqlmodel import Session
+
+from backend.api.deps import SessionDep, get_run_or_404
+from backend.api.schemas import (
+    AgeBucket,
+    AgeCount,
+    GroupOut,
+    OffPolicyOut,
+    ReuseByStep,
+    ReuseCountBin,
+    RolloutDetail,
+    RolloutOut,
+    RolloutPage,
+    RolloutUseOut,
+    StalenessCell,
+)
+from backend.auth import require_read
+from backend.models import Rollout, RolloutText, RolloutUse
+
+router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)])
+
+PREVIEW_CHARS = 240
+
+
+def _encode_cursor(step: int, rid: int, order: str) -> str:
+    raw = json.dumps({"s": step, "i": rid, "o": order}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        step, rid, corder = int(data["s"]), int(data["i"]), data["o"]
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise HTTPException(400, detail="cursor: not a cursor returned by this endpoint") from None
+    if corder != order:
+        raise HTTPException(400, detail=f"cursor: was made for order={corder}, not order={order}")
+    return step, rid
+
+
+def _rollout_out(r: Rollout, text: RolloutText | None, *, full_text: bool, preview: bool = True) -> dict:
+    data = {c: getattr(r, c) for c in RolloutOut.model_fields if hasattr(r, c) and c not in
+            ("prompt", "response", "response_preview")}
+    if text is not None:
+        if full_text:
+            data["prompt"], data["response"] = text.prompt, text.response
+        if preview:
+            resp = text.response or ""
+            data["response_preview"] = resp if len(resp) <= PREVIEW_CHARS else resp[:PREVIEW_CHARS] + "…"
+    return data
+
+
+def _like(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@router.get("/runs/{run_id}/rollouts", response_model=RolloutPage, summary="Rollouts of a run (filtered, keyset-paginated)")
+def list_rollouts(
+    run_id: int, session: SessionDep,
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    order: Literal["asc", "desc"] = Query("asc", description="by generating step, then id"),
+    step_min: int | None = Query(None, description="generated at step ≥"),
+    step_max: int | None = Query(None, description="generated at step ≤"),
+    policy_version: int | None = None,
+    reuse_count: int | None = Query(None, ge=0, description="exact number of replays (uses with age > 0)"),
+    reuse_min: int | None = Query(None, ge=0),
+    reuse_max: int | None = Query(None, ge=0),
+    correct: bool | None = None,
+    format_ok: bool | None = None,
+    truncated: bool | None = None,
+    reward: float | None = Query(None, description="exact reward"),
+    reward_min: float | None = None,
+    reward_max: float | None = None,
+    group_id: str | None = None,
+    prompt_id: str | None = None,
+    q: str | None = Query(None, max_length=200, description="text search in prompt, response and extracted answer"),
+    include_text: bool = Query(False, description="full prompt and response (otherwise a preview)"),
+) -> RolloutPage:
+    get_run_or_404(session, run_id)
+    cond = [Rollout.run_id == run_id]
+    for col, lo, hi in ((Rollout.step, step_min, step_max), (Rollout.reuse_count, reuse_min, reuse_max),
+                        (Rollout.reward, reward_min, reward_max)):
+        if lo is not None:
+            cond.append(col >= lo)
+        if hi is not None:
+            cond.append(col <= hi)
+    for col, value in ((Rollout.policy_version, policy_version), (Rollout.reuse_count, reuse_count),
+                       (Rollout.correct, correct), (Rollout.format_ok, format_ok), (Rollout.truncated, truncated),
+                       (Rollout.reward, reward), (Rollout.group_id, group_id), (Rollout.prompt_id, prompt_id)):
+        if value is not None:
+            cond.append(col == value)
+    if q:
+        pattern = _like(q)
+        hits = select(RolloutText.rollout_id).where(or_(RolloutText.response.ilike(pattern, escape="\\"),
+                                                        RolloutText.prompt.ilike(pattern, escape="\\")))
+        cond.append(or_(Rollout.id.in_(hits), Rollout.extracted.ilike(pattern, escape="\\")))
+    count = session.execute(select(func.count()).select_from(Rollout).where(*cond)).scalar_one()
+    page_cond = list(cond)
+    if cursor:
+        step, rid = _decode_cursor(cursor, order)
+        key = tuple_(Rollout.step, Rollout.id)
+        page_cond.append(key > tuple_(step, rid) if order == "asc" else key < tuple_(step, rid))
+    ordering = (Rollout.step.asc(), Rollout.id.asc()) if order == "asc" else (Rollout.step.desc(), Rollout.id.desc())
+    rows = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
+                           .where(*page_cond).order_by(*ordering).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    data = [RolloutOut(**_rollout_out(r, t, full_text=include_text)) for r, t in rows]
+    next_cursor = _encode_cursor(rows[-1][0].step, rows[-1][0].id, order) if more and rows else None
+    return RolloutPage(data=data, count=count, limit=limit, next_cursor=next_cursor)
+
+
+def _uses_of(session: Session, rollout_ids: list[int]) -> dict[int, list[RolloutUseOut]]:
+    out: dict[int, list[RolloutUseOut]] = {rid: [] for rid in rollout_ids}
+    if not rollout_ids:
+        return out
+    for u in session.execute(select(RolloutUse).where(RolloutUse.rollout_id.in_(rollout_ids))
+                             .order_by(RolloutUse.step)).scalars():
+        out[u.rollout_id].append(RolloutUseOut(step=u.step, age=u.age, ratio_mean=u.ratio_mean, ratio_max=u.ratio_max,
+                                               clipfrac=u.clipfrac, kl_to_behavior=u.kl_to_behavior))
+    return out
+
+
+@router.get("/rollouts/{rollout_id}", response_model=RolloutDetail, summary="One rollout with its text and uses")
+def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
+    row = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
+                          .where(Rollout.id == rollout_id)).first()
+    if row is None:
+        raise HTTPException(404, detail=f"rollout {rollout_id} not found")
+    r, t = row
+    return RolloutDetail(**_rollout_out(r, t, full_text=True, preview=False), uses=_uses_of(session, [r.id])[r.id])
+
+
+@router.get("/runs/{run_id}/groups/{group_id}", response_model=GroupOut,
+            summary="A GRPO group: every response to one prompt at one step, side by side")
+def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
+    get_run_or_404(session, run_id)
+    rows = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
+                           .where(Rollout.run_id == run_id, Rollout.group_id == group_id)
+                           .order_by(Rollout.uid)).all()
+    if not rows:
+        raise HTTPException(404, detail=f"group {group_id!r} not found in run {run_id}")
+    uses = _uses_of(session, [r.id for r, _ in rows])
+    rollouts = [RolloutDetail(**_rollout_out(r, t, full_text=True, preview=False), uses=uses[r.id]) for r, t in rows]
+    rewards = [r.reward for r, _ in rows if r.reward is not None]
+    mean = sum(rewards) / len(rewards) if rewards else None
+    std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards)) if rewards else None
+    first, first_text = rows[0]
+    return GroupOut(run_id=run_id, group_id=group_id, step=first.step, policy_version=first.policy_version,
+                    prompt_id=first.prompt_id, prompt=first_text.prompt if first_text else "",
+                    reference=first.reference, size=len(rows), correct=sum(1 for r, _ in rows if r.correct),
+                    reward_mean=mean, reward_std=std, zero_variance=len(set(rewards)) <= 1, rollouts=rollouts)
+
+
+@router.get("/runs/{run_id}/offpolicy", response_model=OffPolicyOut,
+            summary="Off-policy reuse: reuse ratio per step, staleness histogram, ratio/clip per policy age")
+def get_offpolicy(run_id: int, session: SessionDep, step_min: int | None = None,
+                  step_max: int | None = None) -> OffPolicyOut:
+    get_run_or_404(session, run_id)
+    cond = [RolloutUse.run_id == run_id]
+    if step_min is not None:
+        cond.append(RolloutUse.step >= step_min)
+    if step_max is not None:
+        cond.append(RolloutUse.step <= step_max)
+    replayed = func.sum(case((RolloutUse.age > 0, 1), else_=0))
+    per_step = session.execute(select(RolloutUse.step, func.count(), replayed).where(*cond)
+                               .group_by(RolloutUse.step).order_by(RolloutUse.step)).all()
+    reuse_by_step = [ReuseByStep(step=s, uses=n, fresh=n - int(rep or 0), replayed=int(rep or 0),
+                                 reuse_ratio=(int(rep or 0) / n) if n else 0.0) for s, n, rep in per_step]
+    per_age = session.execute(select(RolloutUse.age, func.count(), func.avg(RolloutUse.ratio_mean),
+                                     func.max(RolloutUse.ratio_max), func.avg(RolloutUse.clipfrac),
+                                     func.avg(RolloutUse.kl_to_behavior))
+                              .where(*cond).group_by(RolloutUse.age).order_by(RolloutUse.age)).all()
+    by_age = [AgeBucket(age=a, count=n, ratio_mean=_f(rm), ratio_max=_f(rx), clipfrac=_f(cf), kl_to_behavior=_f(kl))
+              for a, n, rm, rx, cf, kl in per_age]
+    cells = session.execute(select(RolloutUse.step, RolloutUse.age, func.count()).where(*cond)
+                            .group_by(RolloutUse.step, RolloutUse.age)
+                            .order_by(RolloutUse.step, RolloutUse.age)).all()
+    rcond = [Rollout.run_id == run_id]
+    if step_min is not None:
+        rcond.append(Rollout.step >= step_min)
+    if step_max is not None:
+        rcond.append(Rollout.step <= step_max)
+    reuse_hist = session.execute(select(Rollout.reuse_count, func.count()).where(*rcond)
+                                 .group_by(Rollout.reuse_count).order_by(Rollout.reuse_count)).all()
+    total_uses = sum(b.uses for b in reuse_by_step)
+    total_replayed = sum(b.replayed for b in reuse_by_step)
+    ages_weighted = sum(b.age * b.count for b in by_age)
+    totals = {"uses": float(total_uses), "replayed_uses": float(total_replayed),
+              "reuse_ratio": (total_replayed / total_uses) if total_uses else 0.0,
+              "mean_age": (ages_weighted / total_uses) if total_uses else 0.0,
+              "max_age": float(max((b.age for b in by_age), default=0)),
+              "rollouts": float(sum(n for _, n in reuse_hist)),
+              "rollouts_replayed": float(sum(n for rc, n in reuse_hist if rc > 0))}
+    return OffPolicyOut(run_id=run_id, reuse_by_step=reuse_by_step,
+                        staleness_histogram=[AgeCount(age=b.age, count=b.count) for b in by_age], by_age=by_age,
+                        staleness_by_step=[StalenessCell(step=s, age=a, count=n) for s, a, n in cells],
+                        rollout_reuse_histogram=[ReuseCountBin(reuse_count=rc, rollouts=n) for rc, n in reuse_hist],
+                        totals=totals)
+
+
+def _f(v) -> float | None:  # noqa: ANN001
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+

@@ -1,0 +1,251 @@
+"""/api/v1/runs: submit, list, inspect, cancel, retry, delete; metric series."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from backend import jobs
+from backend.api.deps import SessionDep, get_run_or_404
+from backend.api.schemas import (
+    CheckpointOut,
+    JobOut,
+    MetricSeries,
+    MetricsOut,
+    RunCreate,
+    RunDetail,
+    RunList,
+    RunOut,
+)
+from backend.auth import require_read, require_write
+from backend.models import ACTIVE_STATUSES, Checkpoint, LatestMetric, Metric, Run, as_utc
+from backend.settings import get_settings
+from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
+
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*)\s*:\s*(.*)$", re.S)
+
+
+# ----------------------------------------------------------------------------------- config
+def _config_error(message: str) -> HTTPException:
+    """422 in FastAPI's shape; each problem's `loc` ends with the config field it names."""
+    details = []
+    for part in [p.strip() for p in message.split("; ") if p.strip()] or [message]:
+        m = _FIELD_PREFIX.match(part)
+        loc: list[Any] = ["body", "config"]
+        if m:
+            loc += m.group(1).split(".")
+        details.append({"type": "config_error", "loc": loc, "msg": part, "field": m.group(1) if m else None})
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=details)
+
+
+def parse_run_config(raw: dict[str, Any]) -> RunConfig:
+    """REST body `config` → RunConfig through the same `build_config` the CLI uses."""
+    body = dict(raw)
+    preset = body.pop("preset", "toy")
+    algorithm = body.pop("algorithm", None)
+    steps = body.pop("steps", None)
+    seed = body.pop("seed", None)
+    overrides = body.pop("overrides", None)
+    if not isinstance(preset, str):
+        raise _config_error("preset: must be a string such as 'toy'")
+    if algorithm is not None and not isinstance(algorithm, str):
+        raise _config_error("algorithm: must be a string such as 'remix-grpo'")
+    for name, value in (("steps", steps), ("seed", seed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _config_error(f"{name}: must be an integer (got {value!r})")
+    if steps is not None and steps < 1:
+        raise _config_error(f"steps: must be at least 1 (got {steps})")
+    if overrides is not None and not isinstance(overrides, (dict, list)):
+        raise _config_error("overrides: must be an object {\"dotted.key\": value} or a list of 'key=value' strings")
+    if isinstance(overrides, list) and not all(isinstance(o, str) for o in overrides):
+        raise _config_error("overrides: list items must be 'key=value' strings")
+    try:
+        return build_config(preset=preset, algorithm=algorithm, values=body or None, overrides=overrides,
+                            steps=steps, seed=seed)
+    except ConfigError as exc:
+        raise _config_error(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise _config_error(f"config: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------- helpers
+def run_detail(session: Session, run: Run) -> RunDetail:
+    job = jobs.latest_job(session, run.id)
+    latest = {k: v for k, v in session.execute(
+        select(LatestMetric.key, LatestMetric.value).where(LatestMetric.run_id == run.id).order_by(LatestMetric.key))}
+    ckpts = [CheckpointOut(step=c.step, policy_version=c.policy_version, path=c.path, policy_path=c.policy_path,
+                           exists=Path(c.path).exists(), created_at=as_utc(c.created_at))
+             for c in session.execute(select(Checkpoint).where(Checkpoint.run_id == run.id)
+                                      .order_by(Checkpoint.step)).scalars()]
+    children = list(session.execute(select(Run.id).where(Run.parent_run_id == run.id).order_by(Run.id)).scalars())
+    return RunDetail(**RunOut.fields_of(run), config=run.config or {}, request=run.request or {}, summary=run.summary,
+                     output_dir=run.output_dir, job=JobOut.of(job) if job else None, latest_metrics=latest,
+                     checkpoints=ckpts, child_run_ids=children)
+
+
+def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict, parent_run_id: int | None) -> RunDetail:
+    run, job = jobs.create_run_with_job(session, name=name or "pending", cfg_dict=config_to_dict(cfg), request=request,
+                                        parent_run_id=parent_run_id)
+    if not name:
+        run.name = f"{cfg.algorithm} {cfg.preset} #{run.id}"
+    session.commit()
+    jobs.dispatch(job.id)
+    session.expire_all()
+    return run_detail(session, session.get(Run, run.id))
+
+
+# ----------------------------------------------------------------------------------- routes
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=[Depends(require_write)],
+             summary="Submit a training run", responses={401: {"description": "no or invalid token"},
+                                                         403: {"description": "read-only token"},
+                                                         422: {"description": "invalid config (names the field)"}})
+def create_run(body: RunCreate, session: SessionDep) -> RunDetail:
+    cfg = parse_run_config(body.config)
+    return _submit(session, name=body.name, cfg=cfg, request=body.config, parent_run_id=None)
+
+
+@router.get("", response_model=RunList, summary="List runs (newest first)")
+def list_runs(session: SessionDep,
+              status_: str | None = Query(None, alias="status", description="comma-separated: queued,running,..."),
+              algorithm: str | None = Query(None, description="comma-separated algorithms"),
+              parent_run_id: int | None = None,
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> RunList:
+    cond = []
+    if status_:
+        cond.append(Run.status.in_([s.strip() for s in status_.split(",") if s.strip()]))
+    if algorithm:
+        cond.append(Run.algorithm.in_([a.strip() for a in algorithm.split(",") if a.strip()]))
+    if parent_run_id is not None:
+        cond.append(Run.parent_run_id == parent_run_id)
+    count = session.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
+    rows = session.execute(select(Run).where(*cond).order_by(Run.created_at.desc(), Run.id.desc())
+                           .limit(limit).offset(offset)).scalars().all()
+    return RunList(data=[RunOut.of(r) for r in rows], count=count, limit=limit, offset=offset)
+
+
+@router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints")
+def get_run(run_id: int, session: SessionDep) -> RunDetail:
+    return run_detail(session, get_run_or_404(session, run_id))
+
+
+@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunDetail,
+             dependencies=[Depends(require_write)],
+             summary="Cancel: a queued run ends now; a running one checkpoints and stops after its current step")
+def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
+    run = get_run_or_404(session, run_id)
+    try:
+        jobs.request_cancel(session, run)
+    except jobs.TransitionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    session.commit()
+    session.expire_all()
+    return run_detail(session, session.get(Run, run_id))
+
+
+@router.post("/{run_id}/retry", status_code=status.HTTP_201_CREATED, response_model=RunDetail,
+             dependencies=[Depends(require_write)], summary="Start a new run with the same config (lineage kept)")
+def retry_run(run_id: int, session: SessionDep) -> RunDetail:
+    parent = get_run_or_404(session, run_id)
+    if parent.status in ACTIVE_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} is still {parent.status}; cancel it first")
+    try:
+        cfg = RunConfig.model_validate(parent.config)
+    except Exception as exc:  # the stored config no longer validates (schema changed)
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id}'s config is no longer valid: {exc}") from None
+    base = re.sub(r" \(retry of #\d+\)$", "", parent.name)
+    return _submit(session, name=f"{base} (retry of #{parent.id})"[:200], cfg=cfg, request=parent.request or {},
+                   parent_run_id=parent.id)
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(require_write)],
+               summary="Delete a finished run, its rows and its artefacts")
+def delete_run(run_id: int, session: SessionDep) -> Response:
+    run = get_run_or_404(session, run_id)
+    if run.status in ACTIVE_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} is {run.status}; cancel it before deleting")
+    out_dir = Path(run.output_dir) if run.output_dir else None
+    session.delete(run)  # jobs, metrics, rollouts, uses, checkpoints ... go by ON DELETE CASCADE
+    session.commit()
+    runs_root = get_settings().runs_path
+    if out_dir is not None and out_dir.resolve().is_relative_to(runs_root) and out_dir.resolve() != runs_root:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ----------------------------------------------------------------------------------- metrics
+_X_COLUMNS = {"step": Metric.step, "rollouts": Metric.rollouts, "time": Metric.elapsed_s}
+
+
+@router.get("/{run_id}/metrics/keys", response_model=list[str], summary="Metric keys recorded for a run")
+def metric_keys(run_id: int, session: SessionDep) -> list[str]:
+    get_run_or_404(session, run_id)
+    return list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)
+                                .order_by(LatestMetric.key)).scalars())
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsOut,
+            summary="Metric series, downsampled in SQL (min and max of every bucket are kept)")
+def get_metrics(run_id: int, session: SessionDep,
+                keys: str | None = Query(None, description="comma-separated metric keys (default: all)"),
+                x: Literal["step", "rollouts", "time"] = Query(
+                    "step", description="x axis: training step, rollouts generated so far, or training seconds"),
+                max_points: int = Query(1000, ge=10, le=20000, description="upper bound on points per series"),
+                step_min: int | None = None, step_max: int | None = None) -> MetricsOut:
+    get_run_or_404(session, run_id)
+    if keys:
+        wanted = [k.strip() for k in keys.split(",") if k.strip()]
+    else:
+        wanted = list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)
+                                      .order_by(LatestMetric.key)).scalars())
+    series = downsample_metrics(session, run_id, wanted, x, max_points, step_min, step_max)
+    return MetricsOut(run_id=run_id, x=x, max_points=max_points, keys=wanted, series=series)
+
+
+def downsample_metrics(session: Session, run_id: int, keys: list[str], x: str, max_points: int,
+                       step_min: int | None = None, step_max: int | None = None) -> list[MetricSeries]:
+    """Per key: if it has more than `max_points` points, split it (ordered by step) into
+    (max_points − 2) / 2 equal-count buckets (NTILE) and keep each bucket's minimum and maximum,
+    plus the first and last point of the series: spikes survive, the line spans the whole range."""
+    if not keys:
+        return []
+    xcol = _X_COLUMNS[x]
+    buckets = max(1, (max_points - 2) // 2)
+    cond = [Metric.run_id == run_id, Metric.key.in_(keys), Metric.value.is_not(None), xcol.is_not(None)]
+    if step_min is not None:
+        cond.append(Metric.step >= step_min)
+    if step_max is not None:
+        cond.append(Metric.step <= step_max)
+    by_key = Metric.key
+    pts = select(
+        Metric.key.label("key"), Metric.step.label("step"), Metric.value.label("value"), xcol.label("x"),
+        func.ntile(buckets).over(partition_by=by_key, order_by=Metric.step).label("bucket"),
+        func.count().over(partition_by=by_key).label("total"),
+        func.row_number().over(partition_by=by_key, order_by=Metric.step).label("rn"),
+    ).where(*cond).subquery("pts")
+    ranked = select(
+        pts.c.key, pts.c.step, pts.c.value, pts.c.x, pts.c.total, pts.c.rn,
+        func.row_number().over(partition_by=(pts.c.key, pts.c.bucket), order_by=(pts.c.value.asc(), pts.c.step)).label("rmin"),
+        func.row_number().over(partition_by=(pts.c.key, pts.c.bucket), order_by=(pts.c.value.desc(), pts.c.step)).label("rmax"),
+    ).subquery("ranked")
+    rows = session.execute(
+        select(ranked.c.key, ranked.c.step, ranked.c.value, ranked.c.x, ranked.c.total)
+        .where((ranked.c.total <= max_points) | (ranked.c.rmin == 1) | (ranked.c.rmax == 1) | (ranked.c.rn == 1)
+               | (ranked.c.rn == ranked.c.total))
+        .order_by(ranked.c.key, ranked.c.step)).all()
+    out: dict[str, MetricSeries] = {k: MetricSeries(key=k, total=0, downsampled=False, x=[], y=[], step=[]) for k in keys}
+    for key, step, value, xv, total in rows:
+        ser = out[key]
+        ser.total = int(total)
+        ser.downsampled = int(total) > max_points
+        ser.x.append(float(xv))
+        ser.y.append(float(value))
+        ser.step.append(int(step))
+    return [out[k] for k in keys]

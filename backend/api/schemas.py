@@ -1,0 +1,260 @@
+"""Request/response models of the REST API (documented in /openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.models import Job, Run, as_utc
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "toy remix-grpo",
+        "config": {"preset": "toy", "algorithm": "remix-grpo", "steps": 20, "seed": 0,
+                   "overrides": {"remix.utd": 2, "rollout.group_size": 4}},
+    }]})
+
+    name: str | None = Field(None, max_length=200, description="display name (default: '<algorithm> <preset> #<id>')")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Same schema as the CLI: preset, algorithm, steps, seed, overrides ({dotted key: value} "
+                    "or ['key=value', ...]) and optionally nested sections such as {\"remix\": {\"utd\": 3}}.")
+
+
+class JobOut(BaseModel):
+    id: int
+    run_id: int | None
+    kind: str
+    status: str
+    attempt: int
+    lost_attempts: int
+    max_attempts: int
+    queue: str
+    worker: str | None
+    cancel_requested: bool
+    progress_step: int
+    progress_total: int
+    resumed_from_step: int | None
+    last_checkpoint_step: int | None
+    error: str | None
+    celery_task_id: str | None
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id, run_id=job.run_id, kind=job.kind, status=job.status, attempt=job.attempt,
+            lost_attempts=job.lost_attempts, max_attempts=job.max_attempts, queue=job.queue, worker=job.worker, cancel_requested=job.cancel_requested,
+            progress_step=job.progress_step, progress_total=job.progress_total,
+            resumed_from_step=job.resumed_from_step, last_checkpoint_step=job.last_checkpoint_step, error=job.error,
+            celery_task_id=job.celery_task_id, created_at=as_utc(job.created_at), queued_at=as_utc(job.queued_at),
+            started_at=as_utc(job.started_at), heartbeat_at=as_utc(job.heartbeat_at),
+            finished_at=as_utc(job.finished_at))
+
+
+class RunOut(BaseModel):
+    id: int
+    name: str
+    preset: str
+    algorithm: str
+    status: str
+    cancel_requested: bool
+    parent_run_id: int | None
+    steps_total: int
+    steps_done: int
+    rollouts_generated: int
+    tokens_generated: int
+    elapsed_s: float
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def fields_of(cls, run: Run) -> dict[str, Any]:
+        return dict(
+            id=run.id, name=run.name, preset=run.preset, algorithm=run.algorithm, status=run.status,
+            cancel_requested=run.cancel_requested, parent_run_id=run.parent_run_id, steps_total=run.steps_total,
+            steps_done=run.steps_done, rollouts_generated=run.rollouts_generated,
+            tokens_generated=run.tokens_generated, elapsed_s=run.elapsed_s, error=run.error,
+            created_at=as_utc(run.created_at), started_at=as_utc(run.started_at),
+            finished_at=as_utc(run.finished_at), updated_at=as_utc(run.updated_at))
+
+    @classmethod
+    def of(cls, run: Run) -> RunOut:
+        return cls(**cls.fields_of(run))
+
+
+class CheckpointOut(BaseModel):
+    step: int
+    policy_version: int
+    path: str
+    policy_path: str | None
+    exists: bool
+    created_at: datetime
+
+
+class RunDetail(RunOut):
+    config: dict[str, Any]
+    request: dict[str, Any]
+    summary: dict[str, Any] | None
+    output_dir: str | None
+    job: JobOut | None
+    latest_metrics: dict[str, float | None] = Field(default_factory=dict, description="last value of every metric key")
+    checkpoints: list[CheckpointOut] = Field(default_factory=list)
+    child_run_ids: list[int] = Field(default_factory=list, description="retries of this run")
+
+
+class RunList(BaseModel):
+    data: list[RunOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    count: int
+    limit: int
+    offset: int
+
+
+class MetricSeries(BaseModel):
+    key: str
+    total: int = Field(description="points stored for this key (within the step range)")
+    downsampled: bool
+    x: list[float]
+    y: list[float]
+    step: list[int]
+
+
+class MetricsOut(BaseModel):
+    run_id: int
+    x: str
+    max_points: int
+    keys: list[str]
+    series: list[MetricSeries]
+
+
+class RolloutUseOut(BaseModel):
+    step: int
+    age: int
+    ratio_mean: float | None
+    ratio_max: float | None
+    clipfrac: float | None
+    kl_to_behavior: float | None
+
+
+class RolloutOut(BaseModel):
+    id: int
+    run_id: int
+    uid: str
+    step: int
+    policy_version: int
+    group_id: str
+    prompt_id: str
+    extracted: str | None
+    reference: str | None
+    reward: float | None
+    correct: bool
+    format_ok: bool
+    reason: str | None
+    length: int
+    truncated: bool
+    advantage: float | None
+    use_count: int
+    reuse_count: int
+    max_age: int | None
+    ratio_mean: float | None
+    ratio_max: float | None
+    clipfrac: float | None
+    kl_to_behavior: float | None
+    prompt: str | None = None
+    response: str | None = None
+    response_preview: str | None = None
+
+
+class RolloutDetail(RolloutOut):
+    uses: list[RolloutUseOut]
+
+
+class RolloutPage(BaseModel):
+    data: list[RolloutOut]
+    count: int = Field(description="rollouts matching the filters (all pages)")
+    limit: int
+    next_cursor: str | None = Field(description="pass as ?cursor= to get the next page; null on the last page")
+
+
+class GroupOut(BaseModel):
+    run_id: int
+    group_id: str
+    step: int
+    policy_version: int
+    prompt_id: str
+    prompt: str
+    reference: str | None
+    size: int
+    correct: int
+    reward_mean: float | None
+    reward_std: float | None
+    zero_variance: bool = Field(description="all rewards equal: the group gives no GRPO gradient")
+    rollouts: list[RolloutDetail]
+
+
+class ReuseByStep(BaseModel):
+    step: int
+    uses: int
+    fresh: int
+    replayed: int
+    reuse_ratio: float
+
+
+class AgeBucket(BaseModel):
+    age: int
+    count: int
+    ratio_mean: float | None
+    ratio_max: float | None
+    clipfrac: float | None
+    kl_to_behavior: float | None
+
+
+class AgeCount(BaseModel):
+    age: int
+    count: int
+
+
+class StalenessCell(BaseModel):
+    step: int
+    age: int
+    count: int
+
+
+class ReuseCountBin(BaseModel):
+    reuse_count: int
+    rollouts: int
+
+
+class OffPolicyOut(BaseModel):
+    run_id: int
+    reuse_by_step: list[ReuseByStep]
+    staleness_histogram: list[AgeCount] = Field(description="uses per policy age (consuming step − generating version)")
+    by_age: list[AgeBucket] = Field(description="importance ratio, clip fraction and KL per policy-age bucket")
+    staleness_by_step: list[StalenessCell]
+    rollout_reuse_histogram: list[ReuseCountBin] = Field(description="how many rollouts were replayed 0, 1, 2, ... times")
+    totals: dict[str, float]
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: dict[str, Any]
+    broker: dict[str, Any]
+    workers: dict[str, Any]
+    version: str

@@ -1,0 +1,94 @@
+"""/api/v1/jobs and /api/v1/health."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from datetime import timedelta
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from sqlalchemy import func, select
+
+from backend.api.deps import SessionDep
+from backend.api.schemas import HealthOut, JobList, JobOut
+from backend.auth import require_read
+from backend.migrate import current_revision, head_revision
+from backend.models import Job, WorkerNode, as_utc, utcnow
+from backend.settings import get_settings, redact_url
+
+router = APIRouter(tags=["system"], dependencies=[Depends(require_read)])
+
+_probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-probe")
+
+
+@router.get("/jobs", response_model=JobList, summary="Jobs (newest first)")
+def list_jobs(session: SessionDep, status_: str | None = Query(None, alias="status", description="comma-separated"),
+              run_id: int | None = None, kind: str | None = None,
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> JobList:
+    cond = []
+    if status_:
+        cond.append(Job.status.in_([s.strip() for s in status_.split(",") if s.strip()]))
+    if run_id is not None:
+        cond.append(Job.run_id == run_id)
+    if kind:
+        cond.append(Job.kind == kind)
+    count = session.execute(select(func.count()).select_from(Job).where(*cond)).scalar_one()
+    rows = session.execute(select(Job).where(*cond).order_by(Job.created_at.desc(), Job.id.desc())
+                           .limit(limit).offset(offset)).scalars().all()
+    return JobList(data=[JobOut.of(j) for j in rows], count=count, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
+def get_job(job_id: int, session: SessionDep) -> JobOut:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, detail=f"job {job_id} not found")
+    return JobOut.of(job)
+
+
+def _probe_broker() -> dict:
+    from worker.celery_app import get_celery_app
+
+    settings = get_settings()
+    app = get_celery_app(settings)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+    return {"ok": True}
+
+
+@router.get("/health", response_model=HealthOut, summary="Database, broker and the workers seen recently",
+            responses={503: {"description": "the database is unreachable"}})
+def health(session: SessionDep, response: Response) -> HealthOut:
+    from remix_engine import __version__
+
+    settings = get_settings()
+    db: dict = {"url": redact_url(settings.sqlalchemy_url), "dialect": session.get_bind().dialect.name}
+    try:
+        session.execute(select(1))
+        db["revision"] = current_revision(session.connection())
+        db["head"] = head_revision()
+        db["ok"] = db["revision"] == db["head"]
+        if not db["ok"]:
+            db["error"] = "schema is not at the newest migration"
+    except Exception as exc:  # noqa: BLE001
+        db.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    broker: dict = {"url": redact_url(settings.celery_broker_url)}
+    try:
+        broker.update(_probe_pool.submit(_probe_broker).result(timeout=5))
+    except Exception as exc:  # noqa: BLE001
+        broker.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+    workers: dict = {"online": 0, "items": []}
+    if db.get("ok"):
+        fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+        for w in session.execute(select(WorkerNode).order_by(WorkerNode.last_seen_at.desc()).limit(50)).scalars():
+            seen = as_utc(w.last_seen_at)
+            alive = w.status == "online" and seen is not None and seen >= fresh
+            workers["online"] += int(alive)
+            workers["items"].append({"hostname": w.hostname, "pid": w.pid, "queues": w.queues,
+                                     "status": "online" if alive else (w.status if w.status != "online" else "lost"),
+                                     "current_job_id": w.current_job_id, "last_seen_at": seen,
+                                     "started_at": as_utc(w.started_at)})
+    overall = "ok" if db.get("ok") and broker.get("ok") and workers["online"] > 0 else "degraded"
+    if not db.get("ok"):
+        overall = "error"
+        response.status_code = 503
+    return HealthOut(status=overall, database=db, broker=broker, workers=workers, version=__version__)

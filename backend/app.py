@@ -1,0 +1,159 @@
+"""The FastAPI application: REST API under /api/v1, OpenAPI at /openapi.json, docs at /docs.
+
+Run it through `remix studio` (migrations, token, worker included) or, for the scale-out setup,
+`uvicorn --factory backend.app:create_app` behind the usual process manager.
+
+The dashboard (frontend/, built separately) is served when its folders exist:
+  /static/...            → frontend/static/...
+  /                      → frontend/templates/index.html
+  /<page>                → frontend/templates/<page>.html
+  /<page>/<item>         → frontend/templates/<page>_detail.html (or <page>.html), with `item_id` set
+  /vendor/plotly.min.js  → the plotly.js bundled in the plotly Python package (no CDN)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.routing import APIRoute
+
+from backend.settings import Settings, get_settings
+
+log = logging.getLogger("remix.api")
+
+API_PREFIX = "/api/v1"
+
+
+class Reaper:
+    """Background thread in the API process: re-queues jobs of dead workers (backend.jobs.reap)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from backend.jobs import reap
+
+        while not self._stop.wait(self.settings.reaper_interval_s):
+            try:
+                counts = reap(self.settings)
+                if any(counts.values()):
+                    log.warning("reaper: %s", counts)
+            except Exception:  # the next pass retries
+                log.exception("reaper pass failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _operation_id(route: APIRoute) -> str:
+    tag = route.tags[0] if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from backend.api.rollouts import router as rollouts_router
+    from backend.api.runs import router as runs_router
+    from backend.api.system import router as system_router
+
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if not settings.write_tokens:
+            log.warning("REMIX_API_TOKENS is empty: every write endpoint will answer 401")
+        reaper = Reaper(settings) if settings.reaper_enabled else None
+        if reaper is not None:
+            reaper.start()
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.stop()
+
+    app = FastAPI(
+        title="ReMix Studio API",
+        version="1",
+        description="Submit ReMix/GRPO/PPO training runs, follow them live, inspect rollouts and off-policy reuse. "
+                    "Write endpoints need `Authorization: Bearer <token>`.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url="/redoc",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
+                           allow_methods=["*"], allow_headers=["*"])
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(runs_router)
+    api.include_router(rollouts_router)
+    api.include_router(system_router)
+    app.include_router(api)
+    _mount_frontend(app, settings.frontend_dir)
+    return app
+
+
+def _mount_frontend(app: FastAPI, frontend_dir: Path) -> None:
+    @app.get("/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        try:
+            import plotly
+        except ImportError:
+            raise HTTPException(404, detail="plotly is not installed") from None
+        path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+        if not path.is_file():
+            raise HTTPException(404, detail="plotly.min.js not found in the plotly package")
+        return FileResponse(path, media_type="application/javascript")
+
+    static_dir = frontend_dir / "static"
+    if static_dir.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/static", StaticFiles(directory=static_dir), name="static")
+    templates_dir = frontend_dir / "templates"
+    if not templates_dir.is_dir():
+        return
+    from fastapi.templating import Jinja2Templates
+
+    templates = Jinja2Templates(directory=str(templates_dir))
+
+    def render(request: Request, name: str, **context) -> HTMLResponse:
+        if not (templates_dir / name).is_file():
+            raise HTTPException(404, detail=f"page not found: {request.url.path}")
+        return templates.TemplateResponse(request, name, {"api_base": API_PREFIX, **context})
+
+    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        return render(request, "index.html")
+
+    @app.get("/{page}", include_in_schema=False, response_class=HTMLResponse)
+    def page(request: Request, page: str) -> HTMLResponse:
+        if not page.replace("-", "_").isidentifier():
+            raise HTTPException(404, detail="page not found")
+        return render(request, f"{page}.html", page=page)
+
+    @app.get("/{page}/{item_id}", include_in_schema=False, response_class=HTMLResponse)
+    def detail(request: Request, page: str, item_id: str) -> HTMLResponse:
+        if not page.replace("-", "_").isidentifier():
+            raise HTTPException(404, detail="page not found")
+        name = f"{page}_detail.html" if (templates_dir / f"{page}_detail.html").is_file() else f"{page}.html"
+        return render(request, name, page=page, item_id=item_id)
+
+
+def __getattr__(name: str):
+    # `uvicorn backend.app:app` works too (settings read when first accessed)
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,79 @@
+"""`remix worker`: a Celery worker for the studio's training/evaluation jobs (one per accelerator).
+
+    remix worker                       # reads REMIX_DATABASE_URL / REMIX_BROKER_URL from env or .env
+    remix worker --queues gpu -n gpu0@%h
+
+The worker uses the solo pool by default: one job at a time in the worker's own process, which lets
+the engine start its grading subprocesses and keeps one process per GPU. Run one worker per device
+(CUDA_VISIBLE_DEVICES=N remix worker -n gpuN@%h).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+
+def register_worker(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001
+    p = subparsers.add_parser("worker", help="run a studio worker (Celery) that executes training/evaluation jobs",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_worker_arguments(p)
+    p.set_defaults(func=run_worker)
+    return p
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory of the embedded default (REMIX_DATA_DIR)")
+    p.add_argument("-Q", "--queues", help="comma-separated queues to consume (default: REMIX_GPU_QUEUE, 'gpu')")
+    p.add_argument("-n", "--hostname", help="node name (default: remix-<pid>@<host>)")
+    p.add_argument("-l", "--loglevel", default="INFO")
+    p.add_argument("--pool", default="solo", choices=["solo", "threads", "prefork"],
+                   help="execution pool (default solo: the job runs in this process)")
+    p.add_argument("-c", "--concurrency", type=int, default=1)
+    p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database schema on start")
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    if getattr(args, "data_dir", None):
+        os.environ["REMIX_DATA_DIR"] = str(args.data_dir)
+    from backend.settings import get_settings, redact_url, reset_settings_cache
+
+    reset_settings_cache()
+    settings = get_settings()
+    if not args.no_migrate:
+        from backend.migrate import upgrade_database
+
+        upgrade_database(settings)
+    from worker.celery_app import get_celery_app
+
+    app = get_celery_app(settings)
+    import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)
+
+    queues = args.queues or settings.gpu_queue
+    hostname = args.hostname or f"remix-{os.getpid()}@{socket.gethostname()}"
+    argv = ["worker", f"--loglevel={args.loglevel}", f"--pool={args.pool}", f"--concurrency={args.concurrency}",
+            "-Q", queues, "-n", hostname]
+    if settings.broker_is_filesystem:
+        # no broker-side fanout needed: SQL tracks workers and cancellation
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    print(f"remix worker {hostname}: broker {redact_url(settings.celery_broker_url)}, "
+          f"database {redact_url(settings.sqlalchemy_url)}, queues {queues}", flush=True)
+    try:
+        app.worker_main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register_worker(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Prompt sources and prompt rendering.
+
+Sources (`load_problems`):
+
+* ``"toy"`` — the synthetic arithmetic task (remix_engine/toy.py);
+* a JSONL path — one ``{"id", "problem", "answer"}`` object per line (extra keys go to `meta`);
+  Minerva-style rows whose ``meta.answers_raw`` is a list get that list (whitespace-trimmed) as
+  their answer, so a response matching any accepted string is correct;
+* a benchmark name — ``aime24``, ``amc23``, ``math500``, ``minerva``, ``olympiadbench`` (or any
+  ``<name>.jsonl``) in the directory named by ``$REMIX_DATA_DIR``, by default
+  ``../shared/data/benchmarks`` next to the repository when it exists;
+* ``"hf:<dataset id>[:split]"`` — a Hugging Face dataset through the optional `datasets` package.
+
+Prompts (`render_prompt`, `encode_prompts`) follow remix_algorithm.md §6.1: the problem plus the
+DeepScaleR instruction as one user turn, rendered with the tokenizer's chat template
+(add_generation_prompt=True), then tokenised *without* adding special tokens again (the template
+already holds the BOS token, as verl does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
+TOY_DEFAULT_SIZE = {"train": 10_000, "heldout": 500}
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class DataError(ValueError):
+    """A data source could not be loaded; the message names the source (and line)."""
+
+
+@dataclass
+class Problem:
+    id: str
+    problem: str
+    answer: str | list[str]  # one reference, or several accepted ones (any match is correct)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answers(self) -> list[str]:
+        return [self.answer] if isinstance(self.answer, str) else list(self.answer)
+
+
+def benchmark_dir() -> Path | None:
+    """Where benchmark names are resolved: $REMIX_DATA_DIR, else ../shared/data/benchmarks."""
+    env = os.environ.get("REMIX_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    default = _REPO_ROOT.parent / "shared" / "data" / "benchmarks"
+    return default if default.is_dir() else None
+
+
+def resolve_benchmark(name: str) -> Path:
+    """The JSONL file of benchmark `name` (e.g. 'math500'); DataError if it is not there."""
+    directory = benchmark_dir()
+    if directory is None:
+        raise DataError(
+            f"benchmark '{name}': no data directory; set REMIX_DATA_DIR to the folder holding {name}.jsonl"
+        )
+    path = directory / f"{name}.jsonl"
+    if not path.is_file():
+        have = sorted(p.stem for p in directory.glob("*.jsonl")) if directory.is_dir() else []
+        raise DataError(
+            f"benchmark '{name}': {path} not found"
+            + (f" (available there: {', '.join(have)})" if have else f" ({directory} has no .jsonl files)")
+        )
+    return path
+
+
+def _answer_from_row(row: dict[str, Any], where: str) -> str | list[str]:
+    meta = row.get("meta")
+    raw_list = meta.get("answers_raw") if isinstance(meta, dict) else None
+    if isinstance(raw_list, list) and raw_list:
+        answers = [str(a).strip() for a in raw_list if str(a).strip()]
+        if answers:
+            return answers
+    if "answer" not in row:
+        raise DataError(f"{where}: row has no 'answer'")
+    ans = row["answer"]
+    if isinstance(ans, list):
+        answers = [_scalar_answer(a, where) for a in ans]
+        if not answers:
+            raise DataError(f"{where}: 'answer' is an empty list")
+        return answers if len(answers) > 1 else answers[0]
+    return _scalar_answer(ans, where)
+
+
+def _scalar_answer(ans: Any, where: str) -> str:
+    if ans is None or isinstance(ans, (dict, list)):
+        raise DataError(f"{where}: 'answer' must be a string or number, got {type(ans).__name__}")
+    if isinstance(ans, bool):
+        raise DataError(f"{where}: 'answer' must be a string or number, got a boolean")
+    if isinstance(ans, float) and ans.is_integer():
+        return str(int(ans))
+    text = str(ans).strip()
+    if not text:
+        raise DataError(f"{where}: 'answer' is empty")
+    return text
+
+
+def load_jsonl(path: str | Path, limit: int | None = None) -> list[Problem]:
+    """Problems from a JSONL file; a bad row raises DataError naming the file and line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if limit is not None and len(out) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            problem = row.get("problem")
+            if not isinstance(problem, str) or not problem.strip():
+                raise DataError(f"{where}: row needs a non-empty string 'problem'")
+            answer = _answer_from_row(row, where)
+            pid = str(row.get("id", f"{path.stem}-{lineno}"))
+            if pid in seen:
+                raise DataError(f"{where}: duplicate id '{pid}' (first on line {seen[pid]})")
+            seen[pid] = lineno
+            meta = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
+            for key, value in row.items():
+                if key not in ("id", "problem", "answer", "meta"):
+                    meta.setdefault(key, value)
+            out.append(Problem(id=pid, problem=problem, answer=answer, meta=meta))
+    if not out and limit != 0:
+        raise DataError(f"{path}: no problems in file")
+    return out
+
+
+_HF_PROBLEM_KEYS = ("problem", "question", "prompt", "query")
+_HF_ANSWER_KEYS = ("answer", "final_answer", "ground_truth", "solution")
+
+
+def load_hf(spec: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[Problem]:
+    """'hf:<dataset id>[:split]' through `datasets` (optional dependency, imported lazily)."""
+    body = spec.removeprefix("hf:")
+    dataset_id, _, split_override = body.partition(":")
+    if not dataset_id:
+        raise DataError(f"'{spec}': expected hf:<dataset id>[:split]")
+    split = split_override or split
+    try:
+        import datasets  # noqa: PLC0415 - optional extra
+    except ImportError:
+        raise DataError(
+            f"'{spec}' needs the Hugging Face `datasets` package: pip install 'remix-studio[datasets]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # network, auth, unknown id or split: all surface the same way
+        raise DataError(
+            f"could not load Hugging Face dataset '{dataset_id}' (split '{split}'): {type(exc).__name__}: {exc}. "
+            "Is the hub reachable (HF_HUB_OFFLINE, proxy) or the dataset cached locally?"
+        ) from None
+    columns = list(ds.column_names)
+    pkey = next((k for k in _HF_PROBLEM_KEYS if k in columns), None)
+    akey = next((k for k in _HF_ANSWER_KEYS if k in columns), None)
+    if pkey is None or akey is None:
+        raise DataError(f"hf:{dataset_id}: need a problem column ({'/'.join(_HF_PROBLEM_KEYS)}) and an "
+                        f"answer column ({'/'.join(_HF_ANSWER_KEYS)}); columns are {columns}")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    out = []
+    for i, row in enumerate(ds):
+        where = f"hf:{dataset_id}[{split}] row {i}"
+        row = dict(row)
+        if akey == "solution" and "\\boxed" in str(row[akey]):
+            row["answer"] = _last_boxed(str(row[akey])) or row[akey]
+        else:
+            row["answer"] = row[akey]
+        if not isinstance(row.get(pkey), str) or not row[pkey].strip():
+            raise DataError(f"{where}: empty problem")
+        meta = {k: v for k, v in row.items() if k not in (pkey, "answer", "id") and _jsonable(v)}
+        out.append(Problem(id=str(row.get("id", f"{dataset_id}-{split}-{i}")), problem=row[pkey],
+                           answer=_answer_from_row(row, where), meta=meta))
+    return out
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, dict))
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
+def load_problems(source: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[Problem]:
+    """Problems from `source` (see the module docstring).
+
+    `split` matters for ``toy`` ('train' or 'heldout') and ``hf:`` sources; files and benchmarks
+    are single lists. `limit` keeps the first `limit` problems (file order). `seed` only changes
+    the toy training problems (held-out toy problems are a fixed list).
+    """
+    if limit is not None and limit < 0:
+        raise DataError("limit must be >= 0")
+    source = source.strip()
+    if source == "toy":
+        from remix_engine.toy import toy_problems  # noqa: PLC0415 - toy imports Problem from here
+
+        if split not in ("train", "heldout"):
+            raise DataError(f"toy: split must be 'train' or 'heldout', got '{split}'")
+        return toy_problems(split, TOY_DEFAULT_SIZE[split] if limit is None else limit, seed)  # type: ignore[arg-type]
+    if source.startswith("hf:"):
+        return load_hf(source, split=split, limit=limit, seed=seed)
+    path = Path(source).expanduser()
+    looks_like_path = source.endswith(".jsonl") or os.sep in source or path.is_file()
+    if looks_like_path:
+        return load_jsonl(path, limit)
+    if source.isidentifier() or source.replace("-", "_").isidentifier():
+        return load_jsonl(resolve_benchmark(source), limit)
+    raise DataError(f"unknown data source '{source}': use 'toy', a .jsonl path, a benchmark name "
+                    f"({', '.join(BENCHMARKS)}) or hf:<dataset id>[:split]")
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------
+
+
+def render_prompt(tokenizer, problem_text: str, data_cfg, use_chat_template: bool) -> str:
+    """The prompt text: problem + ``data_cfg.prompt_suffix`` as one user turn.
+
+    With `use_chat_template` and a tokenizer that has a chat template, the turn is rendered with
+    ``add_generation_prompt=True`` (R1-distill: ``<｜begin▁of▁sentence｜><｜User｜>…<｜Assistant｜><think>\\n``;
+    toy: ``<s>…\\n<think>``). Otherwise the bare text is returned.
+    """
+    content = problem_text + (data_cfg.prompt_suffix or "")
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    return content
+
+
+class PromptTooLongError(DataError):
+    pass
+
+
+def encode_prompts(
+    tokenizer,
+    texts: list[str],
+    max_prompt_tokens: int,
+    *,
+    overflow: Literal["error", "truncate_left"] = "error",
+    add_special_tokens: bool = False,
+) -> list[list[int]]:
+    """Token ids of rendered prompts, unpadded.
+
+    Special tokens are not added (the chat template already holds BOS). A prompt longer than
+    `max_prompt_tokens` raises PromptTooLongError (``overflow="error"``, the default, naming the
+    prompt and its length) or keeps its *last* `max_prompt_tokens` tokens (``"truncate_left"``:
+    the generation prompt at the end survives, the beginning of the problem is lost).
+    """
+    if not texts:
+        return []
+    ids = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    out: list[list[int]] = []
+    for i, row in enumerate(ids):
+        row = list(row)
+        if len(row) > max_prompt_tokens:
+            if overflow == "error":
+                preview = texts[i][:60].replace("\n", " ")
+                raise PromptTooLongError(
+                    f"prompt {i} has {len(row)} tokens > data.max_prompt_tokens={max_prompt_tokens} "
+                    f"('{preview}...'); raise the limit or filter long problems"
+                )
+            row = row[-max_prompt_tokens:]
+        out.append(row)
+    return out

@@ -1,0 +1,227 @@
+"""Policy models and tokenizers: the tiny offline toy model, or any Hugging Face causal LM.
+
+* `build_toy_tokenizer` — a character-level tokenizer (digits, letters, operators, punctuation,
+  space, newline) with ``<think>``, ``</think>`` and ``\\boxed{`` as single tokens and a chat
+  template that renders one user turn as ``<s>{content}\\n<think>`` — the toy's counterpart of
+  R1-distill's ``<｜begin▁of▁sentence｜><｜User｜>{content}<｜Assistant｜><think>\\n`` — so prompts go
+  through the same ``apply_chat_template`` call for the toy and for real models. The think tags are
+  *added* tokens but not *special* ones: ``decode(..., skip_special_tokens=True)`` keeps
+  ``</think>`` (the grader needs it) and drops only pad/bos/eos/unk.
+* `build_toy_model` — a 4-layer, width-128 Qwen2 (~0.8M parameters), random init from a seed.
+* `load_policy` — ``"toy"`` → toy tokenizer + model + cached supervised warm start; anything else
+  → ``AutoModelForCausalLM`` / ``AutoTokenizer`` from a local directory or a hub id.
+* `load_pretrained` — a checkpoint directory written by ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+THINK_OPEN, THINK_CLOSE, BOXED = "<think>", "</think>", "\\boxed{"
+
+# One user turn -> "<s>{content}\n<think>". Other roles are rendered too (system before the user
+# text, earlier assistant turns after "</think> "), so a multi-turn conversation does not crash.
+TOY_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}{{ '\\n' + message['content'] + eos_token }}"
+    "{%- elif message['role'] == 'system' -%}{{ message['content'] + '\\n' }}"
+    "{%- else -%}{{ message['content'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n<think>' }}{%- endif -%}"
+)
+
+# Toy model shape (design.md §5: ~4 layers, width 128, ~1M parameters).
+TOY_MODEL_SHAPE: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what was tried."""
+
+
+def _toy_alphabet() -> list[str]:
+    punct = "+-*/=().,:;!?'\"<>{}[]\\^_$%&|#@~`"
+    chars = list(string.digits) + list(punct) + list(string.ascii_lowercase) + list(string.ascii_uppercase)
+    return chars + [" ", "\n"]
+
+
+def build_toy_tokenizer() -> PreTrainedTokenizerFast:
+    """The character-level toy tokenizer (deterministic: same vocab every call)."""
+    vocab: dict[str, int] = {}
+    for tok in (PAD, BOS, EOS, UNK):
+        vocab[tok] = len(vocab)
+    for ch in _toy_alphabet():
+        vocab.setdefault(ch, len(vocab))
+    for tok in (THINK_OPEN, THINK_CLOSE, BOXED):
+        vocab[tok] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, BOS, EOS, UNK)])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False)
+                        for t in (THINK_OPEN, THINK_CLOSE, BOXED)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=TOY_MODEL_SHAPE["max_position_embeddings"],
+    )
+    tok.chat_template = TOY_CHAT_TEMPLATE
+    return tok
+
+
+def toy_model_config(tokenizer, **overrides: Any) -> Qwen2Config:
+    shape = {**TOY_MODEL_SHAPE, **overrides}
+    shape["head_dim"] = shape["hidden_size"] // shape["num_attention_heads"]
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="silu",
+        initializer_range=0.02,
+        use_cache=True,
+        attention_dropout=0.0,
+        # PyTorch's CPU SDPA kernel made a training step ~5x slower than eager attention for this
+        # model shape (measured here); the marker lets load_pretrained restore the choice.
+        attn_implementation="eager",
+        remix_toy=True,
+        **shape,
+    )
+
+
+def build_toy_model(tokenizer, seed: int, **shape_overrides: Any) -> Qwen2ForCausalLM:
+    """A tiny Qwen2 with random weights drawn from `seed` (float32)."""
+    config = toy_model_config(tokenizer, **shape_overrides)
+    devices = []  # fork_rng would otherwise warn about CUDA devices it cannot see
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.eval()
+    return model
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _prepare_tokenizer(tokenizer) -> Any:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError("tokenizer has neither a pad nor an eos token; cannot pad batches")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation appends on the right
+    return tokenizer
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return (
+        name_or_path.startswith(("/", "./", "../", "~"))
+        or os.sep + os.sep in name_or_path
+        or name_or_path.count("/") > 1
+        or name_or_path.startswith(".")
+    )
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    dtype: str = "float32",
+    *,
+    trust_remote_code: bool = False,
+    local_files_only: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) from a checkpoint directory or hub id; ModelLoadError when impossible."""
+    name = str(path)
+    local = Path(name).expanduser()
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"model.dtype: unknown dtype '{dtype}' (choose from {', '.join(_DTYPES)})")
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"model path {local} is a file; expected a checkpoint directory")
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"model directory {local} has no config.json (not a save_pretrained checkpoint)")
+        name, local_files_only = str(local), True
+    elif _looks_local(name) or local_files_only:
+        raise ModelLoadError(f"model path not found: {local} (no such directory)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+        )
+        config = AutoConfig.from_pretrained(
+            name, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+        )
+        extra = {"attn_implementation": "eager"} if getattr(config, "remix_toy", False) else {}
+        model = AutoModelForCausalLM.from_pretrained(
+            name, config=config, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
+            local_files_only=local_files_only, **extra,
+        )
+    except (OSError, ValueError) as exc:
+        where = "directory" if local_files_only else "hub id (no local directory of that name)"
+        raise ModelLoadError(f"could not load model '{name}' as a {where}: {exc}") from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+    model.eval()
+    return model, _prepare_tokenizer(tokenizer)
+
+
+def load_policy(model_cfg, warm_cfg, seed: int) -> tuple[torch.nn.Module, Any]:
+    """The policy to fine-tune and its tokenizer.
+
+    ``model_cfg.name_or_path == "toy"``: toy tokenizer + toy model (init seed `seed`) + the
+    supervised warm start of `warm_cfg` (cached on disk; skipped when ``warm_cfg.steps == 0``).
+    Otherwise a local checkpoint directory or hub id in ``model_cfg.dtype``, with the tokenizer's
+    pad token set to eos when missing and left padding.
+    """
+    if model_cfg.name_or_path == "toy":
+        from remix_engine.warmstart import warm_start  # noqa: PLC0415 - warmstart imports this module
+
+        tokenizer = build_toy_tokenizer()
+        model = build_toy_model(tokenizer, seed)
+        if model_cfg.dtype != "float32":
+            raise ModelLoadError("the toy model trains in float32; set model.dtype=float32")
+        model = warm_start(model, tokenizer, warm_cfg, seed)
+        return model, tokenizer
+    model, tokenizer = load_pretrained(
+        model_cfg.name_or_path, model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
+    )
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, tokenizer

@@ -1,0 +1,239 @@
+"""The offline toy task: multi-step integer arithmetic with `<think>` demonstrations.
+
+A problem is a chain such as ``Compute 47+5-3+8.``: a two-digit start followed by 3-5
+single-digit additions or subtractions (the running value never leaves 0..99). The reference
+answer is the final integer as a string, so the same DeepScaleR-style grader that scores real
+math benchmarks scores the toy (``</think>`` then the last ``\\boxed{N}``).
+
+A demonstration solves the chain one step per line, the way a reasoning model writes it, starting
+right after the ``<think>`` that ends the prompt::
+
+    47+5=52
+    52-3=49
+    49+8=57
+    check: 57-8=49 ok
+    </think> \\boxed{57}
+
+Demonstrations are deliberately imperfect, so that the warm-started model is imperfect too and
+reinforcement learning has something to fix:
+
+* ``slip``: one step's result is off (a carry or a digit error) and the error is carried to the
+  end, so the final answer is wrong;
+* ``fix``: one step slips, then the demonstration notices (``wait, 52-3=49``) and goes on
+  correctly;
+* ``check``: a correct demonstration re-checks its last step backwards before answering.
+
+The words used (check, wait, verify, confirm, but) are self-reflection keywords of
+remix_algorithm.md §9.1, so ``behavior/self_reflection_rate`` measures how often the policy
+re-checks itself. Plain steps contain no words at all.
+
+Everything is deterministic from a seed. The problem space is split by a hash of the problem text
+into a held-out part (1/8 of it) and a training part; the held-out list is one fixed stream,
+independent of any training seed, and no training problem can ever be a held-out problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from remix_engine.data import Problem
+
+# Bump when problems, prompts or demonstrations change: it invalidates cached warm starts.
+TASK_VERSION = "toy-arith-v1"
+
+# Problem family (part of the task version).
+START_RANGE = (10, 59)  # the two-digit first number
+TERMS_RANGE = (3, 5)  # how many single-digit terms follow it
+VALUE_RANGE = (0, 99)  # the running value stays inside this range
+HELDOUT_BUCKETS = 8  # 1 in HELDOUT_BUCKETS of the problem space is held out
+_HELDOUT_STREAM_SEED = 20250707
+
+# Demonstration mix (defaults used by the warm start; recorded in its cache key).
+DEFAULT_SLIP = 0.15
+DEFAULT_FIX = 0.10
+DEFAULT_CHECK = 0.25
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+BOXED = "\\boxed{"
+
+_CHECK_WORDS = ("check", "verify", "double-check", "confirm")
+
+
+@dataclass(frozen=True)
+class Chain:
+    start: int
+    terms: tuple[int, ...]  # signed single digits: +5 -> 5, -3 -> -3
+
+    @property
+    def text(self) -> str:
+        return f"{self.start}" + "".join(f"{t:+d}" for t in self.terms)
+
+    def values(self) -> list[int]:
+        out = [self.start]
+        for t in self.terms:
+            out.append(out[-1] + t)
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+
+def _is_heldout(text: str) -> bool:
+    digest = hashlib.sha256(f"{TASK_VERSION}|{text}".encode()).digest()
+    return digest[0] % HELDOUT_BUCKETS == 0
+
+
+def _sample_chain(rng: random.Random, n_terms: int | None = None) -> Chain:
+    value = rng.randint(*START_RANGE)
+    start = value
+    n = n_terms if n_terms is not None else rng.randint(*TERMS_RANGE)
+    terms: list[int] = []
+    lo, hi = VALUE_RANGE
+    for _ in range(n):
+        digit = rng.randint(1, 9)
+        sign = rng.choice((1, -1))
+        if not lo <= value + sign * digit <= hi:
+            sign = -sign
+        terms.append(sign * digit)
+        value += sign * digit
+    return Chain(start, tuple(terms))
+
+
+def problem_text(chain: Chain) -> str:
+    return f"Compute {chain.text}."
+
+
+def parse_problem(text: str) -> Chain:
+    """Inverse of `problem_text` (demonstrations are built from the problem text alone)."""
+    m = re.fullmatch(r"Compute (\d+)((?:[+-]\d)+)\.", text.strip())
+    if not m:
+        raise ValueError(f"not a toy arithmetic problem: {text!r}")
+    terms = tuple(int(t) for t in re.findall(r"[+-]\d", m.group(2)))
+    return Chain(int(m.group(1)), terms)
+
+
+def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> list[Problem]:
+    """`n` distinct toy problems.
+
+    ``train``: drawn from the training part of the problem space with `seed`.
+    ``heldout``: a fixed list (the `seed` argument is ignored), so every run is evaluated on the
+    same problems; ``toy_problems("heldout", 200)`` is a prefix of ``toy_problems("heldout", 500)``.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"toy split must be 'train' or 'heldout', got {split!r}")
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    want_heldout = split == "heldout"
+    rng = random.Random(_HELDOUT_STREAM_SEED if want_heldout else seed)
+    out: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 200 * n + 10_000:
+            raise RuntimeError(f"could not draw {n} distinct toy {split} problems")
+        chain = _sample_chain(rng)
+        text = problem_text(chain)
+        if text in seen or _is_heldout(text) != want_heldout:
+            continue
+        seen.add(text)
+        out.append(
+            Problem(
+                id=f"toy-{split}-{hashlib.sha1(text.encode()).hexdigest()[:10]}",
+                problem=text,
+                answer=str(chain.answer),
+                meta={"task": TASK_VERSION, "terms": len(chain.terms), "split": split},
+            )
+        )
+    return out
+
+
+def _slip(value: int, rng: random.Random) -> int:
+    """A plausible arithmetic slip: off by one, or a wrong carry (off by ten)."""
+    for _ in range(10):
+        wrong = value + rng.choice((-10, -1, 1, 10, -2, 2))
+        if wrong != value and wrong >= 0:
+            return wrong
+    return value + 1
+
+
+def _step(a: int, t: int, result: int) -> str:
+    return f"{a}{t:+d}={result}"
+
+
+def toy_demonstration(
+    problem: Problem | str,
+    rng: random.Random,
+    *,
+    slip: float = DEFAULT_SLIP,
+    fix: float = DEFAULT_FIX,
+    check: float = DEFAULT_CHECK,
+) -> str:
+    """One response for `problem`, as the policy should write it after the prompt's ``<think>``.
+
+    With probability `slip` one step carries an uncorrected error (wrong final answer); with
+    probability `fix` one step slips and is corrected with "wait, ..."; otherwise it is clean.
+    Clean and fixed demonstrations end with a backwards re-check of the last step with probability
+    `check`. With ``slip=0`` every demonstration's boxed answer is correct.
+    """
+    text = problem.problem if isinstance(problem, Problem) else problem
+    chain = parse_problem(text)
+    u = rng.random()
+    mode = "slip" if u < slip else "fix" if u < slip + fix else "clean"
+    bad_step = rng.randrange(len(chain.terms))
+    lines: list[str] = []
+    value = chain.start
+    for i, t in enumerate(chain.terms):
+        true = value + t
+        if mode != "clean" and i == bad_step:
+            wrong = _slip(true, rng)
+            if mode == "slip":
+                lines.append(_step(value, t, wrong))
+                value = wrong
+                continue
+            lines.append(f"{_step(value, t, wrong)} wait, {_step(value, t, true)}")
+        else:
+            lines.append(_step(value, t, true))
+        value = true
+    if mode != "slip" and rng.random() < check:
+        prev = value - chain.terms[-1]
+        word = rng.choice(_CHECK_WORDS)
+        lines.append(f"{word}: {_step(value, -chain.terms[-1], prev)} ok")
+    return "\n".join(lines) + f"\n{THINK_CLOSE} {BOXED}{value}}}"
+
+
+_BOX_RE = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def grade_toy(response: str, answer: str | Sequence[str], require_think: bool = True) -> bool:
+    """Exact grading for the toy task (what the DeepScaleR grader does on integer answers).
+
+    The text after the first ``</think>`` (required unless `require_think` is false) must contain a
+    ``\\boxed{N}``; the last one is compared as an integer with the reference(s).
+    """
+    if THINK_CLOSE in response:
+        response = response.split(THINK_CLOSE)[1]
+    elif require_think:
+        return False
+    found = _BOX_RE.findall(response)
+    if not found:
+        return False
+    refs = [answer] if isinstance(answer, str) else list(answer)
+    try:
+        got = int(found[-1].strip())
+    except ValueError:
+        return False
+    for ref in refs:
+        try:
+            if got == int(str(ref).strip()):
+                return True
+        except ValueError:
+            continue
+    return False

@@ -1,0 +1,229 @@
+"""Supervised warm start of the toy policy, cached on disk.
+
+`warm_start` fine-tunes the freshly initialised toy model on toy demonstrations (remix_engine/toy.py)
+with AdamW and a next-token loss on the response tokens only (prompt and padding are masked), so
+that reinforcement learning starts from a policy that knows the ``…</think> \\boxed{N}`` format
+and is right part of the time.
+
+The result is cached under ``$REMIX_CACHE_DIR`` (else ``cfg.cache_dir``, else
+``~/.cache/remix-studio/warmstart``) in a folder named by a hash of everything that determines it:
+the tokenizer vocabulary and chat template, the model config, the warm-start settings (steps,
+batch size, lr), the task version and demonstration mix, and the seed. Several processes may race
+to fill the same entry: each trains into a private temporary folder and renames it into place;
+the first rename wins and the others discard their copy. A cache hit only reads one small
+safetensors file into the given model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from remix_engine import toy
+
+CACHE_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "warmstart.json"
+
+# Demonstration mix and schedule of the warm start (part of the cache key).
+DEMO_MIX = {"slip": toy.DEFAULT_SLIP, "fix": toy.DEFAULT_FIX, "check": toy.DEFAULT_CHECK}
+WARMUP_STEPS = 20
+MIN_LR_RATIO = 0.1
+WEIGHT_DECAY = 0.01
+GRAD_CLIP = 1.0
+
+
+def cache_root(cfg) -> Path:
+    env = os.environ.get("REMIX_CACHE_DIR")
+    if env:
+        return Path(env).expanduser() / "warmstart"
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path.home() / ".cache" / "remix-studio" / "warmstart"
+
+
+def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | None = None) -> str:
+    """Hash of everything that determines the warm-started weights."""
+    config = model.config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures",
+                     "_attn_implementation_autoset", "use_cache"):
+        config.pop(volatile, None)
+    payload = {
+        "format": CACHE_FORMAT,
+        "task": toy.TASK_VERSION,
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "model": config,
+        "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        "schedule": [WARMUP_STEPS, MIN_LR_RATIO, WEIGHT_DECAY, GRAD_CLIP],
+        "demos": demo_mix or DEMO_MIX,
+        "seed": seed,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _lr_at(step: int, total: int, lr: float) -> float:
+    if step < WARMUP_STEPS:
+        return lr * (step + 1) / WARMUP_STEPS
+    progress = (step - WARMUP_STEPS) / max(1, total - WARMUP_STEPS)
+    return lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def demo_batch(tokenizer, problems: list, rng: random.Random, demo_mix: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (prompt and padding labelled -100)."""
+    rows, labels = [], []
+    for p in problems:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p.problem}], tokenize=False, add_generation_prompt=True
+        )
+        response = toy.toy_demonstration(p, rng, **demo_mix)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p_ids + r_ids)
+        labels.append([-100] * len(p_ids) + r_ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention[i, : len(r)] = 1
+        target[i, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": target}
+
+
+def train_on_demonstrations(
+    model,
+    tokenizer,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    demo_mix: dict[str, float] | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """The supervised loop itself (no caching). Returns {'loss': [...], 'seconds': s}.
+
+    `callback(step, loss)` is called after every step (step counts from 1).
+    """
+    demo_mix = demo_mix or DEMO_MIX
+    rng = random.Random(f"warmstart-{seed}")
+    problems = toy.toy_problems("train", steps * batch_size, seed=rng.randrange(2**31))
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98),
+    )
+    device = next(model.parameters()).device
+    model.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(steps):
+            batch = demo_batch(tokenizer, problems[step * batch_size:(step + 1) * batch_size], rng, demo_mix)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            for group in optim.param_groups:
+                group["lr"] = _lr_at(step, steps, lr)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+            )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            optim.step()
+            losses.append(loss.item())
+            if callback is not None:
+                callback(step + 1, losses[-1])
+    model.eval()
+    return {"loss": losses, "seconds": time.perf_counter() - t0}
+
+
+def _load_into(model, entry: Path) -> None:
+    state = load_file(str(entry / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied output weights are stored once; anything else missing means a stale or foreign entry.
+    missing = [k for k in missing if k != "lm_head.weight" or not model.config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"warm-start cache entry {entry} does not fit the model "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+
+
+def cached_entry(model, tokenizer, cfg, seed: int) -> Path:
+    """Where this warm start is (or would be) cached."""
+    return cache_root(cfg) / cache_key(model, tokenizer, cfg, seed)
+
+
+def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] | None = None):
+    """Fine-tune `model` on toy demonstrations per `cfg` (WarmStartConfig), or load the cached result.
+
+    Returns the same model object, in eval mode. ``cfg.steps == 0`` returns it untouched.
+    """
+    if cfg.steps == 0:
+        return model
+    entry = cached_entry(model, tokenizer, cfg, seed)
+    if (entry / WEIGHTS_FILE).is_file():
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            _load_into(model, entry)
+            model.eval()
+            return model
+        except Exception as exc:  # a corrupt entry is moved aside, retrained and replaced
+            if log:
+                log(f"warm start: discarding unreadable cache entry {entry}: {exc}")
+            model.load_state_dict(initial)
+            stale = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
+            try:
+                os.rename(entry, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                pass
+    if log:
+        log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name})")
+    stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
+                                     lr=cfg.lr, seed=seed)
+    _store(model, entry, {
+        "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
+        "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        "demos": DEMO_MIX, "final_loss": sum(stats["loss"][-20:]) / len(stats["loss"][-20:]),
+        "seconds": round(stats["seconds"], 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    return model
+
+
+def _store(model, entry: Path, meta: dict[str, Any]) -> None:
+    """Write atomically: a private temp folder renamed into place; a lost race is not an error."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+                 if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            pass  # another process stored the same entry first; ours is identical, drop it
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

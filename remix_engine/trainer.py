@@ -18,7 +18,6 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -176,7 +175,7 @@ class Trainer:
     def _train_step(self, t: int) -> dict[str, float]:
         cfg = self.cfg
         metrics: dict[str, float] = {}
-        mixing, share, utd = self._phase(t)
+        _, share, utd = self._phase(t)
         n_prompts = cfg.rollout.prompts_per_step
         n_fresh = max(1, round((1 - share) * n_prompts))
 
@@ -253,7 +252,7 @@ class Trainer:
         self.state.cost_tokens += sum(len(s.response_ids) for s in fresh)
 
         metrics.update(self._rollout_metrics(fresh, result, grades, rewards, fresh_groups))
-        metrics.update(self._replay_metrics(t, batch, replayed, per_sample, share, utd, mixing, lam))
+        metrics.update(self._replay_metrics(t, batch, replayed, per_sample, share, utd, lam))
         self._emit_rollouts(t, problems, fresh, result, grades)
         self._emit_uses(t, batch, per_sample)
         return metrics
@@ -415,14 +414,13 @@ class Trainer:
         m.update(behavior_metrics(result.texts))
         return m
 
-    def _replay_metrics(self, t, batch, replayed, per_sample, share, utd, mixing, lam) -> dict[str, float]:
+    def _replay_metrics(self, t, batch, replayed, per_sample, share, utd, lam) -> dict[str, float]:
         m = {
             "replay/buffer_size": float(len(self.buffer)),
             "replay/fresh_share": (len(batch) - len(replayed)) / len(batch),
             "replay/replayed_samples": float(len(replayed)),
             "replay/target_share": share,
             "replay/utd": float(utd),
-            "replay/mix_phase": 1.0 if mixing else 0.0,
             "replay/reincarnated": 1.0 if self.state.reincarnated_at is not None else 0.0,
             "actor/kl_lambda": lam,
         }

@@ -1,0 +1,62 @@
+import pytest
+
+from remix_engine.config import ConfigError, RemixConfig, build_config, load_saved_config, save_config
+
+
+def test_toy_preset_defaults_follow_the_paper_for_remix_switches():
+    cfg = build_config("toy", "remix-grpo")
+    assert (cfg.remix.replay_share, cfg.remix.window, cfg.remix.utd, cfg.remix.kl_convex) == (0.4, 2, 2, True)
+    assert cfg.family == "grpo" and cfg.is_remix
+
+
+def test_plain_algorithm_switches_every_remix_component_off():
+    cfg = build_config("toy", "grpo")
+    off = RemixConfig.off()
+    assert cfg.remix.replay_share == off.replay_share == 0.0
+    assert cfg.remix.utd == 1 and cfg.remix.kl_convex is False and cfg.remix.reincarnate_at is None
+
+
+def test_paper_presets_carry_paper_hyperparameters():
+    cfg = build_config("r1-distill-1.5b", "remix-ppo")
+    assert cfg.actor.lr == 1e-6 and cfg.critic.lr == 1e-5 and cfg.actor.kl_coef == 0.001
+    assert cfg.remix.reincarnate_at == 100 and cfg.rollout.max_new_tokens == 8192
+    assert cfg.actor.advantage == "gae" and cfg.rollout.group_size == 1
+
+
+def test_dotted_overrides_are_parsed_as_yaml_scalars():
+    cfg = build_config("toy", "remix-grpo", overrides=["remix.utd=3", "remix.reincarnate_at=null", "actor.lr=1e-4"])
+    assert cfg.remix.utd == 3 and cfg.remix.reincarnate_at is None and cfg.actor.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"overrides": ["remix.utd=0"]}, "remix.utd"),
+    ({"overrides": ["rollout.nope=1"]}, "rollout.nope"),
+    ({"overrides": ["remix.replay_share=1.5"]}, "remix.replay_share"),
+    ({"algorithm": "grpo", "overrides": ["remix.utd=2"]}, "remix.utd"),
+    ({"algorithm": "nope"}, "algorithm"),
+    ({"overrides": ["actor.advantage=gae"]}, "actor.advantage"),
+    ({"overrides": ["novalue"]}, "novalue"),
+])
+def test_invalid_values_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as err:
+        build_config("toy", **kwargs)
+    assert field in str(err.value)
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(ConfigError, match="preset"):
+        build_config("gpt-5")
+
+
+def test_yaml_file_and_round_trip(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("remix:\n  window: 3\ntrainer:\n  steps: 7\n")
+    cfg = build_config("toy", "remix-grpo", file=f, seed=5)
+    assert cfg.remix.window == 3 and cfg.trainer.steps == 7 and cfg.trainer.seed == 5
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_saved_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        build_config("toy", file="/nonexistent.yaml")

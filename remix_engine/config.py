@@ -211,10 +211,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Per-family settings applied on top of a preset when the algorithm changes.
-_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "grpo": {"actor": {"advantage": "grpo"}},
-    "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1}},
+# Per-family settings applied on top of a preset. PPO samples one response per prompt, so it takes
+# group_size x more prompts: the same number of responses per step as GRPO (the paper's 1.5B PPO
+# batch is 256 prompts x 1; its GRPO batch 2048 responses).
+_FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "toy": {"grpo": {"actor": {"advantage": "grpo"}},
+            "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 128}}},
+    "r1-distill-1.5b": {"grpo": {"actor": {"advantage": "grpo"}},
+                        "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 256}}},
+    "r1-distill-7b": {"grpo": {"actor": {"advantage": "grpo"}},
+                      "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 256}}},
 }
 
 
@@ -316,7 +322,7 @@ def build_config(
         names = ", ".join(f"remix.{k}" for k in tree["remix"])
         raise ConfigError(f"{names}: only used by remix-* algorithms; '{algorithm}' is plain on-policy")
 
-    merged = _deep_merge(PRESETS[preset], _FAMILY_DEFAULTS[algorithm.removeprefix("remix-")])
+    merged = _deep_merge(PRESETS[preset], _FAMILY_DEFAULTS[preset][algorithm.removeprefix("remix-")])
     merged = _deep_merge(merged, tree)
     merged["preset"] = preset
     merged["algorithm"] = algorithm

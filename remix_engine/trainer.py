@@ -24,6 +24,7 @@ import torch
 from remix_engine import algorithms as algo
 from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
+from remix_engine.critic import ValueModel
 from remix_engine.data import Problem, encode_prompts, load_problems, render_prompt
 from remix_engine.logprobs import forward_response, make_token_batch, sequence_logprobs
 from remix_engine.models import load_policy
@@ -95,6 +96,9 @@ class Trainer:
         self.uses_precedent = cfg.is_remix and cfg.remix.kl_convex and cfg.remix.precedent == "previous" and cfg.actor.kl_coef > 0
         self.precedent = _frozen_copy(self.model) if self.uses_precedent else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor.lr, weight_decay=cfg.actor.weight_decay)
+        self.critic = ValueModel(self.model) if cfg.family == "ppo" else None
+        self.critic_optimizer = (torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic.lr)
+                                 if self.critic is not None else None)
         self.buffer = ReplayBuffer(cfg.remix.window)
         self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer,
                                     gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization)
@@ -228,15 +232,20 @@ class Trainer:
             self.precedent.load_state_dict(self.model.state_dict())
         metrics["timing_s/old_log_prob"] = time.perf_counter() - tick
 
-        # 4. advantages per token
+        # 4. advantages per token: group-relative (GRPO family) or critic + GAE (PPO family)
         token_batch = make_token_batch(prompts, responses, self.pad_id)
         mask = token_batch.response_mask
-        advantages = algo.broadcast_to_tokens(torch.tensor([s.advantage for s in batch]), mask)
+        old_values = returns = None
+        if self.critic is None:
+            advantages = algo.broadcast_to_tokens(torch.tensor([s.advantage for s in batch]), mask)
+        else:
+            advantages, old_values, returns, gae_metrics = self._gae(batch, token_batch, replayed)
+            metrics.update(gae_metrics)
 
-        # 5. m epochs of mini-batch updates
+        # 5. m epochs of mini-batch updates (the critic learns on the same mini-batches)
         tick = time.perf_counter()
         update_metrics, per_sample = self._update(token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp,
-                                                  advantages, lam, utd)
+                                                  advantages, lam, utd, old_values, returns)
         metrics["timing_s/update"] = time.perf_counter() - tick
         metrics["perf/throughput"] = float(mask.sum()) * utd / max(metrics["timing_s/update"], 1e-9)
         metrics.update(update_metrics)
@@ -257,7 +266,41 @@ class Trainer:
         self._emit_uses(t, batch, per_sample)
         return metrics
 
-    def _update(self, token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp, advantages, lam, utd):
+    def _gae(self, batch: list[Sample], token_batch, replayed: list[Sample]):
+        """Critic values and GAE advantages for the whole mixed batch.
+
+        Replayed samples get advantages from the *current* critic (A^{π_k}, remix_algorithm.md §11.4)
+        unless critic.replay_advantages == "stored", which reuses the ones computed at generation.
+        """
+        cc = self.cfg.critic
+        mask = token_batch.response_mask
+        with torch.no_grad():
+            self.critic.eval()
+            values = self.critic(token_batch)
+        token_rewards = torch.zeros_like(mask)
+        for i, s in enumerate(batch):
+            token_rewards[i, len(s.response_ids) - 1] = s.reward  # outcome reward on the last token
+        advantages, returns = algo.gae_advantages(token_rewards, values, mask, cc.gamma, cc.lam)
+        replayed_ids = {id(s) for s in replayed}
+        for i, s in enumerate(batch):
+            n = len(s.response_ids)
+            if id(s) in replayed_ids:
+                if cc.replay_advantages == "stored" and s.token_advantages is not None:
+                    advantages[i, :n] = torch.tensor(s.token_advantages)
+            else:  # fresh: remember what this step's critic said, for the "stored" mode and the record
+                s.token_advantages = advantages[i, :n].tolist()
+                s.advantage = float(advantages[i, :n].mean())
+        metrics = {
+            "critic/values/mean": float(algo.masked_mean(values, mask)),
+            "critic/returns/mean": float(algo.masked_mean(returns, mask)),
+            "critic/advantages/raw_mean": float(algo.masked_mean(advantages, mask)),
+        }
+        if cc.whiten_advantages:
+            advantages = algo.masked_whiten(advantages, mask)
+        return advantages, values, returns, metrics
+
+    def _update(self, token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp, advantages, lam, utd,
+                old_values=None, returns=None):
         cfg = self.cfg.actor
         temp = self.cfg.rollout.temperature
         size = token_batch.input_ids.shape[0]
@@ -292,6 +335,8 @@ class Trainer:
                 self.optimizer.step()
                 m["actor/grad_norm"] = float(grad_norm)
                 m["actor/loss"] = float(loss.detach())
+                if self.critic is not None:
+                    m.update(self._critic_step(mb, old_values[idx], returns[idx]))
                 for k, v in m.items():
                     sums[k] += float(v)
                 n_updates += 1
@@ -308,6 +353,18 @@ class Trainer:
         metrics["actor/optimizer_steps"] = float(n_updates)
         metrics["actor/lr"] = cfg.lr
         return metrics, stats_acc
+
+    def _critic_step(self, mb, old_values, returns) -> dict[str, float]:
+        cc = self.cfg.critic
+        self.critic.train()
+        values = self.critic(mb)
+        vf_loss, m = algo.value_loss(values, old_values, returns, mb.response_mask, cc.cliprange_value,
+                                     agg=self.cfg.actor.loss_agg)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        vf_loss.backward()
+        m["critic/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.actor.grad_clip))
+        self.critic_optimizer.step()
+        return m
 
     # ------------------------------------------------------------------ pieces
     def _kl_lambda(self, t: int) -> float:
@@ -344,6 +401,8 @@ class Trainer:
 
     def _advantages(self, rewards: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
         kind = self.cfg.actor.advantage
+        if kind == "gae":
+            return torch.zeros_like(rewards)  # filled in by _gae once the critic has seen the batch
         if kind == "grpo":
             return algo.grpo_advantages(rewards, group_index)
         if kind == "drgrpo":
@@ -404,13 +463,14 @@ class Trainer:
             "critic/score/max": float(rewards.max()),
             "critic/score/min": float(rewards.min()),
             "critic/advantages/mean": sum(s.advantage for s in fresh) / len(fresh),
-            "critic/frac_reward_zero_std": zero_std,
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "response_length/min": float(lengths.min()),
             "response_length/clip_ratio": sum(result.truncated) / len(fresh),
             "reward/format_ok": sum(g.format_ok for g in grades) / len(grades),
         }
+        if self.cfg.rollout.group_size > 1:
+            m["critic/frac_reward_zero_std"] = zero_std
         m.update(behavior_metrics(result.texts))
         return m
 
@@ -487,6 +547,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "anchor": self.anchor.state_dict() if self.anchor is not None and self.state.reincarnated_at else None,
             "precedent": self.precedent.state_dict() if self.precedent is not None else None,
+            "critic": self.critic.state_dict() if self.critic is not None else None,
+            "critic_optimizer": self.critic_optimizer.state_dict() if self.critic is not None else None,
             "initial_eval": getattr(self, "initial_eval", None),
         }, tmp / STATE_FILE)
         shutil.rmtree(final, ignore_errors=True)
@@ -513,6 +575,9 @@ class Trainer:
             self.anchor.load_state_dict(blob["anchor"])
         if blob["precedent"] is not None and self.precedent is not None:
             self.precedent.load_state_dict(blob["precedent"])
+        if self.critic is not None:
+            self.critic.load_state_dict(blob["critic"])
+            self.critic_optimizer.load_state_dict(blob["critic_optimizer"])
         self.initial_eval = blob.get("initial_eval")
         self.backend.sync_weights(self.model)
 

@@ -35,12 +35,18 @@ def _run(tmp_path, name, algorithm, overrides, steps=4, seed=0):
     return out, summary
 
 
-def test_grpo_is_remix_grpo_with_every_component_off(tmp_path):
-    off = {**TINY, "remix.replay_share": 0.0, "remix.utd": 1, "remix.kl_convex": False, "remix.reincarnate_at": None}
-    grpo, _ = _run(tmp_path, "grpo", "grpo", TINY)
-    remix_off, _ = _run(tmp_path, "remix_off", "remix-grpo", off)
-    assert _metrics(grpo) == _metrics(remix_off)
-    assert (grpo / "rollouts.jsonl").read_text() == (remix_off / "rollouts.jsonl").read_text()
+# PPO samples one response per prompt: give it the same 16 responses per step.
+PPO_TINY = {**TINY, "rollout.prompts_per_step": 16}
+PPO_REMIX_TINY = {**REMIX_TINY, "rollout.prompts_per_step": 16}
+ALL_OFF = {"remix.replay_share": 0.0, "remix.utd": 1, "remix.kl_convex": False, "remix.reincarnate_at": None}
+
+
+@pytest.mark.parametrize("family, tiny", [("grpo", TINY), ("ppo", PPO_TINY)])
+def test_plain_algorithm_is_remix_with_every_component_off(tmp_path, family, tiny):
+    plain, _ = _run(tmp_path, "plain", family, tiny)
+    remix_off, _ = _run(tmp_path, "remix_off", f"remix-{family}", {**tiny, **ALL_OFF})
+    assert _metrics(plain) == _metrics(remix_off)
+    assert (plain / "rollouts.jsonl").read_text() == (remix_off / "rollouts.jsonl").read_text()
 
 
 class StopAfter(JsonlSink):
@@ -56,10 +62,11 @@ class StopAfter(JsonlSink):
         return self.seen >= self.steps
 
 
-def test_resume_is_exact(tmp_path):
-    straight, _ = _run(tmp_path, "straight", "remix-grpo", REMIX_TINY)
+@pytest.mark.parametrize("algorithm, tiny", [("remix-grpo", REMIX_TINY), ("remix-ppo", PPO_REMIX_TINY)])
+def test_resume_is_exact(tmp_path, algorithm, tiny):
+    straight, _ = _run(tmp_path, "straight", algorithm, tiny)
 
-    cfg = build_config("toy", "remix-grpo", overrides=REMIX_TINY, steps=4, seed=0)
+    cfg = build_config("toy", algorithm, overrides=tiny, steps=4, seed=0)
     out = tmp_path / "resumed"
     first = train(cfg, out, StopAfter(out, 2))
     assert first["status"] == "cancelled" and first["steps"] == 2
@@ -116,3 +123,35 @@ def test_cancel_before_first_step_writes_a_checkpoint(tmp_path):
 def test_resume_without_a_run_directory_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         train(None, tmp_path / "nothing", resume=True)
+
+
+def test_ppo_trains_a_critic_and_records_value_metrics(tmp_path):
+    out, _ = _run(tmp_path, "ppo", "remix-ppo", {**PPO_REMIX_TINY, "critic.replay_advantages": "stored"}, steps=3)
+    rows = _metrics(out)
+    for key in ("critic/vf_loss", "critic/values/mean", "critic/returns/mean", "actor/pg_loss"):
+        assert key in rows[2], key
+    assert rows[1]["critic/values/mean"] == 0.0  # the zero-initialised head starts at V = 0
+
+
+def test_critic_regresses_towards_the_returns():
+    import torch
+
+    from remix_engine import algorithms as algo
+    from remix_engine.critic import ValueModel
+    from remix_engine.logprobs import make_token_batch
+    from remix_engine.models import build_toy_model, build_toy_tokenizer
+
+    tok = build_toy_tokenizer()
+    critic = ValueModel(build_toy_model(tok, seed=0))
+    batch = make_token_batch([[5, 6, 7], [5, 8]], [[9, 10, 11], [12]], pad_id=tok.pad_token_id)
+    returns = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]) * batch.response_mask
+    opt = torch.optim.AdamW(critic.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        values = critic(batch)
+        loss, _ = algo.value_loss(values, values.detach(), returns, batch.response_mask, cliprange_value=10.0)
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.1 * first

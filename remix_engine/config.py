@@ -166,8 +166,9 @@ class RunConfig(_Section):
             fresh = round((1 - self.remix.replay_share) * self.rollout.prompts_per_step)
             if fresh < 1:
                 raise ValueError("remix.replay_share: leaves no fresh prompts per step; lower it or raise rollout.prompts_per_step")
-        if self.remix.reincarnate_at is not None and self.remix.reincarnate_at > self.trainer.steps and self.is_remix:
-            pass  # allowed: the run simply ends before reincarnation (the 7B paper runs did)
+        if self.is_remix and self.remix.kl_convex and self.actor.kl_coef == 0:
+            raise ValueError("remix.kl_convex: needs a KL term; set actor.kl_coef > 0 or remix.kl_convex=false")
+        # reincarnate_at > steps is allowed: the run ends before reincarnation (as the paper's 7B runs did).
         return self
 
 
@@ -321,6 +322,9 @@ def build_config(
     if not algorithm.startswith("remix-") and tree.get("remix"):
         names = ", ".join(f"remix.{k}" for k in tree["remix"])
         raise ConfigError(f"{names}: only used by remix-* algorithms; '{algorithm}' is plain on-policy")
+    if algorithm.removeprefix("remix-") == "grpo" and tree.get("critic"):
+        names = ", ".join(f"critic.{k}" for k in tree["critic"])
+        raise ConfigError(f"{names}: only used by ppo/remix-ppo (GRPO has no critic)")
 
     merged = _deep_merge(PRESETS[preset], _FAMILY_DEFAULTS[preset][algorithm.removeprefix("remix-")])
     merged = _deep_merge(merged, tree)

@@ -115,6 +115,8 @@ class RemixConfig(_Section):
 
 class TrainerConfig(_Section):
     steps: int = Field(100, ge=1)
+    # Stop early once this many rollouts were generated (compare methods at an equal rollout budget).
+    max_rollouts: int | None = Field(None, ge=1)
     seed: int = 0
     eval_every: int = Field(10, ge=1)
     eval_greedy: bool = True

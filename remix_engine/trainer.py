@@ -132,7 +132,7 @@ class Trainer:
 
         status = "completed"
         last_eval: dict[str, float] = {}
-        while self.state.step < cfg.trainer.steps:
+        while self.state.step < cfg.trainer.steps and not self._budget_spent():
             if self.sink.should_stop():
                 status = "cancelled"
                 break
@@ -140,7 +140,8 @@ class Trainer:
             started = time.perf_counter()
             metrics = self._train_step(t)
             self.state.step = t
-            if t % cfg.trainer.eval_every == 0 or t == cfg.trainer.steps:
+            last_step = t == cfg.trainer.steps or self._budget_spent()
+            if t % cfg.trainer.eval_every == 0 or last_step:
                 last_eval = self._evaluate()
                 metrics.update(last_eval)
             self.state.elapsed_s += time.perf_counter() - started
@@ -148,7 +149,7 @@ class Trainer:
             metrics["timing_s/elapsed"] = self.state.elapsed_s
             metrics.update(self._cost_metrics())
             self.sink.on_step(t, metrics)
-            if t % cfg.trainer.checkpoint_every == 0 or t == cfg.trainer.steps:
+            if t % cfg.trainer.checkpoint_every == 0 or last_step:
                 self._save_checkpoint()
         if status == "cancelled" and latest_checkpoint(self.out) != self._ckpt_dir(self.state.step):
             self._save_checkpoint()
@@ -168,6 +169,10 @@ class Trainer:
         }
         self.sink.on_end(summary)
         return summary
+
+    def _budget_spent(self) -> bool:
+        budget = self.cfg.trainer.max_rollouts
+        return budget is not None and self.state.cost_rollouts >= budget
 
     # ------------------------------------------------------------------ one step
     def _phase(self, t: int) -> tuple[bool, float, int]:

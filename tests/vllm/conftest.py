@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from vllm_testlib import STOP_PROMPT, build_model, build_tokenizer
 
 

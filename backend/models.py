@@ -291,6 +291,10 @@ class Evaluation(SQLModel, table=True):
     cost_rollouts: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = _ts()
+    # 0002: decoding mode ("greedy" | "sample"), grader tag, math-verify second opinion (fraction).
+    mode: str = Field(default="greedy", max_length=16)
+    grader: str | None = Field(default=None, max_length=32)
+    mathverify: float | None = Field(default=None, sa_type=Double)
 
 
 class EvalSample(SQLModel, table=True):
@@ -310,13 +314,16 @@ class EvalSample(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_type=Text)
     length: int = Field(default=0)
     truncated: bool = Field(default=False)
+    mathverify: bool | None = Field(default=None)  # 0002: math-verify's verdict (second opinion)
 
 
 class LeaderboardEntry(SQLModel, table=True):
     """Own results (linked to an evaluation) and imported published rows, side by side."""
 
     __tablename__ = "leaderboard_entries"
-    __table_args__ = (Index("ix_leaderboard_benchmark_score", "benchmark", "score"),)
+    __table_args__ = (Index("ix_leaderboard_benchmark_score", "benchmark", "score"),
+                      Index("uq_leaderboard_entries_entry", "entry_key", "benchmark", "mode", unique=True),
+                      Index("ix_leaderboard_entries_mode_size", "mode", "size"))
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(default="own", max_length=16)  # own | published
@@ -331,3 +338,16 @@ class LeaderboardEntry(SQLModel, table=True):
     reference: str | None = Field(default=None, sa_type=Text)  # citation of a published row
     notes: str | None = Field(default=None, sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    # 0002 (backend/leaderboard.py): one table line = one entry_key ("published:<dataset>:<size>:<model>"
+    # or "eval:<job id>"); mode "greedy" | "t0.1" ...; published cost text ("0.079M", ">3.584M").
+    entry_key: str | None = Field(default=None, max_length=255)
+    dataset: str | None = Field(default=None, max_length=100)
+    size: str | None = Field(default=None, max_length=32)
+    mode: str = Field(default="greedy", max_length=16)
+    cost_text: str | None = Field(default=None, max_length=32)
+    cost_lower_bound: bool = Field(default=False)
+    checkpoint_step: int | None = Field(default=None)
+    temperature: float | None = Field(default=None, sa_type=Double)
+    k: int | None = Field(default=None)
+    grader: str | None = Field(default=None, max_length=32)
+    mathverify: float | None = Field(default=None, sa_type=Double)

@@ -82,6 +82,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0 if summary["status"] in ("completed", "cancelled") else 1
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from remix_engine.data import BENCHMARKS
+    from remix_engine.evaluate import EvaluationError, JsonlSampleSink, evaluate, format_table, write_results
+
+    names = [b.strip() for item in (args.benchmarks or BENCHMARKS) for b in item.split(",") if b.strip()]
+    out = Path(args.output)
+    sink = JsonlSampleSink(out / "samples.jsonl")
+    bar = None
+
+    def progress(name: str, done: int, total: int) -> None:
+        nonlocal bar
+        from tqdm import tqdm
+
+        if bar is None or bar.desc != name:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=name, unit="sample", dynamic_ncols=True, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        results = evaluate(args.model, names, mode=args.mode, temperature=args.temperature, samples=args.samples,
+                           max_new_tokens=args.max_tokens, limit=args.limit, prompt_template=args.prompt_template,
+                           use_chat_template=not args.no_chat_template, max_prompt_tokens=args.max_prompt_tokens,
+                           mathverify=not args.no_mathverify, backend=args.backend, dtype=args.dtype, seed=args.seed,
+                           batch_size=args.batch_size, sink=sink, progress=progress, keep_samples=False,
+                           torch_threads=args.threads)
+    except EvaluationError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        sink.close()
+        if bar is not None:
+            bar.close()
+    path = write_results(results, out)
+    print(format_table(results))
+    print(f"grader {results['grader']}, mode {results['mode_label']}; results in {path}, samples in {sink.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="remix", description="ReMix off-policy RL fine-tuning engine and studio")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -96,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     tr.add_argument("--resume", default=None, metavar="DIR", help="resume the run in DIR from its last checkpoint")
     tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a model or checkpoint on math benchmarks (paper protocol)")
+    ev.add_argument("--model", required=True, help="checkpoint dir, run dir (newest checkpoint), or hub id")
+    ev.add_argument("--benchmarks", action="append", default=None, metavar="NAMES",
+                    help="comma-separated names (aime24,amc23,math500,minerva,olympiadbench), .jsonl paths or "
+                         "hf:<dataset>; repeatable (default: all five)")
+    ev.add_argument("--mode", choices=("greedy", "sample"), default="greedy")
+    ev.add_argument("--temperature", type=float, default=None, help="sample mode only (default 0.1)")
+    ev.add_argument("--samples", type=int, default=None,
+                    help="k per problem in sample mode (default: 32 for aime24/amc23, 1 otherwise)")
+    ev.add_argument("--max-tokens", type=int, default=8192, help="max new tokens per response (default 8192)")
+    ev.add_argument("--max-prompt-tokens", type=int, default=None, help="keep the last N prompt tokens")
+    ev.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
+    ev.add_argument("--prompt-template", default=None, help="user turn with {problem} (default: the paper's)")
+    ev.add_argument("--no-chat-template", action="store_true", help="use the bare prompt text")
+    ev.add_argument("--no-mathverify", action="store_true", help="skip the math-verify second opinion")
+    ev.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--output", required=True, help="directory for results.json and samples.jsonl")
+    ev.set_defaults(func=_cmd_eval)
 
     for ep in entry_points(group="remix.commands"):
         try:

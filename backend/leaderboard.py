@@ -1,0 +1,670 @@
+"""The leaderboard: published rows (shipped and imported), measured rows from evaluation jobs, exports.
+
+Storage: one `leaderboard_entries` row per (entry, benchmark, mode). An *entry* is one line of the
+table, named by `entry_key`:
+
+* ``published:<dataset>:<size>:<model>`` — a published result. The ReMix README tables ship with
+  the engine (`remix_engine/leaderboard_data`, dataset ``remix-readme-v3``) and are seeded by
+  migration 0002; users import more (CSV or JSON, same columns). `source` = ``published``.
+* ``eval:<job id>`` — an evaluation job of this studio. `source` = ``measured``.
+
+Scores are percentages (pass@1 × 100), as in the paper's tables; the `average` benchmark row holds
+the published average (published entries) or the unweighted mean over the evaluated benchmarks
+(measured entries). Modes are ``greedy`` and ``t<temperature>`` (``t0.1``: the paper's sampled
+numbers, avg@32 on AIME/AMC). Costs are rollouts generated in training: published ones keep their
+text (``0.079M``, ``>3.584M`` with `cost_lower_bound`, ``N/A``) next to the number; measured ones
+are the run's ``cost/rollouts`` at the evaluated checkpoint.
+
+Exports (`render`): json, csv (the import format: ``<bench>_<mode>`` columns, so an export can be
+re-imported), md (GitHub table) and latex (booktabs tabular).
+
+The second half runs evaluation jobs on a worker (`run_evaluation_job`, called by
+worker.tasks.evaluate_task): per-benchmark `evaluations` rows, per-sample `eval_samples` rows and
+the measured leaderboard entries.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlmodel import Session
+
+from backend.models import (
+    EvalSample,
+    Evaluation,
+    Job,
+    JobStatus,
+    LeaderboardEntry,
+    Metric,
+    as_utc,
+    utcnow,
+)
+
+log = logging.getLogger("remix.leaderboard")
+
+STANDARD_BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
+AVERAGE = "average"
+LABELS = {"aime24": "AIME24", "amc23": "AMC23", "math500": "MATH500", "minerva": "Minerva",
+          "olympiadbench": "Olympiad", AVERAGE: "Avg"}
+PUBLISHED = "published"
+MEASURED = "measured"
+SHIPPED_DATASET = "remix-readme-v3"
+FORMATS = ("json", "csv", "md", "latex")
+
+_MODE_RE = r"greedy|t\d+(?:\.\d+)?"
+_SCORE_COLUMN = re.compile(rf"^(?P<bench>.+)_(?P<mode>{_MODE_RE})$")
+
+
+class LeaderboardError(ValueError):
+    """Bad import data or query; the message names the row/column."""
+
+
+# ------------------------------------------------------------------------------------------ costs
+@dataclass(frozen=True)
+class Cost:
+    rollouts: int | None  # number of rollouts (lower bound when `lower_bound`)
+    text: str | None  # as published ("0.079M", ">3.584M", "N/A", "-")
+    lower_bound: bool = False
+
+    @property
+    def millions(self) -> float | None:
+        return None if self.rollouts is None else self.rollouts / 1e6
+
+
+_COST_RE = re.compile(r"^(?P<gt>>=?|≥)?\s*(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(?P<unit>[MmKk])?$")
+
+
+def parse_cost(raw: Any) -> Cost:
+    """'0.079M' -> 79,000 rollouts; '>3.584M' -> lower bound; 'N/A', '-', '' -> unknown."""
+    if raw is None:
+        return Cost(None, None)
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return Cost(int(round(raw)), None) if math.isfinite(raw) else Cost(None, None)
+    text = str(raw).strip()
+    if text in ("", "N/A", "n/a", "NA", "-", "–", "—", "None", "null"):
+        return Cost(None, text or None)
+    m = _COST_RE.match(text)
+    if not m:
+        raise LeaderboardError(f"cost '{text}': expected a number of rollouts, '<x>M' (millions) or '>x' (lower bound)")
+    value = float(m.group("num"))
+    unit = (m.group("unit") or "").upper()
+    scale = 1e6 if unit == "M" else 1e3 if unit == "K" else 1.0
+    return Cost(int(round(value * scale)), text, lower_bound=bool(m.group("gt")))
+
+
+def format_cost(rollouts: int | None, text: str | None = None, lower_bound: bool = False) -> str:
+    """Display text: the published text when there is one, else millions (truncated, as the paper does)."""
+    if text:
+        return text
+    if rollouts is None:
+        return "-"
+    millions = rollouts / 1e6
+    if millions >= 0.001:
+        shown = f"{math.floor(millions * 1000) / 1000:.3f}M"
+    else:
+        shown = f"{millions:.6f}M".rstrip("0")
+    return (">" if lower_bound else "") + shown
+
+
+# ------------------------------------------------------------------------------------------ import
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "imported"
+
+
+def entry_key_published(dataset: str, size: str, model: str) -> str:
+    return f"published:{dataset}:{size}:{model}"[:255]
+
+
+def wide_rows_to_entries(rows: Iterable[dict[str, Any]], *, dataset: str, reference: str | None,
+                         where: str = "row") -> list[dict[str, Any]]:
+    """Wide published rows (size, model, <bench>_<mode>..., avg_<mode>, cost_rollouts[, reference])
+    -> one dict per (entry, benchmark, mode), ready for `leaderboard_entries`."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for i, row in enumerate(rows, start=1):
+        here = f"{where} {i}"
+        if not isinstance(row, dict):
+            raise LeaderboardError(f"{here}: expected an object with size, model and score columns")
+        row = {str(k).strip(): v for k, v in row.items() if k is not None}
+        if str(row.get("source", "")).strip().lower() == MEASURED:
+            continue  # an export's measured rows are not published results
+        size = str(row.get("size") or "").strip()
+        model = str(row.get("model") or "").strip()
+        if not size or not model:
+            raise LeaderboardError(f"{here}: 'size' and 'model' are required")
+        if (size, model) in seen:
+            raise LeaderboardError(f"{here}: model '{model}' ({size}) appears twice")
+        seen.add((size, model))
+        try:
+            cost = parse_cost(row.get("cost_rollouts", row.get("cost")))
+        except LeaderboardError as exc:
+            raise LeaderboardError(f"{here}: {exc}") from None
+        ref = str(row.get("reference") or "").strip() or reference
+        if not ref:
+            raise LeaderboardError(f"{here}: published rows need a reference (a 'reference' column or parameter)")
+        scores = 0
+        for column, raw in row.items():
+            m = _SCORE_COLUMN.match(column)
+            if not m:
+                continue
+            bench = m.group("bench").strip().lower()
+            bench = AVERAGE if bench in ("avg", "average", "mean") else bench
+            if raw is None or (isinstance(raw, str) and raw.strip() in ("", "-", "N/A", "–")):
+                continue
+            try:
+                score = float(raw)
+            except (TypeError, ValueError):
+                raise LeaderboardError(f"{here}, column '{column}': '{raw}' is not a number") from None
+            if not math.isfinite(score) or not 0 <= score <= 100:
+                raise LeaderboardError(f"{here}, column '{column}': {score} is not a percentage in [0, 100]")
+            out.append({
+                "entry_key": entry_key_published(dataset, size, model), "source": PUBLISHED, "dataset": dataset,
+                "size": size[:32], "model": model[:200], "method": "", "benchmark": bench[:128],
+                "mode": m.group("mode"), "metric": "pass@1", "score": score, "cost_rollouts": cost.rollouts,
+                "cost_text": cost.text, "cost_lower_bound": cost.lower_bound, "reference": ref,
+                "notes": str(row.get("notes") or "").strip() or None,
+            })
+            scores += 1
+        if not scores:
+            raise LeaderboardError(f"{here}: no score columns (expected names like math500_greedy, avg_t0.1)")
+    if not out:
+        raise LeaderboardError("no published rows found")
+    return out
+
+
+def parse_import(body: bytes | str, content_type: str | None, *, reference: str | None,
+                 dataset: str | None) -> list[dict[str, Any]]:
+    """CSV (text/csv) or JSON (a list of rows, or {"reference", "dataset", "rows"}) -> entries."""
+    text = body.decode("utf-8-sig") if isinstance(body, bytes) else body
+    kind = (content_type or "").split(";")[0].strip().lower()
+    stripped = text.lstrip()
+    is_json = kind.endswith("json") or (not kind.endswith("csv") and stripped[:1] in ("[", "{"))
+    if is_json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LeaderboardError(f"JSON body: {exc.msg} (line {exc.lineno})") from None
+        if isinstance(data, dict):
+            reference = reference or data.get("reference")
+            dataset = dataset or data.get("dataset")
+            data = data.get("rows")
+        if not isinstance(data, list):
+            raise LeaderboardError("JSON body: expected a list of rows or {\"reference\": ..., \"rows\": [...]}")
+        rows, where = data, "row"
+    else:
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        reader = csv.DictReader(lines)
+        if not reader.fieldnames or "model" not in reader.fieldnames or "size" not in reader.fieldnames:
+            raise LeaderboardError("CSV: the header must have 'size' and 'model' columns")
+        rows, where = list(reader), "CSV data row"
+    dataset = _slug(dataset or reference or "imported")
+    if dataset == SHIPPED_DATASET:
+        raise LeaderboardError(f"dataset '{SHIPPED_DATASET}' is the shipped table; choose another name")
+    return wide_rows_to_entries(rows, dataset=dataset, reference=reference, where=where)
+
+
+def shipped_entries() -> list[dict[str, Any]]:
+    """The ReMix README tables shipped in remix_engine/leaderboard_data, as entries."""
+    from remix_engine.leaderboard_data import published_csv_text, published_source
+
+    src = published_source()
+    rows = list(csv.DictReader(published_csv_text().splitlines()))
+    return wide_rows_to_entries(rows, dataset=src["dataset"], reference=src["reference"],
+                                where=f"{src['file']} data row")
+
+
+def store_entries(session: Session, entries: list[dict[str, Any]]) -> dict[str, int]:
+    """Replace the stored rows of every entry key in `entries` (idempotent)."""
+    keys = sorted({e["entry_key"] for e in entries})
+    replaced = 0
+    for lo in range(0, len(keys), 500):
+        res = session.execute(delete(LeaderboardEntry).where(LeaderboardEntry.entry_key.in_(keys[lo:lo + 500])))
+        replaced += res.rowcount or 0
+    now = utcnow()
+    session.add_all([LeaderboardEntry(**e, created_at=now) for e in entries])
+    session.flush()
+    return {"entries": len(keys), "rows": len(entries), "replaced_rows": replaced}
+
+
+def seed_published(session: Session) -> dict[str, int]:
+    """(Re)load the shipped published rows; migration 0002 does this once per database."""
+    return store_entries(session, shipped_entries())
+
+
+# ------------------------------------------------------------------------------------------ query
+def leaderboard(session: Session, *, size: str | None = None, mode: str = "greedy", source: str | None = None,
+                sort: str = "average", order: str = "desc") -> dict[str, Any]:
+    """The wide table for one mode: one row per entry, one column per benchmark."""
+    if not re.fullmatch(_MODE_RE, mode):
+        raise LeaderboardError(f"mode: '{mode}' is not 'greedy' or 't<temperature>' such as t0.1")
+    if source not in (None, "", "all", PUBLISHED, MEASURED):
+        raise LeaderboardError(f"source: '{source}' is not all, published or measured")
+    cond = [LeaderboardEntry.mode == mode]
+    if size and size != "all":
+        cond.append(LeaderboardEntry.size == size)
+    if source == PUBLISHED:
+        cond.append(LeaderboardEntry.source == PUBLISHED)
+    elif source == MEASURED:
+        cond.append(LeaderboardEntry.source != PUBLISHED)
+    rows = session.execute(select(LeaderboardEntry).where(*cond).order_by(LeaderboardEntry.id)).scalars().all()
+    entries: dict[str, dict[str, Any]] = {}
+    extra: set[str] = set()
+    for r in rows:
+        key = r.entry_key or f"entry:{r.id}"
+        e = entries.get(key)
+        if e is None:
+            e = entries[key] = {
+                "key": key, "model": r.model, "source": PUBLISHED if r.source == PUBLISHED else MEASURED,
+                "size": r.size, "mode": r.mode, "method": r.method or None, "dataset": r.dataset,
+                "reference": r.reference, "notes": r.notes, "run_id": r.run_id, "checkpoint_step": r.checkpoint_step,
+                "evaluation_job_id": _job_of_key(key), "temperature": r.temperature, "k": r.k, "grader": r.grader,
+                "cost_rollouts": r.cost_rollouts, "cost_millions": None if r.cost_rollouts is None else r.cost_rollouts / 1e6,
+                "cost_text": format_cost(r.cost_rollouts, r.cost_text, r.cost_lower_bound),
+                "cost_lower_bound": bool(r.cost_lower_bound), "scores": {}, "mathverify": {},
+                "created_at": as_utc(r.created_at).isoformat() if r.created_at else None,
+            }
+        e["scores"][r.benchmark] = r.score
+        if r.mathverify is not None:
+            e["mathverify"][r.benchmark] = r.mathverify
+        if r.benchmark not in STANDARD_BENCHMARKS and r.benchmark != AVERAGE:
+            extra.add(r.benchmark)
+    benchmarks = list(STANDARD_BENCHMARKS) + sorted(extra)
+    out_rows = []
+    for e in entries.values():
+        e["average"] = e["scores"].pop(AVERAGE, None)
+        std = [e["scores"].get(b) for b in STANDARD_BENCHMARKS]
+        e["average_of_five"] = sum(std) / len(std) if all(v is not None for v in std) else None
+        e["mathverify_average"] = e["mathverify"].pop(AVERAGE, None)
+        out_rows.append(e)
+    out_rows = _sorted(out_rows, sort, order, benchmarks)
+    return {"mode": mode, "size": size or "all", "source": source or "all", "metric": "pass@1 (%)",
+            "benchmarks": benchmarks, "columns": [*benchmarks, AVERAGE], "labels": {b: LABELS.get(b, b) for b in
+                                                                                  [*benchmarks, AVERAGE]},
+            "sort": sort, "order": order, "count": len(out_rows), "rows": out_rows,
+            "sources": _sources(session)}
+
+
+def _job_of_key(key: str) -> int | None:
+    if key.startswith("eval:"):
+        try:
+            return int(key.split(":", 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def _sorted(rows: list[dict[str, Any]], sort: str, order: str, benchmarks: list[str]) -> list[dict[str, Any]]:
+    if order not in ("asc", "desc"):
+        raise LeaderboardError(f"order: '{order}' is not asc or desc")
+
+    def value(e: dict[str, Any]) -> Any:
+        if sort in ("average", AVERAGE):
+            return e["average"]
+        if sort == "cost":
+            return e["cost_rollouts"]
+        if sort in ("model", "source", "size"):
+            return (e[sort] or "").lower()
+        if sort in benchmarks:
+            return e["scores"].get(sort)
+        raise LeaderboardError(f"sort: '{sort}' is not average, cost, model, source, size or a benchmark")
+
+    present = [e for e in rows if value(e) is not None]
+    missing = [e for e in rows if value(e) is None]
+    present.sort(key=lambda e: (value(e), e["model"].lower()), reverse=(order == "desc"))
+    return present + sorted(missing, key=lambda e: e["model"].lower())
+
+
+def _sources(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(LeaderboardEntry.dataset, LeaderboardEntry.reference, func.count(func.distinct(LeaderboardEntry.entry_key)))
+        .where(LeaderboardEntry.source == PUBLISHED)
+        .group_by(LeaderboardEntry.dataset, LeaderboardEntry.reference)
+        .order_by(LeaderboardEntry.dataset)).all()
+    return [{"dataset": d, "reference": r, "entries": int(n)} for d, r, n in rows]
+
+
+def delete_entry(session: Session, key: str) -> int:
+    return session.execute(delete(LeaderboardEntry).where(LeaderboardEntry.entry_key == key)).rowcount or 0
+
+
+# ------------------------------------------------------------------------------------------ exports
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def to_csv(table: dict[str, Any]) -> str:
+    """The import format: size, model, source, <bench>_<mode>..., avg_<mode>, cost_rollouts, ..."""
+    mode = table["mode"]
+    bench_cols = [f"{b}_{mode}" for b in table["benchmarks"]]
+    header = ["size", "model", "source", *bench_cols, f"avg_{mode}", "cost_rollouts", "cost_rollouts_count",
+              "run_id", "checkpoint_step", "reference"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for e in table["rows"]:
+        w.writerow([e["size"] or "", e["model"], e["source"],
+                    *[_repr(e["scores"].get(b)) for b in table["benchmarks"]], _repr(e["average"]),
+                    e["cost_text"], "" if e["cost_rollouts"] is None else e["cost_rollouts"],
+                    "" if e["run_id"] is None else e["run_id"],
+                    "" if e["checkpoint_step"] is None else e["checkpoint_step"], e["reference"] or ""])
+    return buf.getvalue()
+
+
+def _repr(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def _md_cell(text: Any) -> str:
+    s = "" if text is None else str(text)
+    for ch in ("\\", "|", "*", "_", "`"):
+        s = s.replace(ch, "\\" + ch)
+    return s.replace("\n", " ")
+
+
+def to_markdown(table: dict[str, Any]) -> str:
+    cols = [*table["benchmarks"], AVERAGE]
+    head = ["Model", "Source", "Size", *[table["labels"][c] for c in cols], "Cost"]
+    lines = [f"Leaderboard: {table['metric']}, mode {table['mode']}, size {table['size']} "
+             f"(published rows are the authors' numbers, measured rows this studio's)", "",
+             "| " + " | ".join(head) + " |",
+             "|" + "|".join([":---", ":---", ":---", *["---:"] * len(cols), "---:"]) + "|"]
+    for e in table["rows"]:
+        vals = [_num(e["scores"].get(c) if c != AVERAGE else e["average"]) or "-" for c in cols]
+        lines.append("| " + " | ".join([_md_cell(e["model"]), e["source"], _md_cell(e["size"] or "-"), *vals,
+                                        _md_cell(e["cost_text"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", ">": r"$>$", "<": r"$<$"}
+
+
+def tex_escape(text: Any) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in ("" if text is None else str(text)))
+
+
+def to_latex(table: dict[str, Any]) -> str:
+    cols = [*table["benchmarks"], AVERAGE]
+    head = ["Model", "Source", "Size", *[table["labels"][c] for c in cols], "Cost"]
+    lines = [f"% ReMix Studio leaderboard: {table['metric']}, mode {table['mode']}, size {table['size']}",
+             "% requires \\usepackage{booktabs}",
+             "\\begin{tabular}{lll" + "r" * len(cols) + "r}", "\\toprule",
+             " & ".join(tex_escape(h) for h in head) + r" \\", "\\midrule"]
+    for e in table["rows"]:
+        vals = [_num(e["scores"].get(c) if c != AVERAGE else e["average"]) or "--" for c in cols]
+        lines.append(" & ".join([tex_escape(e["model"]), e["source"], tex_escape(e["size"] or "--"), *vals,
+                                 tex_escape(e["cost_text"])]) + r" \\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def render(table: dict[str, Any], fmt: str) -> tuple[str, str]:
+    """(body, media type) of an export."""
+    if fmt == "json":
+        return json.dumps(table, indent=2), "application/json"
+    if fmt == "csv":
+        return to_csv(table), "text/csv; charset=utf-8"
+    if fmt == "md":
+        return to_markdown(table), "text/markdown; charset=utf-8"
+    if fmt == "latex":
+        return to_latex(table), "application/x-latex; charset=utf-8"
+    raise LeaderboardError(f"format: '{fmt}' is not one of {', '.join(FORMATS)}")
+
+
+# ------------------------------------------------------------------------------------------ measured rows
+_SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*[Bb](?![A-Za-z])")
+
+
+def size_label(model_name: str, n_params: int | None = None) -> str | None:
+    """'…-1.5B' -> '1.5B' from the name; else from the parameter count ('0.8M', '7.6B')."""
+    m = _SIZE_IN_NAME.search(model_name or "")
+    if m:
+        return f"{m.group(1)}B"
+    if n_params:
+        return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.1f}M"
+    return None
+
+
+def mode_label(mode: str, temperature: float | None) -> str:
+    return "greedy" if mode == "greedy" else f"t{float(temperature or 0):g}"
+
+
+def cost_at_step(session: Session, run_id: int, step: int) -> int | None:
+    """The run's cumulative `cost/rollouts` at `step` (the metrics table), if recorded."""
+    value = session.execute(select(Metric.value).where(Metric.run_id == run_id, Metric.key == "cost/rollouts",
+                                                       Metric.step == step)).scalar_one_or_none()
+    if value is not None:
+        return int(value)
+    rollouts = session.execute(select(func.max(Metric.rollouts)).where(Metric.run_id == run_id,
+                                                                       Metric.step == step)).scalar_one_or_none()
+    return int(rollouts) if rollouts is not None else None
+
+
+def measured_entries(job: Job, evaluations: list[Evaluation]) -> list[dict[str, Any]]:
+    """Leaderboard rows of a finished evaluation job: one per benchmark plus the average."""
+    params = job.params or {}
+    done = [ev for ev in evaluations if ev.status == JobStatus.SUCCEEDED.value and ev.pass_at_1 is not None]
+    if not done:
+        return []
+    key = f"eval:{job.id}"
+    mode = params.get("mode_label") or mode_label(params.get("mode", "greedy"), params.get("temperature"))
+    limit = params.get("limit")
+    notes = [f"evaluation job {job.id}"]
+    if limit:
+        notes.append(f"first {limit} problems per benchmark")
+    base = {"entry_key": key, "source": MEASURED, "dataset": None, "size": params.get("size"),
+            "model": (params.get("name") or params.get("model") or "model")[:200], "method": params.get("method") or "",
+            "metric": "pass@1", "mode": mode, "run_id": params.get("run_id"),
+            "checkpoint_step": params.get("step"), "cost_rollouts": params.get("cost_rollouts"), "cost_text": None,
+            "cost_lower_bound": False, "reference": None, "notes": "; ".join(notes),
+            "temperature": params.get("temperature"), "grader": params.get("grader")}
+    out = []
+    for ev in done:
+        out.append({**base, "benchmark": ev.benchmark, "score": 100.0 * ev.pass_at_1, "evaluation_id": ev.id,
+                    "k": ev.k, "mathverify": None if ev.mathverify is None else 100.0 * ev.mathverify})
+    mv = [ev.mathverify for ev in done if ev.mathverify is not None]
+    out.append({**base, "benchmark": AVERAGE, "score": 100.0 * sum(ev.pass_at_1 for ev in done) / len(done),
+                "evaluation_id": None, "k": None,
+                "mathverify": 100.0 * sum(mv) / len(mv) if len(mv) == len(done) else None})
+    if len(done) != len(evaluations):
+        for e in out:
+            e["notes"] += f"; average of {len(done)} of {len(evaluations)} benchmarks"
+    return out
+
+
+# ------------------------------------------------------------------------------------------ evaluation jobs
+class _Lost(RuntimeError):
+    """The job row is no longer ours (re-queued elsewhere or finished)."""
+
+
+class SqlEvalSink:
+    """Evaluation events -> `eval_samples` rows and job progress, fenced by (job id, attempt)."""
+
+    def __init__(self, engine, job_id: int, attempt: int, evaluation_id: int, should_stop: Callable[[], bool],
+                 progress_base: int):
+        self.engine, self.job_id, self.attempt = engine, job_id, attempt
+        self.evaluation_id = evaluation_id
+        self._should_stop = should_stop
+        self.progress_base = progress_base
+        self.done = 0
+
+    def on_benchmark_start(self, name: str, info: dict[str, Any]) -> None: ...
+
+    def on_samples(self, name: str, rows: list[dict[str, Any]]) -> None:
+        from backend.db import retrying
+
+        def _write() -> None:
+            with Session(self.engine) as s:
+                res = s.execute(update(Job).where(Job.id == self.job_id, Job.attempt == self.attempt,
+                                                  Job.status == JobStatus.RUNNING.value)
+                                .values(heartbeat_at=utcnow(), progress_step=self.progress_base + self.done + len(rows)))
+                if not res.rowcount:
+                    s.rollback()
+                    raise _Lost(f"job {self.job_id} attempt {self.attempt} is no longer running here")
+                s.add_all([EvalSample(
+                    evaluation_id=self.evaluation_id, sample_id=str(r["problem_id"])[:128],
+                    sample_index=int(r["sample_index"]), prompt=r["prompt"], response=r["response"],
+                    extracted=r["extracted"], reference=r["reference"], correct=bool(r["correct"]),
+                    format_ok=bool(r["format_ok"]), reason=r["reason"], length=int(r["length"]),
+                    truncated=bool(r["truncated"]), mathverify=r["mathverify"]) for r in rows])
+                s.commit()
+
+        retrying(_write)
+        self.done += len(rows)
+
+    def on_benchmark_end(self, name: str, metrics: dict[str, Any]) -> None: ...
+
+    def should_stop(self) -> bool:
+        return self._should_stop()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_evaluation_job(job_id: int, attempt: int, *, heartbeat, shutting_down: Callable[[], bool]) -> dict[str, Any]:
+    """Evaluate the job's model on its benchmarks (rows created by POST /evaluations).
+
+    `heartbeat` is a started worker.tasks.JobHeartbeat (cancel flag, lost ownership); benchmarks
+    that already succeeded in an earlier attempt are kept, the others are (re)done from scratch.
+    Returns the outcome dict of the Celery task; the job row is finished here.
+    """
+    from backend import jobs
+    from backend.db import get_engine, retrying, session_scope
+    from remix_engine.evaluate import (
+        EvalOptions,
+        EvaluationCancelled,
+        EvaluationError,
+        Evaluator,
+        load_benchmark,
+    )
+
+    engine = get_engine()
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        params = dict(job.params or {})
+        evals = s.execute(select(Evaluation).where(Evaluation.job_id == job_id).order_by(Evaluation.id)).scalars().all()
+        todo = [(ev.id, ev.benchmark, ev.metrics.get("spec", ev.benchmark) if ev.metrics else ev.benchmark)
+                for ev in evals if ev.status != JobStatus.SUCCEEDED.value]
+
+    def set_evals(ids: list[int], **values: Any) -> None:
+        if not ids:
+            return
+
+        def _set() -> None:
+            with session_scope() as s:
+                s.execute(update(Evaluation).where(Evaluation.id.in_(ids)).values(**values))
+
+        retrying(_set)
+
+    def should_stop() -> bool:
+        return heartbeat.should_stop
+
+    status, error = JobStatus.SUCCEEDED.value, None
+    current: list[int] = []
+    evaluator = None
+    try:
+        options = EvalOptions(mode=params.get("mode", "greedy"), temperature=params.get("temperature"),
+                              samples=params.get("samples"), max_new_tokens=int(params.get("max_new_tokens", 8192)),
+                              max_prompt_tokens=params.get("max_prompt_tokens"),
+                              prompt_template=params.get("prompt_template") or EvalOptions().prompt_template,
+                              use_chat_template=bool(params.get("use_chat_template", True)),
+                              mathverify=bool(params.get("mathverify", True)),
+                              batch_size=int(params.get("batch_size", 64)), seed=int(params.get("seed", 0)))
+        benches = []
+        for eval_id, name, spec in todo:
+            bench = load_benchmark(spec, params.get("limit"))
+            bench.name = name
+            benches.append((eval_id, bench))
+        total = sum(len(b.problems) * options.k_for(b.name) for _, b in benches)
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(progress_total=total, progress_step=0))
+        evaluator = Evaluator(params["model_path"], options, backend=params.get("backend", "hf"),
+                              dtype=params.get("dtype", "float32"), torch_threads=params.get("torch_threads"))
+        base = 0
+        for index, (eval_id, bench) in enumerate(benches):
+            current = [eval_id]
+
+            def _start(eid: int = eval_id) -> None:
+                with session_scope() as s:
+                    s.execute(delete(EvalSample).where(EvalSample.evaluation_id == eid))
+                    s.execute(update(Evaluation).where(Evaluation.id == eid)
+                              .values(status=JobStatus.RUNNING.value, finished_at=None))
+
+            retrying(_start)
+            sink = SqlEvalSink(engine, job_id, attempt, eval_id, should_stop, base)
+            res = evaluator.run(bench, index, sink=sink, keep_samples=False)
+            m = res.metrics
+            set_evals([eval_id], status=JobStatus.SUCCEEDED.value, n_samples=int(m["n_samples"]), k=int(m["k"]),
+                      temperature=float(m["temperature"]), pass_at_1=m["pass@1"], avg_at_k=m["avg@k"],
+                      mathverify=m["mathverify"], metrics=_clean({**m, "spec": bench.source}), finished_at=utcnow())
+            base += sink.done
+        current = []
+    except EvaluationCancelled as exc:
+        status = JobStatus.CANCELLED.value if heartbeat.cancel_requested or not shutting_down() else "interrupted"
+        error = str(exc)
+    except _Lost as exc:
+        status, error = "lost", str(exc)
+    except EvaluationError as exc:
+        status, error = JobStatus.FAILED.value, str(exc)
+    except Exception as exc:  # noqa: BLE001 - recorded on the job
+        log.exception("evaluation job %s failed", job_id)
+        status, error = JobStatus.FAILED.value, f"{type(exc).__name__}: {exc}"[:4000]
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+
+    if status == "lost" or heartbeat.lost:
+        return {"job_id": job_id, "attempt": attempt, "status": "lost"}
+    if status == "interrupted":
+        set_evals(current, status=JobStatus.PENDING.value)
+        outcome = jobs.requeue(job_id, attempt, reason="worker shut down; unfinished benchmarks are redone", lost=False)
+        return {"job_id": job_id, "attempt": attempt, "status": f"interrupted ({outcome})"}
+    with session_scope() as s:
+        remaining = [ev.id for ev in s.execute(select(Evaluation).where(
+            Evaluation.job_id == job_id, Evaluation.status != JobStatus.SUCCEEDED.value)).scalars()]
+    if status != JobStatus.SUCCEEDED.value:
+        set_evals(remaining, status=status, finished_at=utcnow())
+
+    def _entries() -> None:
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            evs = s.execute(select(Evaluation).where(Evaluation.job_id == job_id).order_by(Evaluation.id)).scalars().all()
+            entries = measured_entries(job, list(evs))
+            s.execute(delete(LeaderboardEntry).where(LeaderboardEntry.entry_key == f"eval:{job_id}"))
+            if entries and status == JobStatus.SUCCEEDED.value:
+                store_entries(s, entries)
+
+    retrying(_entries)
+    jobs.finish(job_id, attempt, status, error=error)
+    return {"job_id": job_id, "attempt": attempt, "status": status, "error": error}
+
+
+def evaluation_summary(evaluations: list[Evaluation]) -> dict[str, Any]:
+    """Unweighted averages over the job's finished benchmarks (fractions)."""
+    done = [e for e in evaluations if e.pass_at_1 is not None]
+    mv = [e.mathverify for e in done if e.mathverify is not None]
+    return {"pass@1": sum(e.pass_at_1 for e in done) / len(done) if done else None,
+            "mathverify": sum(mv) / len(mv) if done and len(mv) == len(done) else None,
+            "benchmarks_done": len(done), "benchmarks": len(evaluations)}
+
+
+def iso(value: datetime | None) -> str | None:
+    v = as_utc(value)
+    return v.isoformat() if v else None

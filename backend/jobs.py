@@ -35,6 +35,12 @@ log = logging.getLogger("remix.jobs")
 TASK_NAMES = {JobKind.TRAIN.value: "remix.train", JobKind.EVAL.value: "remix.evaluate"}
 
 
+def _upd(model):  # noqa: ANN001, ANN202
+    """UPDATE without ORM session synchronisation: rows loaded in the session may hold naive (SQLite)
+    datetimes that Python cannot compare with the aware bounds; we refresh explicitly instead."""
+    return update(model).execution_options(synchronize_session=False)
+
+
 def new_token() -> str:
     return str(uuid.uuid4())
 
@@ -78,11 +84,11 @@ def dispatch(job_id: int, settings: Settings | None = None) -> bool:
 
     def _mark() -> None:
         with session_scope() as s:
-            res = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.PENDING.value,
+            res = s.execute(_upd(Job).where(Job.id == job_id, Job.status == JobStatus.PENDING.value,
                                               Job.dispatch_token == token)
                             .values(status=JobStatus.QUEUED.value, celery_task_id=token, queued_at=utcnow()))
             if res.rowcount:
-                s.execute(update(Run).where(Run.id == s.get(Job, job_id).run_id,
+                s.execute(_upd(Run).where(Run.id == s.get(Job, job_id).run_id,
                                             Run.status == JobStatus.PENDING.value)
                           .values(status=JobStatus.QUEUED.value, updated_at=utcnow()))
 
@@ -107,7 +113,7 @@ def claim(job_id: int, token: str, worker: str) -> Claim | None:
         now = utcnow()
         with session_scope() as s:
             res = s.execute(
-                update(Job)
+                _upd(Job)
                 .where(Job.id == job_id, Job.dispatch_token == token, Job.cancel_requested.is_(False),
                        Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value]))
                 .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, worker=worker,
@@ -122,7 +128,7 @@ def claim(job_id: int, token: str, worker: str) -> Claim | None:
                     _finish_in_session(s, job, JobStatus.CANCELLED.value, error=None)
                 return None
             if job.run_id is not None:
-                s.execute(update(Run).where(Run.id == job.run_id)
+                s.execute(_upd(Run).where(Run.id == job.run_id)
                           .values(status=JobStatus.RUNNING.value, started_at=func.coalesce(Run.started_at, now),
                                   updated_at=now))
             return Claim(job.id, job.run_id, job.attempt, job.kind, dict(job.params or {}))
@@ -135,7 +141,7 @@ def heartbeat(job_id: int, attempt: int) -> tuple[bool, bool]:
 
     def _beat() -> tuple[bool, bool]:
         with session_scope() as s:
-            res = s.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt,
+            res = s.execute(_upd(Job).where(Job.id == job_id, Job.attempt == attempt,
                                               Job.status == JobStatus.RUNNING.value)
                             .values(heartbeat_at=utcnow()))
             if not res.rowcount:
@@ -157,7 +163,7 @@ def _finish_in_session(s: Session, job: Job, status: str, *, error: str | None,
         values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "error": error}
         if summary is not None:
             values["summary"] = summary
-        s.execute(update(Run).where(Run.id == job.run_id).values(**values))
+        s.execute(_upd(Run).where(Run.id == job.run_id).values(**values))
 
 
 def finish(job_id: int, attempt: int, status: str, *, error: str | None = None, summary: dict | None = None) -> bool:
@@ -165,7 +171,7 @@ def finish(job_id: int, attempt: int, status: str, *, error: str | None = None, 
 
     def _finish() -> bool:
         with session_scope() as s:
-            res = s.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt,
+            res = s.execute(_upd(Job).where(Job.id == job_id, Job.attempt == attempt,
                                               Job.status == JobStatus.RUNNING.value)
                             .values(status=status, finished_at=utcnow(), error=error))
             if not res.rowcount:
@@ -199,7 +205,7 @@ def requeue(job_id: int, attempt: int | None = None, *, reason: str, lost: bool 
             if stale_before is not None:
                 cond.append(Job.heartbeat_at < stale_before)
             if job.cancel_requested:
-                res = s.execute(update(Job).where(*cond).values(status=JobStatus.CANCELLED.value, finished_at=utcnow()))
+                res = s.execute(_upd(Job).where(*cond).values(status=JobStatus.CANCELLED.value, finished_at=utcnow()))
                 if res.rowcount:
                     s.refresh(job)
                     _finish_in_session(s, job, JobStatus.CANCELLED.value, error=None)
@@ -208,20 +214,20 @@ def requeue(job_id: int, attempt: int | None = None, *, reason: str, lost: bool 
             lost_attempts = job.lost_attempts + (1 if lost else 0)
             if lost_attempts >= job.max_attempts:
                 msg = f"{reason}; gave up after {lost_attempts} lost attempts (REMIX_MAX_ATTEMPTS={job.max_attempts})"
-                res = s.execute(update(Job).where(*cond).values(status=JobStatus.FAILED.value, finished_at=utcnow(),
+                res = s.execute(_upd(Job).where(*cond).values(status=JobStatus.FAILED.value, finished_at=utcnow(),
                                                                 lost_attempts=lost_attempts, error=msg))
                 if res.rowcount:
                     s.refresh(job)
                     _finish_in_session(s, job, JobStatus.FAILED.value, error=msg)
                     return "failed"
                 return "skipped"
-            res = s.execute(update(Job).where(*cond).values(
+            res = s.execute(_upd(Job).where(*cond).values(
                 status=JobStatus.PENDING.value, dispatch_token=new_token(), worker=None, queued_at=utcnow(),
                 lost_attempts=lost_attempts, error=f"re-queued after attempt {job.attempt}: {reason}"))
             if not res.rowcount:
                 return "skipped"
             if job.run_id is not None:
-                s.execute(update(Run).where(Run.id == job.run_id)
+                s.execute(_upd(Run).where(Run.id == job.run_id)
                           .values(status=JobStatus.PENDING.value, updated_at=utcnow()))
             return "requeued"
 
@@ -243,16 +249,16 @@ def request_cancel(session: Session, run: Run) -> Run:
     if job is None or job.status not in ACTIVE_STATUSES:
         raise TransitionError(f"run {run.id} is {run.status}; only pending, queued or running runs can be cancelled")
     now = utcnow()
-    res = session.execute(update(Job).where(Job.id == job.id, Job.status.in_([JobStatus.PENDING.value,
+    res = session.execute(_upd(Job).where(Job.id == job.id, Job.status.in_([JobStatus.PENDING.value,
                                                                            JobStatus.QUEUED.value]))
                           .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now))
     if res.rowcount:
-        session.execute(update(Run).where(Run.id == run.id).values(status=JobStatus.CANCELLED.value,
+        session.execute(_upd(Run).where(Run.id == run.id).values(status=JobStatus.CANCELLED.value,
                                                                   cancel_requested=True, finished_at=now,
                                                                   updated_at=now))
     else:  # running (or it just started): the worker sees the flag between steps
-        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
-        session.execute(update(Run).where(Run.id == run.id).values(cancel_requested=True, updated_at=now))
+        session.execute(_upd(Job).where(Job.id == job.id).values(cancel_requested=True))
+        session.execute(_upd(Run).where(Run.id == run.id).values(cancel_requested=True, updated_at=now))
     session.flush()
     session.refresh(run)
     return run
@@ -284,7 +290,7 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
     for (job_id,) in pending:
         def _refresh_token(jid: int = job_id) -> bool:
             with session_scope() as s:
-                res = s.execute(update(Job).where(Job.id == jid, Job.status == JobStatus.PENDING.value,
+                res = s.execute(_upd(Job).where(Job.id == jid, Job.status == JobStatus.PENDING.value,
                                                   func.coalesce(Job.queued_at, Job.created_at) < undelivered)
                                 .values(dispatch_token=new_token(), queued_at=utcnow()))
                 return bool(res.rowcount)
@@ -292,7 +298,7 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
         if retrying(_refresh_token) and dispatch(job_id, settings):
             counts["redispatched"] += 1
     with session_scope() as s:
-        s.execute(update(WorkerNode).where(WorkerNode.status == "online", WorkerNode.last_seen_at < stale)
+        s.execute(_upd(WorkerNode).where(WorkerNode.status == "online", WorkerNode.last_seen_at < stale)
                   .values(status="lost"))
     return counts
 

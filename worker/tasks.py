@@ -32,6 +32,11 @@ from backend import jobs
 from backend.db import retrying, session_scope
 from backend.models import Checkpoint, Job, JobStatus, Run, WorkerNode, utcnow
 from backend.settings import get_settings
+
+# The engine is imported when the worker boots (seconds of torch/transformers imports), not when
+# a job starts: a claimed job must start heartbeating at once.
+from remix_engine.config import RunConfig
+from remix_engine.trainer import train
 from worker.celery_app import get_celery_app
 from worker.sink import SqlSink
 
@@ -130,17 +135,17 @@ def train_task(self, job_id: int, token: str) -> dict[str, Any]:
     if claim is None:
         log.info("job %s: delivery %s not claimable (duplicate, stale or cancelled); skipping", job_id, token)
         return {"job_id": job_id, "skipped": True}
+    heartbeat = JobHeartbeat(job_id, claim.attempt, get_settings().heartbeat_interval_s).start()
     _set_current_job(hostname, job_id)
     try:
-        return run_training(claim, task_id=self.request.id, task=self)
+        return run_training(claim, heartbeat, task_id=self.request.id, task=self)
     finally:
+        heartbeat.stop()
         _set_current_job(hostname, None)
 
 
-def run_training(claim: jobs.Claim, *, task_id: str | None = None, task=None) -> dict[str, Any]:  # noqa: ANN001
-    from remix_engine.config import RunConfig
-    from remix_engine.trainer import train
-
+def run_training(claim: jobs.Claim, heartbeat: JobHeartbeat, *, task_id: str | None = None,
+                 task=None) -> dict[str, Any]:  # noqa: ANN001
     settings = get_settings()
     job_id, attempt, run_id = claim.job_id, claim.attempt, claim.run_id
     with session_scope() as s:
@@ -148,7 +153,6 @@ def run_training(claim: jobs.Claim, *, task_id: str | None = None, task=None) ->
         cfg_dict, out_dir = dict(run.config), Path(run.output_dir or settings.runs_path / str(run_id))
         steps_total = run.steps_total
 
-    heartbeat = JobHeartbeat(job_id, attempt, settings.heartbeat_interval_s).start()
     sink: SqlSink | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None

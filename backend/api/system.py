@@ -64,11 +64,12 @@ def health(session: SessionDep, response: Response) -> HealthOut:
     db: dict = {"url": redact_url(settings.sqlalchemy_url), "dialect": session.get_bind().dialect.name}
     try:
         session.execute(select(1))
+        db["ok"] = True
         db["revision"] = current_revision(session.connection())
         db["head"] = head_revision()
-        db["ok"] = db["revision"] == db["head"]
-        if not db["ok"]:
-            db["error"] = "schema is not at the newest migration"
+        db["schema_current"] = db["revision"] == db["head"]
+        if not db["schema_current"]:
+            db["warning"] = "the schema is behind the code: restart `remix studio` (or run the migrations)"
     except Exception as exc:  # noqa: BLE001
         db.update(ok=False, error=f"{type(exc).__name__}: {exc}")
     broker: dict = {"url": redact_url(settings.celery_broker_url)}
@@ -87,7 +88,8 @@ def health(session: SessionDep, response: Response) -> HealthOut:
                                      "status": "online" if alive else (w.status if w.status != "online" else "lost"),
                                      "current_job_id": w.current_job_id, "last_seen_at": seen,
                                      "started_at": as_utc(w.started_at)})
-    overall = "ok" if db.get("ok") and broker.get("ok") and workers["online"] > 0 else "degraded"
+    healthy = db.get("ok") and db.get("schema_current") and broker.get("ok") and workers["online"] > 0
+    overall = "ok" if healthy else "degraded"
     if not db.get("ok"):
         overall = "error"
         response.status_code = 503

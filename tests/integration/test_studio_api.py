@@ -1,0 +1,322 @@
+"""The studio end to end on each backend: real API process, real worker processes, real DB/broker.
+
+submit → worker trains a few toy steps → rollouts, metrics, checkpoints in SQL → read back through
+the API; cancel (queued and running); retry/delete; SIGKILL the worker mid-run and watch the job
+resume on a new worker with no duplicated or missing steps; 4xx on bad input; token checks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from studio_harness import Deployment, fast_config, fresh_per_step, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_health_and_openapi(deployment: Deployment) -> None:
+    c = deployment.client
+    health = wait_for(lambda: (h := c.get("/health").json())["workers"]["online"] >= 1 and h, 120,
+                      what="a worker to announce itself")
+    assert health["status"] == "ok", health
+    assert health["database"]["ok"] and health["broker"]["ok"]
+    assert health["database"]["dialect"] == ("postgresql" if deployment.name == "postgres" else "sqlite")
+    spec = c.get(deployment.base_url + "/openapi.json").json()
+    for path in ("/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel", "/api/v1/runs/{run_id}/retry",
+                 "/api/v1/runs/{run_id}/metrics", "/api/v1/runs/{run_id}/rollouts", "/api/v1/rollouts/{rollout_id}",
+                 "/api/v1/runs/{run_id}/groups/{group_id}", "/api/v1/runs/{run_id}/offpolicy", "/api/v1/jobs",
+                 "/api/v1/health"):
+        assert path in spec["paths"], path
+    assert c.get(deployment.base_url + "/docs").status_code == 200
+
+
+def test_tokens(deployment: Deployment) -> None:
+    c = deployment.client
+    body = {"config": {"preset": "no-such-preset"}}  # invalid on purpose: nothing gets queued
+    r = c.post("/runs", json=body)
+    assert r.status_code == 401 and r.headers.get("www-authenticate") == "Bearer"
+    assert c.post("/runs", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.post("/runs", json=body, headers={"Authorization": "Basic abc"}).status_code == 401
+    r = c.post("/runs", json=body, headers=deployment.read_headers)
+    assert r.status_code == 403 and "read-only" in r.json()["detail"]
+    assert c.post("/runs", json=body, headers=deployment.write_headers).status_code == 422  # auth passed
+    for method, path in (("post", "/runs/1/cancel"), ("post", "/runs/1/retry"), ("delete", "/runs/1")):
+        assert getattr(c, method)(path).status_code == 401
+        assert getattr(c, method)(path, headers=deployment.read_headers).status_code == 403
+    # reads are open (REMIX_AUTH_READS=false)
+    assert c.get("/runs").status_code == 200
+    assert c.get("/jobs").status_code == 200
+
+
+def test_invalid_inputs(deployment: Deployment) -> None:
+    c, h = deployment.client, deployment.write_headers
+
+    def problem(cfg: object, field: str) -> None:
+        r = c.post("/runs", json={"config": cfg}, headers=h)
+        assert r.status_code == 422, r.text
+        assert field in r.text, r.text
+
+    problem({"preset": "nope"}, "preset")
+    problem({"algorithm": "dqn"}, "algorithm")
+    problem({"overrides": {"remix.utd": 0}}, "remix.utd")
+    problem({"overrides": {"rollout.group_size": "many"}}, "rollout.group_size")
+    problem({"overrides": {"remix.no_such_knob": 1}}, "remix.no_such_knob")
+    problem({"stepz": 3}, "stepz")
+    problem({"steps": "ten"}, "steps")
+    problem({"steps": 0}, "steps")
+    problem({"overrides": "remix.utd=2"}, "overrides")
+    problem({"algorithm": "grpo", "remix": {"utd": 3}}, "remix.utd")
+    problem({"remix": {"replay_share": 1.5}}, "remix.replay_share")
+    r = c.post("/runs", json={"config": []}, headers=h)
+    assert r.status_code == 422 and "config" in r.text
+    r = c.post("/runs", json={"name": "x" * 300, "config": {}}, headers=h)
+    assert r.status_code == 422 and "name" in r.text
+    r = c.post("/runs", content=b"{not json", headers={**h, "content-type": "application/json"})
+    assert r.status_code == 422
+    assert c.get("/runs", params={"limit": 0}).status_code == 422
+    assert c.get("/runs/999999").status_code == 404
+    assert c.get("/runs/999999/metrics").status_code == 404
+    assert c.get("/runs/999999/rollouts").status_code == 404
+    assert c.get("/rollouts/999999").status_code == 404
+    assert c.get("/jobs/999999").status_code == 404
+    assert c.post("/runs/999999/cancel", headers=h).status_code == 404
+    assert c.delete("/runs/999999", headers=h).status_code == 404
+
+
+def test_submit_train_read_back(deployment: Deployment) -> None:
+    c = deployment.client
+    steps = 6
+    cfg = fast_config(steps)
+    created = deployment.submit(cfg, name="it full path")
+    assert created["name"] == "it full path" and created["algorithm"] == "remix-grpo"
+    assert created["config"]["trainer"]["steps"] == steps and created["config"]["remix"]["utd"] == 2
+    assert created["job"]["status"] in ("pending", "queued", "running")
+    run_id = created["id"]
+    run = deployment.wait_status(run_id, ("succeeded",))
+    per_step = fresh_per_step(cfg)
+    assert run["steps_done"] == steps
+    assert run["rollouts_generated"] == steps * per_step
+    assert run["tokens_generated"] > 0 and run["elapsed_s"] > 0
+    assert run["job"]["status"] == "succeeded" and run["job"]["attempt"] == 1
+    assert run["summary"]["status"] == "completed"
+    assert "critic/score/mean" in run["latest_metrics"] and "eval/heldout/pass@1" in run["latest_metrics"]
+    # checkpoints recorded in SQL and present on disk (runs dir of the deployment)
+    assert run["checkpoints"] and run["checkpoints"][-1]["step"] == steps
+    assert [ck["step"] for ck in run["checkpoints"]] == [2, 4, 6]
+    # the trainer keeps the newest trainer.keep_checkpoints (2) on disk; SQL keeps every version
+    assert [ck["exists"] for ck in run["checkpoints"]] == [False, True, True]
+    assert Path(run["checkpoints"][-1]["path"]).is_dir()
+
+    # metrics: step 0 (initial eval) .. N, each once; other x axes
+    m = c.get(f"/runs/{run_id}/metrics", params={"keys": "critic/score/mean,eval/heldout/pass@1,cost/rollouts"}).json()
+    series = {s["key"]: s for s in m["series"]}
+    assert series["critic/score/mean"]["step"] == list(range(1, steps + 1))
+    assert series["eval/heldout/pass@1"]["step"] == [0, 2, 4, 6]
+    assert series["cost/rollouts"]["y"] == [float(per_step * s) for s in range(0, steps + 1)]
+    by_rollouts = c.get(f"/runs/{run_id}/metrics", params={"keys": "critic/score/mean", "x": "rollouts"}).json()
+    assert by_rollouts["series"][0]["x"] == [float(per_step * s) for s in range(1, steps + 1)]
+    by_time = c.get(f"/runs/{run_id}/metrics", params={"keys": "critic/score/mean", "x": "time"}).json()
+    xs = by_time["series"][0]["x"]
+    assert len(xs) == steps and xs == sorted(xs) and xs[-1] > 0
+    assert "actor/pg_loss" in c.get(f"/runs/{run_id}/metrics/keys").json()
+
+    # rollouts: cursor pagination covers everything exactly once
+    rows = deployment.all_rollouts(run_id, limit=7)
+    assert len(rows) == steps * per_step
+    assert len({r["uid"] for r in rows}) == len(rows)
+    assert [(r["step"], r["id"]) for r in rows] == sorted((r["step"], r["id"]) for r in rows)
+    assert Counter(r["step"] for r in rows) == {s: per_step for s in range(1, steps + 1)}
+    first = c.get(f"/runs/{run_id}/rollouts", params={"limit": 3}).json()
+    assert first["count"] == len(rows) and len(first["data"]) == 3 and first["next_cursor"]
+    desc = deployment.all_rollouts(run_id, order="desc")
+    assert [r["id"] for r in desc] == [r["id"] for r in reversed(rows)]
+    # filters
+    n_correct = c.get(f"/runs/{run_id}/rollouts", params={"correct": True}).json()["count"]
+    n_wrong = c.get(f"/runs/{run_id}/rollouts", params={"correct": False}).json()["count"]
+    assert n_correct + n_wrong == len(rows)
+    window = deployment.all_rollouts(run_id, step_min=2, step_max=3)
+    assert {r["step"] for r in window} == {2, 3} and len(window) == 2 * per_step
+    replayed = deployment.all_rollouts(run_id, reuse_min=1)
+    assert replayed, "remix-grpo with replay_share 0.4 must replay some rollouts"
+    assert all(r["reuse_count"] >= 1 for r in replayed)
+    assert all(r["policy_version"] == 3 for r in deployment.all_rollouts(run_id, policy_version=3))
+    assert deployment.all_rollouts(run_id, reward_min=0.5) == [r for r in rows if r["reward"] >= 0.5]
+    truncated = c.get(f"/runs/{run_id}/rollouts", params={"truncated": True}).json()["count"]
+    assert truncated == sum(1 for r in rows if r["truncated"])
+    # text search finds a rollout by a piece of its response
+    full = c.get(f"/runs/{run_id}/rollouts", params={"limit": 50, "include_text": True}).json()["data"]
+    target = next(r for r in full if len(r["response"].strip()) >= 6)
+    needle = target["response"].strip()[:6]
+    found = deployment.all_rollouts(run_id, q=needle, include_text=True)
+    assert target["uid"] in {r["uid"] for r in found}
+    assert all(needle.lower() in (r["response"] + r["prompt"] + (r["extracted"] or "")).lower() for r in found)
+    assert c.get(f"/runs/{run_id}/rollouts", params={"cursor": "garbage"}).status_code == 400
+
+    # one rollout with its uses; a replayed one has a use with age > 0
+    detail = c.get(f"/rollouts/{replayed[0]['id']}").json()
+    assert detail["prompt"] and detail["response"] is not None
+    assert detail["use_count"] == len(detail["uses"]) >= 2
+    assert sum(1 for u in detail["uses"] if u["age"] > 0) == detail["reuse_count"] >= 1
+    assert all(u["step"] - u["age"] == detail["policy_version"] for u in detail["uses"])
+
+    # a GRPO group side by side
+    group = c.get(f"/runs/{run_id}/groups/{rows[0]['group_id']}").json()
+    assert group["size"] == cfg["overrides"]["rollout.group_size"] == len(group["rollouts"])
+    assert {r["group_id"] for r in group["rollouts"]} == {rows[0]["group_id"]}
+    assert group["prompt"] and group["reference"] is not None
+    assert c.get(f"/runs/{run_id}/groups/no-such-group").status_code == 404
+
+    # off-policy views
+    off = c.get(f"/runs/{run_id}/offpolicy").json()
+    assert [b["step"] for b in off["reuse_by_step"]] == list(range(1, steps + 1))
+    assert all(b["fresh"] == per_step for b in off["reuse_by_step"])
+    assert any(b["replayed"] > 0 for b in off["reuse_by_step"])
+    ages = {b["age"] for b in off["staleness_histogram"]}
+    assert 0 in ages and max(ages) >= 1
+    assert sum(b["count"] for b in off["by_age"]) == off["totals"]["uses"]
+    assert all(b["ratio_mean"] is not None and b["clipfrac"] is not None for b in off["by_age"])
+    assert sum(b["rollouts"] for b in off["rollout_reuse_histogram"]) == len(rows)
+
+    # lists
+    runs = c.get("/runs", params={"status": "succeeded", "algorithm": "remix-grpo"}).json()
+    assert run_id in {r["id"] for r in runs["data"]} and runs["count"] >= 1
+    assert c.get("/runs", params={"algorithm": "ppo"}).json()["count"] == 0
+    jobs = c.get("/jobs", params={"run_id": run_id}).json()
+    assert jobs["count"] == 1 and jobs["data"][0]["status"] == "succeeded"
+
+
+def test_metric_downsampling_keeps_extremes(deployment: Deployment) -> None:
+    """600 synthetic steps written through the real SQL sink; the API returns ≤ max_points points
+    per series, including the global minimum, maximum, first and last step."""
+    from backend.db import make_engine, session_scope
+    from backend.models import Run
+    from backend.settings import Settings
+    from worker.sink import SqlSink
+
+    settings = Settings(data_dir=Path(deployment.env["REMIX_DATA_DIR"]),
+                        database_url=deployment.env.get("REMIX_DATABASE_URL"))
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as s:
+            run = Run(name="synthetic metrics", preset="toy", algorithm="grpo", config={}, request={},
+                      status="succeeded")
+            s.add(run)
+            s.flush()
+            run_id = run.id
+        sink = SqlSink(run_id, engine=engine)
+        sink.on_start({"resumed_from": None})
+        for step in range(600):
+            value = math.sin(step / 20.0)
+            if step == 333:
+                value = 42.0  # a spike that naive striding would drop
+            if step == 444:
+                value = -42.0
+            sink.on_step(step, {"x/wave": value, "cost/rollouts": float(8 * step), "timing_s/elapsed": step * 0.1})
+        sink.on_end({})
+        sink.close()
+    finally:
+        engine.dispose()
+    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "max_points": 50}).json()
+    ser = m["series"][0]
+    assert ser["total"] == 600 and ser["downsampled"] is True
+    assert 10 <= len(ser["y"]) <= 50
+    assert max(ser["y"]) == 42.0 and min(ser["y"]) == -42.0
+    assert ser["step"][0] == 0 and ser["step"][-1] == 599 and ser["step"] == sorted(ser["step"])
+    full = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "max_points": 1000}).json()
+    assert full["series"][0]["downsampled"] is False and len(full["series"][0]["y"]) == 600
+    ranged = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "step_min": 100,
+                                                                      "step_max": 199}).json()
+    assert ranged["series"][0]["step"] == list(range(100, 200))
+    assert deployment.client.get(f"/runs/{run_id}/metrics", params={"x": "epochs"}).status_code == 422
+    assert deployment.client.delete(f"/runs/{run_id}", headers=deployment.write_headers).status_code == 204
+
+
+def test_cancel_queued_and_running(deployment: Deployment) -> None:
+    c, h = deployment.client, deployment.write_headers
+    long_run = deployment.submit(fast_config(400, **{"trainer.eval_every": 50, "trainer.checkpoint_every": 50}))
+    rid = long_run["id"]
+    deployment.wait_progress(rid, lambda r: r["status"] == "running" and r["steps_done"] >= 2, what="2 steps")
+    # an active run can neither be retried nor deleted
+    assert c.post(f"/runs/{rid}/retry", headers=h).status_code == 409
+    assert c.delete(f"/runs/{rid}", headers=h).status_code == 409
+    # a second run waits behind it (one worker, prefetch 1): cancelling it ends it at once
+    queued = deployment.submit(fast_config(5))
+    assert queued["status"] in ("pending", "queued")
+    r = c.post(f"/runs/{queued['id']}/cancel", headers=h)
+    assert r.status_code == 202 and r.json()["status"] == "cancelled" and r.json()["job"]["status"] == "cancelled"
+    # the running one stops cooperatively between steps, with a checkpoint
+    r = c.post(f"/runs/{rid}/cancel", headers=h)
+    assert r.status_code == 202 and r.json()["cancel_requested"] is True
+    run = deployment.wait_status(rid, ("cancelled",), timeout=120)
+    assert 2 <= run["steps_done"] < 400
+    assert run["job"]["status"] == "cancelled" and run["summary"]["status"] == "cancelled"
+    assert run["checkpoints"][-1]["step"] == run["steps_done"]
+    assert c.post(f"/runs/{rid}/cancel", headers=h).status_code == 409
+    # the cancelled queued run never started and stays cancelled after the worker is free again
+    after = deployment.wait_status(queued["id"], ("cancelled",), timeout=5)
+    assert after["job"]["attempt"] == 0 and after["steps_done"] == 0
+
+
+def test_retry_and_delete(deployment: Deployment) -> None:
+    c, h = deployment.client, deployment.write_headers
+    parent = deployment.submit(fast_config(2), name="to retry")
+    done = deployment.wait_status(parent["id"], ("succeeded",))
+    retry = c.post(f"/runs/{parent['id']}/retry", headers=h)
+    assert retry.status_code == 201, retry.text
+    child = retry.json()
+    assert child["parent_run_id"] == parent["id"] and child["id"] != parent["id"]
+    assert child["config"] == done["config"] and child["name"].startswith("to retry (retry of")
+    assert child["id"] in c.get(f"/runs/{parent['id']}").json()["child_run_ids"]
+    assert c.get("/runs", params={"parent_run_id": parent["id"]}).json()["count"] == 1
+    deployment.wait_status(child["id"], ("succeeded",))
+    # delete the parent: rows and artefacts go; the child keeps existing (lineage set to null)
+    out_dir = Path(done["output_dir"])
+    assert out_dir.is_dir()
+    assert c.delete(f"/runs/{parent['id']}", headers=h).status_code == 204
+    assert c.get(f"/runs/{parent['id']}").status_code == 404
+    assert c.get(f"/runs/{parent['id']}/rollouts").status_code == 404
+    assert c.get("/jobs", params={"run_id": parent["id"]}).json()["count"] == 0
+    assert not out_dir.exists()
+    assert c.get(f"/runs/{child['id']}").json()["parent_run_id"] is None
+
+
+def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:
+    steps = 16
+    cfg = fast_config(steps, **{"trainer.checkpoint_every": 4, "trainer.eval_every": 4})
+    run_id = deployment.submit(cfg, name="killed mid-run")["id"]
+    victim = next(p for p in deployment.workers.values() if p.poll() is None)
+    deployment.wait_progress(run_id, lambda r: (r["job"]["last_checkpoint_step"] or 0) >= 4 and r["steps_done"] >= 6,
+                             what="a checkpoint and a few more steps")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    before = deployment.run(run_id)
+    assert before["status"] == "running"  # SQL still says running: nobody told it
+    deployment.start_worker()
+    run = deployment.wait_status(run_id, ("succeeded",), timeout=300)
+    job = run["job"]
+    assert job["attempt"] == 2 and job["lost_attempts"] == 1, job
+    assert job["resumed_from_step"] is not None and job["resumed_from_step"] >= 4
+    assert job["worker"] != before["job"]["worker"]
+    # no duplicated or missing steps
+    per_step = fresh_per_step(cfg)
+    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "cost/rollouts,critic/score/mean"}).json()
+    series = {s["key"]: s for s in m["series"]}
+    assert series["cost/rollouts"]["step"] == list(range(0, steps + 1))
+    assert series["cost/rollouts"]["y"] == [float(per_step * s) for s in range(steps + 1)]
+    assert series["critic/score/mean"]["step"] == list(range(1, steps + 1))
+    rows = deployment.all_rollouts(run_id)
+    assert len({r["uid"] for r in rows}) == len(rows) == steps * per_step
+    assert Counter(r["step"] for r in rows) == {s: per_step for s in range(1, steps + 1)}
+    off = deployment.client.get(f"/runs/{run_id}/offpolicy").json()
+    assert [b["step"] for b in off["reuse_by_step"]] == list(range(1, steps + 1))
+    assert all(b["fresh"] == per_step for b in off["reuse_by_step"])
+    assert run["rollouts_generated"] == steps * per_step and run["steps_done"] == steps
+    assert [ck["step"] for ck in run["checkpoints"]][-1] == steps
+    workers = {w["pid"]: w for w in deployment.client.get("/health").json()["workers"]["items"]}
+    assert workers[victim.pid]["status"] == "lost"
+    assert any(w["status"] == "online" for w in workers.values())

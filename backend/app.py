@@ -63,6 +63,8 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from backend.api.evaluations import router as evaluations_router
+    from backend.api.leaderboard import router as leaderboard_router
     from backend.api.rollouts import router as rollouts_router
     from backend.api.runs import router as runs_router
     from backend.api.system import router as system_router
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(runs_router)
     api.include_router(rollouts_router)
     api.include_router(system_router)
+    api.include_router(evaluations_router)
+    api.include_router(leaderboard_router)
     app.include_router(api)
     _mount_frontend(app, settings.frontend_dir)
     return app

@@ -220,24 +220,24 @@ def run_training(claim: jobs.Claim, heartbeat: JobHeartbeat, *, task_id: str | N
 
 @app.task(bind=True, name="remix.evaluate", acks_late=True, reject_on_worker_lost=True)
 def evaluate_task(self, job_id: int, token: str) -> dict[str, Any]:
-    """Benchmark evaluation job. The engine side (`remix_engine.evaluate`) belongs to another issue.
-
-    TODO(evaluation issue): once `remix_engine.evaluate.evaluate(...)` exists, call it here with a
-    sink that writes `evaluations`, `eval_samples` and `leaderboard_entries` rows (tables exist),
-    heartbeat and cancel exactly like the training task. Until then the job fails with a clear
-    message instead of pretending to evaluate.
-    """
+    """Benchmark evaluation job (POST /api/v1/evaluations): backend.leaderboard.run_evaluation_job
+    writes `evaluations`, `eval_samples` and the measured `leaderboard_entries`; heartbeat, cancel and
+    shutdown re-queue work as for training (finished benchmarks are kept across attempts)."""
+    if SHUTTING_DOWN.is_set():
+        raise Reject("worker is shutting down", requeue=True)
     hostname = self.request.hostname or socket.gethostname()
     claim = jobs.claim(job_id, token, f"{hostname} pid={os.getpid()}")
     if claim is None:
         return {"job_id": job_id, "skipped": True}
+    heartbeat = JobHeartbeat(job_id, claim.attempt, get_settings().heartbeat_interval_s).start()
+    _set_current_job(hostname, job_id)
     try:
-        import remix_engine.evaluate  # noqa: F401
-        msg = "evaluation jobs are not wired to the engine yet (TODO in worker/tasks.py: evaluate_task)"
-    except ImportError:
-        msg = "the evaluation engine (remix_engine.evaluate) is not available yet"
-    jobs.finish(job_id, claim.attempt, JobStatus.FAILED.value, error=msg)
-    return {"job_id": job_id, "status": JobStatus.FAILED.value, "error": msg}
+        from backend.leaderboard import run_evaluation_job
+
+        return run_evaluation_job(job_id, claim.attempt, heartbeat=heartbeat, shutting_down=SHUTTING_DOWN.is_set)
+    finally:
+        heartbeat.stop()
+        _set_current_job(hostname, None)
 
 
 def _jsonable(value: Any) -> Any:

@@ -172,7 +172,7 @@ export function cornerNote(text, color = REINCARNATION_COLOR) {
  * With smoothing > 0 the raw series stays visible as a faint line under the smoothed one.
  */
 export function drawLines(container, series, { xTitle = "", format = null, markers = [], smoothing = 0,
-                                                empty = "No data yet.", height = 260 } = {}) {
+                                                empty = "No data yet.", height = 260, legend = null } = {}) {
   const withData = series.filter((s) => s.x && s.x.length);
   if (!withData.length) {
     drawEmpty(container, empty);
@@ -196,13 +196,29 @@ export function drawLines(container, series, { xTitle = "", format = null, marke
     });
   });
   const { shapes, annotations } = markerShapes(markers);
+  // A (nearly) constant series — e.g. an importance ratio of 1 ± 1e-7 — gets a readable y range
+  // instead of ticks at the limit of float precision.
+  const ys = traces.flatMap((t) => t.y).filter((v) => Number.isFinite(v));
+  let yRange;
+  if (ys.length) {
+    const lo = Math.min(...ys);
+    const hi = Math.max(...ys);
+    const minSpan = 0.02 * Math.max(1, Math.abs(hi), Math.abs(lo));
+    if (hi - lo < minSpan) {
+      const mid = (hi + lo) / 2;
+      yRange = format === "pct" && lo >= 0 ? [Math.max(0, mid - minSpan), Math.max(0, mid - minSpan) + 2 * minSpan]
+        : [mid - minSpan, mid + minSpan];
+      if (format === "pct" && hi <= 0.01) yRange = [0, 1];
+    }
+  }
   const layout = baseLayout({
     height,
     shapes, annotations,
     xaxis: { ...baseLayout().xaxis, title: { text: xTitle, standoff: 6 } },
     yaxis: { ...baseLayout().yaxis, tickformat: format === "pct" ? ".0%" : undefined,
-             rangemode: format === "pct" ? "nonnegative" : "normal" },
-    showlegend: withData.length > 1,
+             rangemode: format === "pct" ? "nonnegative" : "normal", range: yRange,
+             autorange: yRange ? false : true },
+    showlegend: legend ?? withData.length > 1,
   });
   draw(container, traces, layout);
   return withData.reduce((n, s) => n + s.x.length, 0);

@@ -1,0 +1,280 @@
+"""The dashboard in a real browser against a live studio (embedded default).
+
+One tiny toy run is created through the New-run form (after a server-side validation error is shown
+inline), watched while its charts grow without a page reload, then inspected on the off-policy page
+and in the trace inspector; a second run (plain GRPO, queued through the API) is compared with it.
+Every page is saved as test-artifacts/screenshots/<page>.png.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+# A toy run that finishes in seconds on 2 shared cores; reincarnation at step 4 so that the
+# off-policy views show replay before it and none after it.
+STEPS = 6
+TINY = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=32", "data.heldout_size=16",
+        "trainer.eval_every=2", "trainer.checkpoint_every=3", "warm_start.steps=30"]
+GROUP_SIZE = 4
+
+
+def plot_points(page, selector: str) -> int:
+    """Data points drawn in the Plotly figure inside `selector` (0 when there is no figure)."""
+    return page.evaluate("""(sel) => {
+        const plot = document.querySelector(sel + ' .plot');
+        if (!plot || !plot.data) return 0;
+        return plot.data.reduce((n, t) => n + ((t.x && t.x.length) || 0), 0);
+    }""", selector)
+
+
+def wait_points(page, selector: str, at_least: int, timeout: float = 60_000) -> None:
+    page.wait_for_function("""([sel, n]) => {
+        const plot = document.querySelector(sel + ' .plot');
+        return plot && plot.data && plot.data.reduce((k, t) => k + ((t.x && t.x.length) || 0), 0) >= n;
+    }""", arg=[selector, at_least], timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def toy_run(context, studio, screenshot) -> int:
+    """Create the toy run through the form: first with an invalid value (the server's message must
+    appear next to the field), then fixed. Returns the new run's id."""
+    page = context.new_page()
+    try:
+        page.goto("/new")
+        # The API token through the header's dialog, as a user would paste it.
+        page.click("#token-button")
+        page.fill("#token-input", studio.token)
+        page.click("#token-save")
+        assert page.text_content("#token-button").strip() == "API token ✓"
+
+        page.fill("#f-name", "browser toy remix")
+        page.select_option("#f-algorithm", "remix-grpo")
+        page.fill("#f-steps", str(STEPS))
+        page.fill("#f-seed", "0")
+        page.fill("#f-utd", "0")  # invalid: the server answers 422 naming remix.utd
+        page.fill("#f-reincarnate", "4")
+        page.fill("#f-overrides", "\n".join(TINY))
+        page.click("#submit-run")
+        page.wait_for_selector("#e-utd:not(:empty)")
+        assert "greater than or equal to 1" in page.text_content("#e-utd")
+        assert page.get_attribute("#f-utd", "aria-invalid") == "true"
+        assert page.is_visible("#error-summary")
+        assert page.url.endswith("/new")
+        screenshot(page, "new-run")
+
+        page.fill("#f-utd", "2")
+        with page.expect_navigation(url=re.compile(r"/runs/\d+$")):
+            page.click("#submit-run")
+        run_id = int(page.url.rsplit("/", 1)[1])
+    finally:
+        page.close()
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def grpo_run(studio, toy_run) -> int:
+    """A plain GRPO run with the same tiny settings, queued through the REST API (runs after toy_run)."""
+    r = studio.api.post("/runs", headers=studio.write_headers(), json={
+        "name": "browser toy grpo",
+        "config": {"preset": "toy", "algorithm": "grpo", "steps": 4, "seed": 0, "overrides": TINY}})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+# ------------------------------------------------------------------------------------ tests
+def test_runs_page_empty_state(page, studio, screenshot):
+    if studio.api.get("/runs").json()["count"]:
+        pytest.skip("runs exist already (this test only means something first)")
+    page.goto("/")
+    page.wait_for_selector(".state-empty")
+    assert "No runs yet" in page.text_content("#runs-table")
+    assert page.get_attribute("#runs-table .state-empty a", "href") == "/new"
+    page.wait_for_selector("#health[data-state='ok']")
+    assert "worker" in page.text_content("#health")
+    screenshot(page, "runs-empty")
+
+
+def test_new_run_from_form_is_queued(studio, toy_run):
+    run = studio.run(toy_run)
+    assert run["name"] == "browser toy remix"
+    assert run["algorithm"] == "remix-grpo" and run["steps_total"] == STEPS
+    cfg = run["config"]
+    assert cfg["remix"]["utd"] == 2 and cfg["remix"]["reincarnate_at"] == 4
+    assert cfg["rollout"]["group_size"] == GROUP_SIZE and cfg["warm_start"]["steps"] == 30
+
+
+def test_run_page_charts_grow_live(page, studio, toy_run, screenshot):
+    page.goto(f"/runs/{toy_run}")
+    page.wait_for_selector("#run-header h1")
+    assert page.text_content("#run-header h1") == "browser toy remix"
+    page.evaluate("window.__noReload = true")  # gone if the page reloads
+
+    # the reward chart gains points while the run trains (no reload, no click)
+    wait_points(page, "#chart-reward", 1, timeout=90_000)
+    first = plot_points(page, "#chart-reward")
+    wait_points(page, "#chart-reward", first + 1, timeout=90_000)
+    assert page.evaluate("window.__noReload === true")
+
+    studio.wait_run(toy_run, lambda r: r["status"] == "succeeded", 180, "succeed")
+    page.wait_for_selector("#run-header [data-status='succeeded']", timeout=30_000)
+    wait_points(page, "#chart-reward", STEPS)
+    for chart in ("accuracy", "reward", "length", "reflection", "kl", "clipfrac", "ratio"):
+        assert plot_points(page, f"#chart-{chart}") >= 2, f"chart {chart} has no data"
+    assert page.evaluate("window.__noReload === true")
+    # reincarnation (step 4) is marked on the charts
+    assert page.evaluate("document.querySelector('#chart-reward .plot').layout.shapes.length") >= 1
+
+    # x = cumulative rollouts, then wall time
+    page.click("#x-choice button[data-x='rollouts']")
+    page.wait_for_function("() => document.querySelector('#chart-reward .plot').layout.xaxis.title.text.includes('rollouts')")
+    xs = page.evaluate("document.querySelector('#chart-reward .plot').data.at(-1).x")
+    assert xs == sorted(xs) and xs[-1] > STEPS  # cumulative rollouts, not steps
+    page.click("#x-choice button[data-x='time']")
+    page.wait_for_function("() => document.querySelector('#chart-reward .plot').layout.xaxis.title.text.includes('time')")
+    page.click("#x-choice button[data-x='step']")
+    page.wait_for_function("() => document.querySelector('#chart-reward .plot').layout.xaxis.title.text.includes('step')")
+    # smoothing adds a faint raw trace under the smoothed line
+    page.fill("#smoothing", "0.6")
+    page.dispatch_event("#smoothing", "input")
+    page.wait_for_function("() => document.querySelector('#chart-reward .plot').data.length >= 2")
+
+    # job log, checkpoints, config
+    assert "finished: succeeded" in page.text_content("#job-log")
+    assert page.locator("#checkpoints tbody tr").count() >= 1
+    assert "reincarnate_at" in page.text_content("#config-tree")
+    screenshot(page, "run")
+
+
+def test_offpolicy_page(page, studio, toy_run, screenshot):
+    studio.wait_run(toy_run, lambda r: r["status"] == "succeeded", 180, "succeed")
+    page.goto(f"/offpolicy/{toy_run}")
+    wait_points(page, "#chart-reuse-ratio", STEPS)
+    for chart in ("fresh-replayed", "staleness-map", "staleness-hist", "ratio-age", "clip-age", "ratio-time",
+                  "reuse-hist"):
+        assert plot_points(page, f"#chart-{chart}") >= 1, f"off-policy chart {chart} has no data"
+    # replay happened before reincarnation (ages > 0) and the step is marked on the step charts
+    ages = page.evaluate("document.querySelector('#chart-staleness-hist .plot').data[0].x")
+    assert max(ages) >= 1
+    for chart in ("reuse-ratio", "fresh-replayed", "staleness-map", "ratio-time", "clip-time"):
+        text = page.evaluate(f"JSON.stringify(document.querySelector('#chart-{chart} .plot').layout.annotations)")
+        assert "reincarnation (step 4)" in text, chart
+    assert "step 4" in page.text_content("#op-stats")
+    screenshot(page, "offpolicy")
+
+
+def test_trace_inspector_filters_and_opens_a_trace(page, studio, toy_run, screenshot):
+    studio.wait_run(toy_run, lambda r: r["status"] == "succeeded", 180, "succeed")
+    total = studio.api.get(f"/runs/{toy_run}/rollouts", params={"limit": 1}).json()["count"]
+    page.goto(f"/traces/{toy_run}")
+    page.wait_for_selector("#trace-table tbody tr")
+    assert page.text_content("#trace-count").startswith(f"{total} rollouts match")
+
+    # step range
+    page.fill("#t-step-min", "2")
+    page.fill("#t-step-max", "2")
+    page.press("#t-step-max", "Enter")
+    page.dispatch_event("#t-step-max", "change")
+    page.wait_for_function("() => [...document.querySelectorAll('#trace-table tbody tr td:first-child')]"
+                           ".every(td => td.textContent === '2')")
+    expected = studio.api.get(f"/runs/{toy_run}/rollouts", params={"step_min": 2, "step_max": 2, "limit": 1}).json()["count"]
+    page.wait_for_function(f"() => document.querySelector('#trace-count').textContent.startsWith('{expected} rollout')")
+    assert "step_min=2" in page.url
+
+    # outcome: the verdict column agrees with the filter
+    outcome = "format" if studio.api.get(f"/runs/{toy_run}/rollouts", params={"format_ok": False, "step_min": 2,
+                                                                              "step_max": 2}).json()["count"] else "wrong"
+    page.select_option("#t-outcome", outcome)
+    page.wait_for_function(f"() => {{ const b = [...document.querySelectorAll('#trace-table [data-verdict]')];"
+                           f" return b.length > 0 && b.every(x => x.dataset.verdict === '{outcome}'); }}")
+
+    # text search: the exact prompt of one rollout finds its whole group
+    page.click("#t-clear")
+    page.wait_for_selector("#trace-table tbody tr")
+    one = studio.api.get(f"/runs/{toy_run}/rollouts", params={"limit": 1, "include_text": True}).json()["data"][0]
+    page.fill("#t-q", one["prompt"])
+    page.wait_for_function("(n) => { const m = /^(\\d+) rollout/.exec(document.querySelector('#trace-count').textContent);"
+                           " return m && Number(m[1]) >= n && Number(m[1]) < %d; }" % total, arg=GROUP_SIZE)
+
+    # open a trace: prompt, folded <think>, final part, answer vs reference, verdict, lineage, group
+    page.click("#t-clear")
+    page.wait_for_selector("#trace-table tbody tr:nth-child(2)")
+    row = page.locator("#trace-table tbody tr").nth(1)
+    rid = int(row.get_attribute("data-rollout-id"))
+    row.click()
+    page.wait_for_selector(f"#group-grid [data-rollout-id='{rid}']")
+    detail = studio.api.get(f"/rollouts/{rid}").json()
+    assert page.text_content("#prompt") == detail["prompt"]
+    assert page.text_content("#reference") == (detail["reference"] or "—")
+    assert page.text_content("#extracted") == (detail["extracted"] or "∅ (nothing extracted)")
+    if "</think>" in detail["response"]:
+        assert page.evaluate("document.querySelector('#think-part').open") is False  # folded
+    assert page.is_visible("#final-part")
+    assert (detail["reason"] or "") in page.text_content("#verdict")
+    lineage = page.locator("#lineage li")
+    assert lineage.count() == 1 + len(detail["uses"])
+    assert f"by policy v{detail['policy_version']}" in lineage.first.text_content()
+    assert page.locator("#group-grid [role='listitem']").count() == GROUP_SIZE
+    assert f"rollout={rid}" in page.url
+    screenshot(page, "traces")
+
+
+def test_runs_list_filter_sort_and_compare(page, studio, toy_run, grpo_run, screenshot):
+    studio.wait_run(grpo_run, lambda r: r["steps_done"] >= 2, 240, "train two steps")
+    page.goto("/")
+    page.wait_for_selector(f"tr[data-run-id='{grpo_run}']")
+    page.wait_for_selector(f"tr[data-run-id='{toy_run}']")
+    assert page.locator("#runs-table tbody tr").count() == 2
+    # name filter (client side) and status filter (server side)
+    page.fill("#filter-q", "browser toy")
+    page.wait_for_function("() => document.querySelectorAll('#runs-table tbody tr').length === 2")
+    page.fill("#filter-q", "toy remix")
+    page.wait_for_function("() => document.querySelectorAll('#runs-table tbody tr').length === 1")
+    page.fill("#filter-q", "")
+    page.select_option("#filter-status", "succeeded")
+    page.wait_for_function(f"() => !document.querySelector(\"tr[data-run-id='{grpo_run}']\") || "
+                           f"document.querySelector(\"tr[data-run-id='{grpo_run}'] [data-status]\").dataset.status === 'succeeded'")
+    page.select_option("#filter-status", "")
+    page.wait_for_selector(f"tr[data-run-id='{grpo_run}']")
+    # sort by cost: ascending then descending
+    page.click("button[data-sort='rollouts']")
+    page.click("button[data-sort='rollouts']")
+    assert page.get_attribute("th:has(button[data-sort='rollouts'])", "aria-sort") == "ascending"
+    # latest accuracy appears for the finished run
+    page.wait_for_function(f"() => /%/.test(document.querySelector(\"tr[data-run-id='{toy_run}']\").children[5].textContent)")
+    screenshot(page, "runs")
+
+    # select both and compare
+    for rid in (toy_run, grpo_run):
+        page.check(f"tr[data-run-id='{rid}'] input[type='checkbox']")
+    with page.expect_navigation(url=re.compile(r"/compare\?runs=")):
+        page.click("#compare-button")
+    page.wait_for_selector("#chart-cmp-critic-score-mean .plot")
+    page.wait_for_function("() => document.querySelector('#chart-cmp-critic-score-mean .plot').data"
+                           ".filter(t => t.x && t.x.length >= 2).length >= 2", timeout=60_000)
+    names = page.evaluate("document.querySelector('#chart-cmp-critic-score-mean .plot').data.map(t => t.name)")
+    assert any(f"#{toy_run}" in n for n in names) and any(f"#{grpo_run}" in n for n in names)
+    assert "rollouts" in page.evaluate("document.querySelector('#chart-cmp-critic-score-mean .plot').layout.xaxis.title.text")
+    # config diff: only differing keys, the algorithm among them
+    keys = page.eval_on_selector_all("#diff-table tbody tr", "rows => rows.map(r => r.dataset.key)")
+    assert "algorithm" in keys and "trainer.steps" in keys
+    assert "rollout.group_size" not in keys  # equal in both runs
+    page.click("#x-choice button[data-x='step']")
+    page.wait_for_function("() => document.querySelector('#chart-cmp-critic-score-mean .plot').layout.xaxis.title.text.includes('step')")
+    screenshot(page, "compare")
+
+
+def test_error_states(page, studio, screenshot):
+    page.goto("/runs/987654")
+    page.wait_for_selector("#run-header .state-error")
+    assert "does not exist" in page.text_content("#run-header")
+    screenshot(page, "run-not-found")
+    page.goto("/traces/987654")
+    page.wait_for_selector("#run-header .state-error")
+    page.goto("/compare?runs=987654")
+    page.wait_for_selector("#compare-charts .state-empty")
+    assert "not found" in page.text_content("#compare-notice")

@@ -9,11 +9,12 @@ const API_BASE = document.documentElement.dataset.apiBase || "/api/v1";
 const TOKEN_KEY = "remix.apiToken";
 
 export class ApiError extends Error {
-  constructor(status, message, detail = null) {
+  constructor(status, message, detail = null, body = null) {
     super(message);
     this.name = "ApiError";
     this.status = status; // 0 = network error (studio unreachable)
     this.detail = detail; // FastAPI's `detail` (string or list of {loc, msg, field})
+    this.body = body; // the whole JSON answer (e.g. /health's report with a 503)
   }
 
   get needsToken() {
@@ -93,7 +94,7 @@ export async function request(path, { method = "GET", params, body, signal } = {
     let message = messageOf(response.status, detail);
     if (response.status === 401) message += " — set the API token (button at the top right).";
     if (response.status === 403) message += " — this token may only read.";
-    throw new ApiError(response.status, message, detail);
+    throw new ApiError(response.status, message, detail, data);
   }
   return data;
 }

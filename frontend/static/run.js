@@ -65,6 +65,7 @@ function emptyMessage(def) {
       ? "Queued, but no worker is online. Start one: `remix studio` runs a worker, or `remix worker` on a GPU machine."
       : "Queued: waiting for a worker to pick this run up.";
   }
+  if (def.missing && run.steps_done > 0) return def.missing;
   if (run.status === "running") {
     if (def.id === "accuracy") {
       return `Held-out accuracy is measured before step 1 and every ${run.config?.trainer?.eval_every ?? "N"} steps.`;

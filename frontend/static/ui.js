@@ -226,10 +226,20 @@ async function refreshHealth() {
     text.textContent = workers > 0 ? `${workers} worker${workers > 1 ? "s" : ""} online` : "no worker online";
     el.title = workers > 0 ? `database ${data.database?.dialect}, broker ${data.broker?.ok ? "ok" : "down"}`
       : "No worker is online: queued runs wait. `remix studio` starts one; on other machines run `remix worker`.";
+    if (data.broker && !data.broker.ok) {
+      text.textContent = "broker down";
+      el.title = `The message broker is unreachable: ${data.broker.error || ""}`;
+    }
+    if (data.database?.warning) {
+      text.textContent += " · schema outdated";
+      el.title = data.database.warning;
+    }
   } catch (err) {
     el.dataset.state = "error";
     text.textContent = err instanceof ApiError && err.status === 0 ? "studio unreachable" : "studio unhealthy";
-    el.title = err.message;
+    const report = err instanceof ApiError ? err.body : null;
+    el.title = report?.database?.error ? `database: ${report.database.error} (restart \`remix studio\` to migrate)`
+      : err.message;
   }
   return true;
 }

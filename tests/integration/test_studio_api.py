@@ -19,22 +19,6 @@ from studio_harness import Deployment, fast_config, fresh_per_step, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_health_and_openapi(deployment: Deployment) -> None:
-    c = deployment.client
-    health = wait_for(lambda: (h := c.get("/health").json())["workers"]["online"] >= 1 and h, 120,
-                      what="a worker to announce itself")
-    assert health["status"] == "ok", health
-    assert health["database"]["ok"] and health["broker"]["ok"]
-    assert health["database"]["dialect"] == ("postgresql" if deployment.name == "postgres" else "sqlite")
-    spec = c.get(deployment.base_url + "/openapi.json").json()
-    for path in ("/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel", "/api/v1/runs/{run_id}/retry",
-                 "/api/v1/runs/{run_id}/metrics", "/api/v1/runs/{run_id}/rollouts", "/api/v1/rollouts/{rollout_id}",
-                 "/api/v1/runs/{run_id}/groups/{group_id}", "/api/v1/runs/{run_id}/offpolicy", "/api/v1/jobs",
-                 "/api/v1/health"):
-        assert path in spec["paths"], path
-    assert c.get(deployment.base_url + "/docs").status_code == 200
-
-
 def test_tokens(deployment: Deployment) -> None:
     c = deployment.client
     body = {"config": {"preset": "no-such-preset"}}  # invalid on purpose: nothing gets queued
@@ -86,6 +70,68 @@ def test_invalid_inputs(deployment: Deployment) -> None:
     assert c.get("/jobs/999999").status_code == 404
     assert c.post("/runs/999999/cancel", headers=h).status_code == 404
     assert c.delete("/runs/999999", headers=h).status_code == 404
+
+
+def test_metric_downsampling_keeps_extremes(deployment: Deployment) -> None:
+    """600 synthetic steps written through the real SQL sink; the API returns ≤ max_points points
+    per series, including the global minimum, maximum, first and last step."""
+    from backend.db import make_engine, session_scope
+    from backend.models import Run
+    from backend.settings import Settings
+    from worker.sink import SqlSink
+
+    settings = Settings(data_dir=Path(deployment.env["REMIX_DATA_DIR"]),
+                        database_url=deployment.env.get("REMIX_DATABASE_URL"))
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        with session_scope(engine) as s:
+            run = Run(name="synthetic metrics", preset="toy", algorithm="grpo", config={}, request={},
+                      status="succeeded")
+            s.add(run)
+            s.flush()
+            run_id = run.id
+        sink = SqlSink(run_id, engine=engine)
+        sink.on_start({"resumed_from": None})
+        for step in range(600):
+            value = math.sin(step / 20.0)
+            if step == 333:
+                value = 42.0  # a spike that naive striding would drop
+            if step == 444:
+                value = -42.0
+            sink.on_step(step, {"x/wave": value, "cost/rollouts": float(8 * step), "timing_s/elapsed": step * 0.1})
+        sink.on_end({})
+        sink.close()
+    finally:
+        engine.dispose()
+    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "max_points": 50}).json()
+    ser = m["series"][0]
+    assert ser["total"] == 600 and ser["downsampled"] is True
+    assert 10 <= len(ser["y"]) <= 50
+    assert max(ser["y"]) == 42.0 and min(ser["y"]) == -42.0
+    assert ser["step"][0] == 0 and ser["step"][-1] == 599 and ser["step"] == sorted(ser["step"])
+    full = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "max_points": 1000}).json()
+    assert full["series"][0]["downsampled"] is False and len(full["series"][0]["y"]) == 600
+    ranged = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "step_min": 100,
+                                                                      "step_max": 199}).json()
+    assert ranged["series"][0]["step"] == list(range(100, 200))
+    assert deployment.client.get(f"/runs/{run_id}/metrics", params={"x": "epochs"}).status_code == 422
+    assert deployment.client.delete(f"/runs/{run_id}", headers=deployment.write_headers).status_code == 204
+
+
+def test_health_and_openapi(deployment: Deployment) -> None:
+    c = deployment.client
+    health = wait_for(lambda: (h := c.get("/health").json())["workers"]["online"] >= 1 and h, 120,
+                      what="a worker to announce itself")
+    assert health["status"] == "ok", health
+    assert health["database"]["ok"] and health["broker"]["ok"]
+    assert health["database"]["dialect"] == ("postgresql" if deployment.name == "postgres" else "sqlite")
+    spec = c.get(deployment.base_url + "/openapi.json").json()
+    for path in ("/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/{run_id}/cancel", "/api/v1/runs/{run_id}/retry",
+                 "/api/v1/runs/{run_id}/metrics", "/api/v1/runs/{run_id}/rollouts", "/api/v1/rollouts/{rollout_id}",
+                 "/api/v1/runs/{run_id}/groups/{group_id}", "/api/v1/runs/{run_id}/offpolicy", "/api/v1/jobs",
+                 "/api/v1/health"):
+        assert path in spec["paths"], path
+    assert c.get(deployment.base_url + "/docs").status_code == 200
 
 
 def test_submit_train_read_back(deployment: Deployment) -> None:
@@ -190,53 +236,7 @@ def test_submit_train_read_back(deployment: Deployment) -> None:
     assert jobs["count"] == 1 and jobs["data"][0]["status"] == "succeeded"
 
 
-def test_metric_downsampling_keeps_extremes(deployment: Deployment) -> None:
-    """600 synthetic steps written through the real SQL sink; the API returns ≤ max_points points
-    per series, including the global minimum, maximum, first and last step."""
-    from backend.db import make_engine, session_scope
-    from backend.models import Run
-    from backend.settings import Settings
-    from worker.sink import SqlSink
-
-    settings = Settings(data_dir=Path(deployment.env["REMIX_DATA_DIR"]),
-                        database_url=deployment.env.get("REMIX_DATABASE_URL"))
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        with session_scope(engine) as s:
-            run = Run(name="synthetic metrics", preset="toy", algorithm="grpo", config={}, request={},
-                      status="succeeded")
-            s.add(run)
-            s.flush()
-            run_id = run.id
-        sink = SqlSink(run_id, engine=engine)
-        sink.on_start({"resumed_from": None})
-        for step in range(600):
-            value = math.sin(step / 20.0)
-            if step == 333:
-                value = 42.0  # a spike that naive striding would drop
-            if step == 444:
-                value = -42.0
-            sink.on_step(step, {"x/wave": value, "cost/rollouts": float(8 * step), "timing_s/elapsed": step * 0.1})
-        sink.on_end({})
-        sink.close()
-    finally:
-        engine.dispose()
-    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "max_points": 50}).json()
-    ser = m["series"][0]
-    assert ser["total"] == 600 and ser["downsampled"] is True
-    assert 10 <= len(ser["y"]) <= 50
-    assert max(ser["y"]) == 42.0 and min(ser["y"]) == -42.0
-    assert ser["step"][0] == 0 and ser["step"][-1] == 599 and ser["step"] == sorted(ser["step"])
-    full = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "max_points": 1000}).json()
-    assert full["series"][0]["downsampled"] is False and len(full["series"][0]["y"]) == 600
-    ranged = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "x/wave", "step_min": 100,
-                                                                      "step_max": 199}).json()
-    assert ranged["series"][0]["step"] == list(range(100, 200))
-    assert deployment.client.get(f"/runs/{run_id}/metrics", params={"x": "epochs"}).status_code == 422
-    assert deployment.client.delete(f"/runs/{run_id}", headers=deployment.write_headers).status_code == 204
-
-
-def test_cancel_queued_and_running(deployment: Deployment) -> None:
+def test_cancel_retry_delete(deployment: Deployment) -> None:
     c, h = deployment.client, deployment.write_headers
     long_run = deployment.submit(fast_config(400, **{"trainer.eval_every": 50, "trainer.checkpoint_every": 50}))
     rid = long_run["id"]
@@ -245,62 +245,60 @@ def test_cancel_queued_and_running(deployment: Deployment) -> None:
     assert c.post(f"/runs/{rid}/retry", headers=h).status_code == 409
     assert c.delete(f"/runs/{rid}", headers=h).status_code == 409
     # a second run waits behind it (one worker, prefetch 1): cancelling it ends it at once
-    queued = deployment.submit(fast_config(5))
+    queued = deployment.submit(fast_config(5), name="queued")
     assert queued["status"] in ("pending", "queued")
     r = c.post(f"/runs/{queued['id']}/cancel", headers=h)
     assert r.status_code == 202 and r.json()["status"] == "cancelled" and r.json()["job"]["status"] == "cancelled"
+    # retry keeps lineage: a new run with the same config, queued behind the long run
+    r = c.post(f"/runs/{queued['id']}/retry", headers=h)
+    assert r.status_code == 201, r.text
+    child = r.json()
+    assert child["parent_run_id"] == queued["id"] and child["config"] == queued["config"]
+    assert child["name"] == f"queued (retry of #{queued['id']})" and child["status"] in ("pending", "queued")
+    assert c.get(f"/runs/{queued['id']}").json()["child_run_ids"] == [child["id"]]
+    assert c.get("/runs", params={"parent_run_id": queued["id"]}).json()["count"] == 1
+    assert c.post(f"/runs/{child['id']}/cancel", headers=h).json()["status"] == "cancelled"
     # the running one stops cooperatively between steps, with a checkpoint
     r = c.post(f"/runs/{rid}/cancel", headers=h)
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
     run = deployment.wait_status(rid, ("cancelled",), timeout=120)
     assert 2 <= run["steps_done"] < 400
     assert run["job"]["status"] == "cancelled" and run["summary"]["status"] == "cancelled"
-    assert run["checkpoints"][-1]["step"] == run["steps_done"]
+    assert run["checkpoints"][-1]["step"] == run["steps_done"] and run["checkpoints"][-1]["exists"]
     assert c.post(f"/runs/{rid}/cancel", headers=h).status_code == 409
-    # the cancelled queued run never started and stays cancelled after the worker is free again
-    after = deployment.wait_status(queued["id"], ("cancelled",), timeout=5)
-    assert after["job"]["attempt"] == 0 and after["steps_done"] == 0
-
-
-def test_retry_and_delete(deployment: Deployment) -> None:
-    c, h = deployment.client, deployment.write_headers
-    parent = deployment.submit(fast_config(2), name="to retry")
-    done = deployment.wait_status(parent["id"], ("succeeded",))
-    retry = c.post(f"/runs/{parent['id']}/retry", headers=h)
-    assert retry.status_code == 201, retry.text
-    child = retry.json()
-    assert child["parent_run_id"] == parent["id"] and child["id"] != parent["id"]
-    assert child["config"] == done["config"] and child["name"].startswith("to retry (retry of")
-    assert child["id"] in c.get(f"/runs/{parent['id']}").json()["child_run_ids"]
-    assert c.get("/runs", params={"parent_run_id": parent["id"]}).json()["count"] == 1
-    deployment.wait_status(child["id"], ("succeeded",))
-    # delete the parent: rows and artefacts go; the child keeps existing (lineage set to null)
-    out_dir = Path(done["output_dir"])
+    # cancelled queued runs never started, even after the worker became free
+    for other in (queued["id"], child["id"]):
+        after = deployment.wait_status(other, ("cancelled",), timeout=5)
+        assert after["job"]["attempt"] == 0 and after["steps_done"] == 0
+    # delete: rows and artefacts go; lineage of the retry is set to null
+    out_dir = Path(run["output_dir"])
     assert out_dir.is_dir()
-    assert c.delete(f"/runs/{parent['id']}", headers=h).status_code == 204
-    assert c.get(f"/runs/{parent['id']}").status_code == 404
-    assert c.get(f"/runs/{parent['id']}/rollouts").status_code == 404
-    assert c.get("/jobs", params={"run_id": parent["id"]}).json()["count"] == 0
+    assert c.delete(f"/runs/{rid}", headers=h).status_code == 204
+    assert c.get(f"/runs/{rid}").status_code == 404
+    assert c.get(f"/runs/{rid}/rollouts").status_code == 404
+    assert c.get("/jobs", params={"run_id": rid}).json()["count"] == 0
     assert not out_dir.exists()
+    assert c.delete(f"/runs/{queued['id']}", headers=h).status_code == 204
     assert c.get(f"/runs/{child['id']}").json()["parent_run_id"] is None
 
 
 def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:
-    steps = 16
-    cfg = fast_config(steps, **{"trainer.checkpoint_every": 4, "trainer.eval_every": 4})
-    run_id = deployment.submit(cfg, name="killed mid-run")["id"]
+    steps = 10
+    cfg = fast_config(steps, **{"trainer.checkpoint_every": 3, "trainer.eval_every": 5})
     victim = next(p for p in deployment.workers.values() if p.poll() is None)
-    deployment.wait_progress(run_id, lambda r: (r["job"]["last_checkpoint_step"] or 0) >= 4 and r["steps_done"] >= 6,
+    run_id = deployment.submit(cfg, name="killed mid-run")["id"]
+    deployment.wait_progress(run_id, lambda r: r["status"] == "running", what="the job to start on the first worker")
+    deployment.start_worker("standby")  # boots (idle) while the first worker trains
+    deployment.wait_progress(run_id, lambda r: (r["job"]["last_checkpoint_step"] or 0) >= 3 and r["steps_done"] >= 4,
                              what="a checkpoint and a few more steps")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     before = deployment.run(run_id)
     assert before["status"] == "running"  # SQL still says running: nobody told it
-    deployment.start_worker()
     run = deployment.wait_status(run_id, ("succeeded",), timeout=300)
     job = run["job"]
     assert job["attempt"] == 2 and job["lost_attempts"] == 1, job
-    assert job["resumed_from_step"] is not None and job["resumed_from_step"] >= 4
+    assert job["resumed_from_step"] is not None and job["resumed_from_step"] >= 3
     assert job["worker"] != before["job"]["worker"]
     # no duplicated or missing steps
     per_step = fresh_per_step(cfg)

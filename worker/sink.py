@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy.engine import Connection, Engine
 
 from backend.db import get_engine, retrying
 from backend.models import (
@@ -47,7 +46,15 @@ from remix_engine.sinks import Sink
 
 log = logging.getLogger("remix.sink")
 
-_IN_CHUNK = 500  # ids per IN (...) list (SQLite's bound-parameter limit)
+_IN_CHUNK = 500
+_RUNS: Table = Run.__table__
+_JOBS: Table = Job.__table__
+_METRICS: Table = Metric.__table__
+_LATEST: Table = LatestMetric.__table__
+_CKPTS: Table = Checkpoint.__table__
+_ROLLOUTS: Table = Rollout.__table__
+_TEXTS: Table = RolloutText.__table__
+_USES: Table = RolloutUse.__table__  # ids per IN (...) list (SQLite's bound-parameter limit)
 
 
 def _finite(value: Any) -> float | None:
@@ -187,67 +194,86 @@ class SqlSink(Sink):
                 return
 
     def _write(self, events: list[tuple]) -> None:
-        with Session(self.engine) as s:
-            if self.job_id is not None and not self._fence(s):
-                s.rollback()
+        # Core statements on one connection: no ORM unit-of-work on the ingest path.
+        with self.engine.connect() as conn:
+            if self.job_id is not None and not self._fence(conn):
+                conn.rollback()
                 self.fenced = True
                 log.warning("SqlSink: job %s attempt %s is no longer ours; dropping its events",
                             self.job_id, self.attempt)
                 return
             written = 0
             last_step: tuple[int, dict] | None = None
+            use_steps: set[int] = set()
             for kind, step, payload, wall in events:
                 if kind == "truncate":
-                    self._truncate(s, step)
+                    self._truncate(conn, step)
                 elif kind == "rollouts":
-                    written += self._write_rollouts(s, payload, wall)
+                    written += self._write_rollouts(conn, payload, wall)
                 elif kind == "uses":
-                    written += self._write_uses(s, payload)
+                    written += self._write_uses(conn, payload)
+                    use_steps.add(step)
                 elif kind == "step":
-                    written += self._write_metrics(s, step, payload, wall)
+                    written += self._write_metrics(conn, step, payload, wall)
                     last_step = (step, payload)
                 elif kind == "checkpoint":
-                    self._write_checkpoint(s, step, payload)
+                    self._write_checkpoint(conn, step, payload)
                     written += 1
+            if use_steps:
+                used = select(_USES.c.rollout_id).where(_USES.c.run_id == self.run_id, _USES.c.step.in_(sorted(use_steps)),
+                                                        _USES.c.rollout_id.is_not(None))
+                self._refresh_use_stats(conn, used)
             if last_step is not None:
-                self._update_counters(s, *last_step)
-            s.commit()
+                self._update_counters(conn, *last_step)
+            conn.commit()
             self.rows_written += written
 
-    def _fence(self, s: Session) -> bool:
-        res = s.execute(update(Job).where(Job.id == self.job_id, Job.attempt == self.attempt,
-                                          Job.status == JobStatus.RUNNING.value).values(heartbeat_at=utcnow()))
+    def _fence(self, conn: Connection) -> bool:
+        res = conn.execute(update(_JOBS).where(_JOBS.c.id == self.job_id, _JOBS.c.attempt == self.attempt,
+                                               _JOBS.c.status == JobStatus.RUNNING.value).values(heartbeat_at=utcnow()))
         return bool(res.rowcount)
 
-    def _insert(self, model):
-        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(model)
+    def _insert(self, table: Table):
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+
+    def _ids_of(self, conn: Connection, uids: list[str]) -> dict[str, int]:
+        id_of: dict[str, int] = {}
+        for chunk in _chunks(uids):
+            id_of.update({uid: rid for rid, uid in conn.execute(
+                select(_ROLLOUTS.c.id, _ROLLOUTS.c.uid).where(_ROLLOUTS.c.run_id == self.run_id,
+                                                              _ROLLOUTS.c.uid.in_(chunk)))})
+        return id_of
 
     # ----------------------------------------------------------------------------- row writers
-    def _truncate(self, s: Session, after_step: int) -> None:
+    def _truncate(self, conn: Connection, after_step: int) -> None:
         """Forget everything after `after_step` (−1: everything) before a (re)start re-emits it."""
         rid = self.run_id
-        touched = [r for (r,) in s.execute(select(RolloutUse.rollout_id).where(
-            RolloutUse.run_id == rid, RolloutUse.step > after_step, RolloutUse.rollout_id.is_not(None)).distinct())]
-        s.execute(delete(RolloutUse).where(RolloutUse.run_id == rid, RolloutUse.step > after_step))
-        doomed = select(Rollout.id).where(Rollout.run_id == rid, Rollout.step > after_step)
-        s.execute(delete(RolloutText).where(RolloutText.rollout_id.in_(doomed)))
-        s.execute(delete(Rollout).where(Rollout.run_id == rid, Rollout.step > after_step))
-        s.execute(delete(Metric).where(Metric.run_id == rid, Metric.step > after_step))
-        s.execute(delete(Checkpoint).where(Checkpoint.run_id == rid, Checkpoint.step > after_step))
-        self._refresh_use_stats(s, touched)
+        touched = [r for (r,) in conn.execute(select(_USES.c.rollout_id).where(
+            _USES.c.run_id == rid, _USES.c.step > after_step, _USES.c.rollout_id.is_not(None)).distinct())]
+        conn.execute(delete(_USES).where(_USES.c.run_id == rid, _USES.c.step > after_step))
+        doomed = select(_ROLLOUTS.c.id).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step)
+        conn.execute(delete(_TEXTS).where(_TEXTS.c.rollout_id.in_(doomed)))
+        conn.execute(delete(_ROLLOUTS).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step))
+        conn.execute(delete(_METRICS).where(_METRICS.c.run_id == rid, _METRICS.c.step > after_step))
+        conn.execute(delete(_CKPTS).where(_CKPTS.c.run_id == rid, _CKPTS.c.step > after_step))
+        for chunk in _chunks(touched):
+            conn.execute(update(_ROLLOUTS).where(_ROLLOUTS.c.id.in_(chunk)).values(
+                use_count=0, reuse_count=0, max_age=None, ratio_mean=None, ratio_max=None, clipfrac=None,
+                kl_to_behavior=None))
+            self._refresh_use_stats(conn, chunk)
         # latest_metrics: rebuild from what is left
-        s.execute(delete(LatestMetric).where(LatestMetric.run_id == rid))
-        last = (select(Metric.key, func.max(Metric.step).label("step"))
-                .where(Metric.run_id == rid).group_by(Metric.key).subquery())
-        rows = s.execute(select(Metric.key, Metric.step, Metric.value, Metric.wall_time)
-                         .join(last, (Metric.key == last.c.key) & (Metric.step == last.c.step))
-                         .where(Metric.run_id == rid)).all()
+        conn.execute(delete(_LATEST).where(_LATEST.c.run_id == rid))
+        last = (select(_METRICS.c.key, func.max(_METRICS.c.step).label("step"))
+                .where(_METRICS.c.run_id == rid).group_by(_METRICS.c.key).subquery())
+        rows = conn.execute(select(_METRICS.c.key, _METRICS.c.step, _METRICS.c.value, _METRICS.c.wall_time)
+                            .join(last, (_METRICS.c.key == last.c.key) & (_METRICS.c.step == last.c.step))
+                            .where(_METRICS.c.run_id == rid)).all()
         if rows:
-            s.execute(self._insert(LatestMetric), [
+            conn.execute(self._insert(_LATEST), [
                 {"run_id": rid, "key": k, "step": st, "value": v, "wall_time": w} for k, st, v, w in rows])
-        s.execute(update(Run).where(Run.id == rid).values(steps_done=max(after_step, 0), updated_at=utcnow()))
+        conn.execute(update(_RUNS).where(_RUNS.c.id == rid).values(steps_done=max(after_step, 0), updated_at=utcnow()))
 
-    def _write_rollouts(self, s: Session, rows: list[dict[str, Any]], wall: float) -> int:
+    def _write_rollouts(self, conn: Connection, rows: list[dict[str, Any]], wall: float) -> int:
         values = []
         texts: dict[str, tuple[str, str]] = {}
         for r in rows:
@@ -265,65 +291,55 @@ class SqlSink(Sink):
                 "advantage": _finite(r.get("advantage")), "use_count": 0, "reuse_count": 0, "wall_time": wall,
             })
             texts[uid] = (str(r.get("prompt", "") or ""), str(r.get("response", "") or ""))
-        stmt = self._insert(Rollout)
+        stmt = self._insert(_ROLLOUTS)
         updatable = ("step", "policy_version", "group_id", "prompt_id", "extracted", "reference", "reward", "correct",
                      "format_ok", "reason", "length", "truncated", "advantage", "wall_time")
         stmt = stmt.on_conflict_do_update(index_elements=["run_id", "uid"],
                                           set_={c: stmt.excluded[c] for c in updatable})
-        ids = s.execute(stmt.returning(Rollout.id, Rollout.uid), values).all()
-        text_rows = [{"rollout_id": rid, "prompt": texts[uid][0], "response": texts[uid][1]} for rid, uid in ids]
+        # executemany (a pipeline on psycopg 3) and one id lookup: cheaper than INSERT … RETURNING
+        # over a multi-row VALUES statement, which the driver would parse anew every time.
+        conn.execute(stmt, values)
+        id_of = self._ids_of(conn, list(texts))
+        text_rows = [{"rollout_id": id_of[uid], "prompt": p, "response": r} for uid, (p, r) in texts.items()]
         if text_rows:
-            tstmt = self._insert(RolloutText)
+            tstmt = self._insert(_TEXTS)
             tstmt = tstmt.on_conflict_do_update(index_elements=["rollout_id"],
                                                 set_={"prompt": tstmt.excluded.prompt, "response": tstmt.excluded.response})
-            s.execute(tstmt, text_rows)
+            conn.execute(tstmt, text_rows)
         return len(values)
 
-    def _write_uses(self, s: Session, rows: list[dict[str, Any]]) -> int:
-        uids = sorted({str(r["rollout_uid"]) for r in rows})
-        id_of: dict[str, int] = {}
-        for chunk in _chunks(uids):
-            id_of.update({uid: rid for rid, uid in s.execute(
-                select(Rollout.id, Rollout.uid).where(Rollout.run_id == self.run_id, Rollout.uid.in_(chunk)))})
+    def _write_uses(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        id_of = self._ids_of(conn, sorted({str(r["rollout_uid"]) for r in rows}))
         values = [{
             "run_id": self.run_id, "rollout_id": id_of.get(str(r["rollout_uid"])), "rollout_uid": str(r["rollout_uid"]),
             "step": int(r["step"]), "age": int(r.get("age", 0)), "ratio_mean": _finite(r.get("ratio_mean")),
             "ratio_max": _finite(r.get("ratio_max")), "clipfrac": _finite(r.get("clipfrac")),
             "kl_to_behavior": _finite(r.get("kl_to_behavior")),
         } for r in rows]
-        stmt = self._insert(RolloutUse)
+        stmt = self._insert(_USES)
         stmt = stmt.on_conflict_do_update(
             index_elements=["run_id", "rollout_uid", "step"],
             set_={c: stmt.excluded[c] for c in ("rollout_id", "age", "ratio_mean", "ratio_max", "clipfrac",
                                                  "kl_to_behavior")})
-        s.execute(stmt, values)
-        self._refresh_use_stats(s, sorted({v["rollout_id"] for v in values if v["rollout_id"] is not None}))
+        conn.execute(stmt, values)
         return len(values)
 
-    def _refresh_use_stats(self, s: Session, rollout_ids: list[int]) -> None:
-        """Recompute a rollout's use/reuse counts and importance statistics from its uses."""
-        if not rollout_ids:
+    def _refresh_use_stats(self, conn: Connection, rollout_ids) -> None:  # noqa: ANN001
+        """Recompute use/reuse counts and importance statistics of the given rollouts (a list of ids
+        or a subquery) from their uses, in one UPDATE … FROM (PostgreSQL, SQLite ≥ 3.33)."""
+        if isinstance(rollout_ids, list) and not rollout_ids:
             return
-        updates = []
-        for chunk in _chunks(rollout_ids):
-            agg = {row[0]: row[1:] for row in s.execute(
-                select(RolloutUse.rollout_id, func.count(), func.sum(case((RolloutUse.age > 0, 1), else_=0)),
-                       func.max(RolloutUse.age), func.avg(RolloutUse.ratio_mean), func.max(RolloutUse.ratio_max),
-                       func.avg(RolloutUse.clipfrac), func.avg(RolloutUse.kl_to_behavior))
-                .where(RolloutUse.rollout_id.in_(chunk)).group_by(RolloutUse.rollout_id))}
-            for rid in chunk:
-                n, reused, max_age, rmean, rmax, clip, kl = agg.get(rid, (0, 0, None, None, None, None, None))
-                updates.append({"b_id": rid, "use_count": int(n or 0), "reuse_count": int(reused or 0),
-                                "max_age": max_age, "ratio_mean": _finite(rmean), "ratio_max": _finite(rmax),
-                                "clipfrac": _finite(clip), "kl_to_behavior": _finite(kl)})
-        stmt = (update(Rollout.__table__).where(Rollout.__table__.c.id == bindparam("b_id"))
-                .values(use_count=bindparam("use_count"), reuse_count=bindparam("reuse_count"),
-                        max_age=bindparam("max_age"), ratio_mean=bindparam("ratio_mean"),
-                        ratio_max=bindparam("ratio_max"), clipfrac=bindparam("clipfrac"),
-                        kl_to_behavior=bindparam("kl_to_behavior")))
-        s.connection().execute(stmt, updates)
+        u = _USES.c
+        agg = (select(u.rollout_id.label("rid"), func.count().label("n"),
+                      func.sum(case((u.age > 0, 1), else_=0)).label("reused"), func.max(u.age).label("max_age"),
+                      func.avg(u.ratio_mean).label("rmean"), func.max(u.ratio_max).label("rmax"),
+                      func.avg(u.clipfrac).label("clip"), func.avg(u.kl_to_behavior).label("kl"))
+               .where(u.rollout_id.in_(rollout_ids)).group_by(u.rollout_id).subquery("agg"))
+        conn.execute(update(_ROLLOUTS).where(_ROLLOUTS.c.id == agg.c.rid).values(
+            use_count=agg.c.n, reuse_count=agg.c.reused, max_age=agg.c.max_age, ratio_mean=agg.c.rmean,
+            ratio_max=agg.c.rmax, clipfrac=agg.c.clip, kl_to_behavior=agg.c.kl))
 
-    def _write_metrics(self, s: Session, step: int, metrics: dict[str, Any], wall: float) -> int:
+    def _write_metrics(self, conn: Connection, step: int, metrics: dict[str, Any], wall: float) -> int:
         rollouts = _finite(metrics.get("cost/rollouts"))
         elapsed = _finite(metrics.get("timing_s/elapsed"))
         if elapsed is None and step == 0:
@@ -333,23 +349,23 @@ class SqlSink(Sink):
                    "wall_time": wall} for k, v in metrics.items()]
         if not values:
             return 0
-        stmt = self._insert(Metric)
+        stmt = self._insert(_METRICS)
         stmt = stmt.on_conflict_do_update(
             index_elements=["run_id", "key", "step"],
             set_={c: stmt.excluded[c] for c in ("value", "rollouts", "elapsed_s", "wall_time")})
-        s.execute(stmt, values)
-        lstmt = self._insert(LatestMetric)
+        conn.execute(stmt, values)
+        lstmt = self._insert(_LATEST)
         lstmt = lstmt.on_conflict_do_update(
             index_elements=["run_id", "key"],
             set_={"step": lstmt.excluded.step, "value": lstmt.excluded.value, "wall_time": lstmt.excluded.wall_time},
-            where=LatestMetric.__table__.c.step <= lstmt.excluded.step)
-        s.execute(lstmt, [{"run_id": v["run_id"], "key": v["key"], "step": step, "value": v["value"],
-                           "wall_time": wall} for v in values])
+            where=_LATEST.c.step <= lstmt.excluded.step)
+        conn.execute(lstmt, [{"run_id": v["run_id"], "key": v["key"], "step": step, "value": v["value"],
+                              "wall_time": wall} for v in values])
         return len(values)
 
-    def _write_checkpoint(self, s: Session, step: int, info: dict[str, Any]) -> None:
+    def _write_checkpoint(self, conn: Connection, step: int, info: dict[str, Any]) -> None:
         path = str(info.get("path", ""))
-        stmt = self._insert(Checkpoint)
+        stmt = self._insert(_CKPTS)
         values = {"run_id": self.run_id, "step": step, "policy_version": int(info.get("policy_version", step)),
                   "path": path, "policy_path": info.get("policy_path"),
                   "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))},
@@ -357,11 +373,11 @@ class SqlSink(Sink):
         stmt = stmt.on_conflict_do_update(index_elements=["run_id", "step"],
                                           set_={c: stmt.excluded[c] for c in ("policy_version", "path", "policy_path",
                                                                               "info", "created_at")})
-        s.execute(stmt, values)
+        conn.execute(stmt, values)
         if self.job_id is not None:
-            s.execute(update(Job).where(Job.id == self.job_id).values(last_checkpoint_step=step))
+            conn.execute(update(_JOBS).where(_JOBS.c.id == self.job_id).values(last_checkpoint_step=step))
 
-    def _update_counters(self, s: Session, step: int, metrics: dict[str, Any]) -> None:
+    def _update_counters(self, conn: Connection, step: int, metrics: dict[str, Any]) -> None:
         values: dict[str, Any] = {"steps_done": step, "updated_at": utcnow()}
         for key, col in (("cost/rollouts", "rollouts_generated"), ("cost/tokens", "tokens_generated")):
             v = _finite(metrics.get(key))
@@ -370,9 +386,9 @@ class SqlSink(Sink):
         elapsed = _finite(metrics.get("timing_s/elapsed"))
         if elapsed is not None:
             values["elapsed_s"] = elapsed
-        s.execute(update(Run).where(Run.id == self.run_id).values(**values))
+        conn.execute(update(_RUNS).where(_RUNS.c.id == self.run_id).values(**values))
         if self.job_id is not None:
-            s.execute(update(Job).where(Job.id == self.job_id).values(progress_step=step))
+            conn.execute(update(_JOBS).where(_JOBS.c.id == self.job_id).values(progress_step=step))
 
 
 def _rows_in(item: tuple) -> int:

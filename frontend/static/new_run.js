@@ -99,11 +99,15 @@ function problems(detail) {
   });
 }
 
-function showErrors(list) {
+function showErrors(list, { markFields = true } = {}) {
   const summary = $("#error-list");
   replace(summary);
   let first = null;
   for (const { field, msg } of list) {
+    if (!markFields) {
+      summary.append(h("li", {}, msg));
+      continue;
+    }
     // A field the form has an input for gets the message inline; everything else came from the
     // overrides box (or names no field) and is shown under it.
     const el = fieldElement(field) || form.overrides;
@@ -136,10 +140,10 @@ async function submit(event) {
     if (err.status === 422) {
       showErrors(problems(err.detail));
     } else if (err.needsToken) {
-      showErrors([{ field: null, msg: err.message }]);
-      if (await openTokenDialog("Queuing a run needs the write token.")) form.requestSubmit();
+      showErrors([{ field: null, msg: err.message }], { markFields: false });
+      if (await openTokenDialog(`Queuing a run needs the write token (${err.message.split(" — ")[0]}).`)) form.requestSubmit();
     } else {
-      showErrors([{ field: null, msg: err.message }]);
+      showErrors([{ field: null, msg: err.message }], { markFields: false });
     }
   } finally {
     button.disabled = false;

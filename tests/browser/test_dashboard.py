@@ -20,6 +20,7 @@ STEPS = 6
 TINY = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=32", "data.heldout_size=16",
         "trainer.eval_every=2", "trainer.checkpoint_every=3", "warm_start.steps=30"]
 GROUP_SIZE = 4
+LIVE: dict = {}  # what the run page showed right after the form submitted the run (see toy_run)
 
 
 def plot_points(page, selector: str) -> int:
@@ -71,6 +72,17 @@ def toy_run(context, studio, screenshot) -> int:
         with page.expect_navigation(url=re.compile(r"/runs/\d+$")):
             page.click("#submit-run")
         run_id = int(page.url.rsplit("/", 1)[1])
+
+        # The page we land on is the live run page of a run that has only just been queued: its
+        # charts must fill in and grow while we watch, without a reload.
+        page.wait_for_selector("#run-header h1")
+        page.evaluate("window.__noReload = true")  # gone if the page reloads
+        page.wait_for_selector("#chart-reward .chart-body:not([data-state='loading'])")
+        LIVE["points_at_first_render"] = plot_points(page, "#chart-reward")
+        LIVE["status_at_first_render"] = page.get_attribute("#run-header [data-status]", "data-status")
+        wait_points(page, "#chart-reward", max(2, LIVE["points_at_first_render"] + 1), timeout=120_000)
+        LIVE["points_later"] = plot_points(page, "#chart-reward")
+        LIVE["no_reload"] = page.evaluate("window.__noReload === true")
     finally:
         page.close()
     return run_id
@@ -109,16 +121,15 @@ def test_new_run_from_form_is_queued(studio, toy_run):
 
 
 def test_run_page_charts_grow_live(page, studio, toy_run, screenshot):
+    # right after submitting, the run page showed fewer points than later, with no reload between
+    assert LIVE["points_at_first_render"] < STEPS, LIVE
+    assert LIVE["points_later"] > LIVE["points_at_first_render"], LIVE
+    assert LIVE["no_reload"], LIVE
+
     page.goto(f"/runs/{toy_run}")
     page.wait_for_selector("#run-header h1")
     assert page.text_content("#run-header h1") == "browser toy remix"
-    page.evaluate("window.__noReload = true")  # gone if the page reloads
-
-    # the reward chart gains points while the run trains (no reload, no click)
-    wait_points(page, "#chart-reward", 1, timeout=90_000)
-    first = plot_points(page, "#chart-reward")
-    wait_points(page, "#chart-reward", first + 1, timeout=90_000)
-    assert page.evaluate("window.__noReload === true")
+    page.evaluate("window.__noReload = true")
 
     studio.wait_run(toy_run, lambda r: r["status"] == "succeeded", 180, "succeed")
     page.wait_for_selector("#run-header [data-status='succeeded']", timeout=30_000)

@@ -65,6 +65,11 @@ _MODE_RE = r"greedy|t\d+(?:\.\d+)?"
 _SCORE_COLUMN = re.compile(rf"^(?P<bench>.+)_(?P<mode>{_MODE_RE})$")
 
 
+def _upd(model):  # noqa: ANN001, ANN202
+    """UPDATE without ORM session synchronisation (as backend.jobs does; SQLite returns naive datetimes)."""
+    return update(model).execution_options(synchronize_session=False)
+
+
 class LeaderboardError(ValueError):
     """Bad import data or query; the message names the row/column."""
 
@@ -505,7 +510,7 @@ class SqlEvalSink:
 
         def _write() -> None:
             with Session(self.engine) as s:
-                res = s.execute(update(Job).where(Job.id == self.job_id, Job.attempt == self.attempt,
+                res = s.execute(_upd(Job).where(Job.id == self.job_id, Job.attempt == self.attempt,
                                                   Job.status == JobStatus.RUNNING.value)
                                 .values(heartbeat_at=utcnow(), progress_step=self.progress_base + self.done + len(rows)))
                 if not res.rowcount:
@@ -569,7 +574,7 @@ def run_evaluation_job(job_id: int, attempt: int, *, heartbeat, shutting_down: C
 
         def _set() -> None:
             with session_scope() as s:
-                s.execute(update(Evaluation).where(Evaluation.id.in_(ids)).values(**values))
+                s.execute(_upd(Evaluation).where(Evaluation.id.in_(ids)).values(**values))
 
         retrying(_set)
 
@@ -594,9 +599,15 @@ def run_evaluation_job(job_id: int, attempt: int, *, heartbeat, shutting_down: C
             benches.append((eval_id, bench))
         total = sum(len(b.problems) * options.k_for(b.name) for _, b in benches)
         with session_scope() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(progress_total=total, progress_step=0))
+            s.execute(_upd(Job).where(Job.id == job_id).values(progress_total=total, progress_step=0))
         evaluator = Evaluator(params["model_path"], options, backend=params.get("backend", "hf"),
                               dtype=params.get("dtype", "float32"), torch_threads=params.get("torch_threads"))
+        if not params.get("size"):  # label by parameter count now that the model is loaded
+            from remix_engine.models import n_parameters
+
+            params["size"] = size_label("", n_parameters(evaluator.model))
+            with session_scope() as s:
+                s.execute(_upd(Job).where(Job.id == job_id).values(params=params))
         base = 0
         for index, (eval_id, bench) in enumerate(benches):
             current = [eval_id]
@@ -604,7 +615,7 @@ def run_evaluation_job(job_id: int, attempt: int, *, heartbeat, shutting_down: C
             def _start(eid: int = eval_id) -> None:
                 with session_scope() as s:
                     s.execute(delete(EvalSample).where(EvalSample.evaluation_id == eid))
-                    s.execute(update(Evaluation).where(Evaluation.id == eid)
+                    s.execute(_upd(Evaluation).where(Evaluation.id == eid)
                               .values(status=JobStatus.RUNNING.value, finished_at=None))
 
             retrying(_start)

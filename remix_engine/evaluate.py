@@ -294,7 +294,7 @@ def _context_limits(model, max_new_tokens: int, max_prompt_tokens: int | None) -
 
 def _encode(tokenizer, texts: list[str], cap: int | None) -> tuple[list[list[int]], list[bool]]:
     """Token ids of rendered prompts; prompts over `cap` keep their last `cap` tokens (flagged)."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     out, cut = [], []
     for row in ids:
         row = list(row)

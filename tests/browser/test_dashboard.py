@@ -208,8 +208,8 @@ def test_trace_inspector_filters_and_opens_a_trace(page, studio, toy_run, screen
     page.wait_for_selector("#trace-table tbody tr")
     one = studio.api.get(f"/runs/{toy_run}/rollouts", params={"limit": 1, "include_text": True}).json()["data"][0]
     page.fill("#t-q", one["prompt"])
-    page.wait_for_function("(n) => { const m = /^(\\d+) rollout/.exec(document.querySelector('#trace-count').textContent);"
-                           " return m && Number(m[1]) >= n && Number(m[1]) < %d; }" % total, arg=GROUP_SIZE)
+    page.wait_for_function("([lo, hi]) => { const m = /^(\\d+) rollout/.exec(document.querySelector('#trace-count').textContent);"
+                           " return m && Number(m[1]) >= lo && Number(m[1]) < hi; }", arg=[GROUP_SIZE, total])
 
     # open a trace: prompt, folded <think>, final part, answer vs reference, verdict, lineage, group
     page.click("#t-clear")

@@ -190,6 +190,7 @@ CELERY_APP = """
         "data_folder_in": os.path.join(base, "queue"),
         "data_folder_out": os.path.join(base, "queue"),
         "processed_folder": os.path.join(base, "processed"),
+        "control_folder": os.path.join(base, "control"),
     }
 
     @app.task
@@ -211,7 +212,7 @@ CELERY_APP = """
 
 def test_pool_inside_a_celery_solo_worker(tmp_path):
     pytest.importorskip("celery")
-    for folder in ("queue", "processed", "results"):
+    for folder in ("queue", "processed", "results", "control"):
         (tmp_path / folder).mkdir()
     (tmp_path / "reward_celery_app.py").write_text(textwrap.dedent(CELERY_APP))
     env = dict(

@@ -168,6 +168,8 @@ function renderLatest(run) {
     return;
   }
   const charted = new Set(state.charts.flatMap((c) => c.def.keys));
+  const scroll = box.scrollTop;
+  requestAnimationFrame(() => { box.scrollTop = scroll; });
   replace(box, h("table", { class: "table table-compact" },
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "metric"), h("th", { scope: "col", class: "num" }, "latest"),
       h("th", { scope: "col" }, h("span", { class: "sr-only" }, "chart")))),

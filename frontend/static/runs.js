@@ -191,7 +191,15 @@ function row(run) {
     h("td", { class: "col-actions" }, actionButtons(run)));
 }
 
+let lastSignature = "";
+
 function render() {
+  // Skip identical re-renders (the list is polled): keeps focus and hover where the user left them.
+  const signature = JSON.stringify([state.runs.map((r) => [r.id, r.updated_at, r.status]), state.count, state.loaded,
+    String(state.error), [...state.selected], state.sort, Object.values(filters()),
+    state.runs.map((r) => state.details.get(r.id)?.updated_at), Math.floor(Date.now() / 30000)]);
+  if (signature === lastSignature) return;
+  lastSignature = signature;
   const box = $("#runs-table");
   const compare = $("#compare-button");
   const n = state.selected.size;

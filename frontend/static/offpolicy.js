@@ -244,6 +244,7 @@ async function main() {
   const run = await loadRunOrExplain(runId, () => location.reload());
   if (!run) {
     $("#op-intro").hidden = true;
+    $("#op-stats").hidden = true;
     return;
   }
   buildCharts();

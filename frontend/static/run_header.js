@@ -64,7 +64,7 @@ export function renderRunHeader(run, activeTab, { onChange } = {}) {
 /** Load the run or render a helpful error into #run-header; returns the run or null. */
 export async function loadRunOrExplain(runId, retry) {
   if (runId === null) {
-    replace($("#run-header"), errorState(new Error("This address has no run id. Open a run from the runs list.")),
+    replace($("#run-header"), errorState(new Error("This address has no run id. Open a run from the runs list."), null, "No run here"),
       h("p", {}, h("a", { href: "/" }, "← All runs")));
     return null;
   }
@@ -72,7 +72,7 @@ export async function loadRunOrExplain(runId, retry) {
     return await api.getRun(runId);
   } catch (err) {
     const box = err.status === 404
-      ? errorState(new Error(`Run #${runId} does not exist (it may have been deleted).`))
+      ? errorState(new Error(`Run #${runId} does not exist (it may have been deleted, or the link is wrong).`), null, "Run not found")
       : errorState(err, retry);
     replace($("#run-header"), box, h("p", {}, h("a", { href: "/" }, "← All runs")));
     return null;

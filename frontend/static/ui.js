@@ -117,8 +117,8 @@ export function loadingState(text = "Loading…") {
 }
 
 /** Error state with the server's message and a retry button. */
-export function errorState(err, retry) {
-  const what = err instanceof ApiError && err.status === 0 ? "The studio is not reachable" : "Something went wrong";
+export function errorState(err, retry, title = null) {
+  const what = title || (err instanceof ApiError && err.status === 0 ? "The studio is not reachable" : "Something went wrong");
   const box = h("div", { class: "state state-error", role: "alert" },
     h("p", { class: "state-title" }, what), h("p", {}, err.message || String(err)));
   const actions = h("div", { class: "state-actions" });

@@ -105,7 +105,7 @@ def evaluate(model, tokenizer, problems, prompt_ids, *, k: int, temperature: flo
     out = {"greedy": sum(greedy_ok) / len(problems)}
     by_terms: dict[int, list[bool]] = {}
     for p, g in zip(problems, greedy_ok, strict=True):
-        by_terms.setdefault(p.meta["terms"], []).append(g)
+        by_terms.setdefault(p.meta["carries"], []).append(g)
     out["by_terms"] = {t: sum(v) / len(v) for t, v in sorted(by_terms.items())}
     if k:
         _, _, sampled = sample(model, tokenizer, prompt_ids, n=k, temperature=temperature,
@@ -148,6 +148,7 @@ def grpo_probe(model, tokenizer, heldout, heldout_ids, *, steps: int, lr: float,
                                         max_new_tokens=max_new_tokens)["greedy"])]
     log(f"    rl step {0:>4}  heldout greedy {curve[-1][2]:.1%}")
     rewards_window: list[float] = []
+    reflect_window: list[float] = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         batch = train[(step - 1) * prompts:step * prompts]
@@ -160,6 +161,7 @@ def grpo_probe(model, tokenizer, heldout, heldout_ids, *, steps: int, lr: float,
         r = reward.view(prompts, group)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
         rewards_window.append(reward.mean().item())
+        reflect_window.append(sum(any(w in t.lower() for w in REFLECTION_WORDS) for t in texts) / len(texts))
         # response mask: generated tokens up to and including the first EOS
         is_eos = gen == tokenizer.eos_token_id
         after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
@@ -180,9 +182,10 @@ def grpo_probe(model, tokenizer, heldout, heldout_ids, *, steps: int, lr: float,
             acc = evaluate(model, tokenizer, heldout, heldout_ids, k=0, temperature=temperature,
                            max_new_tokens=max_new_tokens)["greedy"]
             mean_r = sum(rewards_window) / len(rewards_window)
-            rewards_window = []
+            mean_refl = sum(reflect_window) / len(reflect_window)
+            rewards_window, reflect_window = [], []
             curve.append((step, mean_r, acc))
-            log(f"    rl step {step:>4}  train reward {mean_r:.1%}  heldout greedy {acc:.1%}  "
+            log(f"    rl step {step:>4}  train reward {mean_r:.1%}  reflect {mean_refl:.0%}  heldout greedy {acc:.1%}  "
                 f"({time.perf_counter() - t0:.0f}s)")
     model.eval()
     return curve
@@ -199,11 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=d["group"], help="samples per problem for pass@k")
     ap.add_argument("--temperature", type=float, default=d["temperature"])
     ap.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
-    ap.add_argument("--slip", type=float, default=DEMO_MIX["slip"], help="share of demos with an uncorrected slip")
-    ap.add_argument("--fix", type=float, default=DEMO_MIX["fix"], help="share of demos with a corrected slip")
-    ap.add_argument("--check", type=float, default=DEMO_MIX["check"], help="share of demos that re-check")
+    ap.add_argument("--forget", type=float, default=DEMO_MIX["forget"], help="demos: share of carries forgotten")
+    ap.add_argument("--notice", type=float, default=DEMO_MIX["notice"], help="demos: share of those corrected")
+    ap.add_argument("--slip", type=float, default=DEMO_MIX["slip"], help="demos: share with a random slip")
+    ap.add_argument("--check", type=float, default=DEMO_MIX["check"], help="demos: share that re-check")
+    ap.add_argument("--eval-at", type=int, nargs="*", default=[],
+                    help="also print greedy accuracy at these warm-start steps (same run, no extra training)")
     ap.add_argument("--terms", type=int, nargs=2, default=list(toy.TERMS_RANGE),
                     help="(experiments) override the task's number of terms")
+    ap.add_argument("--layers", type=int, default=None, help="(experiments) toy model depth override")
+    ap.add_argument("--ffn", type=int, default=None, help="(experiments) toy model MLP width override")
     ap.add_argument("--rl-steps", type=int, default=0, help="run a minimal GRPO probe for this many steps")
     ap.add_argument("--rl-lr", type=float, default=d["rl_lr"])
     ap.add_argument("--rl-eval-every", type=int, default=20)
@@ -222,20 +230,32 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_toy_tokenizer()
     problems = toy.toy_problems("heldout", args.heldout)
     prompt_ids = prompt_ids_for(tokenizer, problems, d["max_prompt_tokens"])
-    mix = {"slip": args.slip, "fix": args.fix, "check": args.check}
+    mix = {"forget": args.forget, "notice": args.notice, "slip": args.slip, "check": args.check}
+    no_carry = sum(p.meta["carries"] == 0 for p in problems) / len(problems)
+    log(f"held-out problems without a carrying addition: {no_carry:.1%} (greedy accuracy of a model that "
+        f"always follows the demonstrator's most likely step)")
     log(f"toy task {toy.TASK_VERSION}: start {toy.START_RANGE}, terms {toy.TERMS_RANGE}; demos {mix}; "
         f"held-out {len(problems)}; k={args.k} at T={args.temperature}; max_new_tokens={args.max_new_tokens}; "
         f"device {args.device}, torch threads {torch.get_num_threads()}")
     header = (f"{'seed':>4} {'steps':>5} {'batch':>5} {'lr':>7} {'loss':>6} {'train_s':>7} {'greedy':>6} "
-              f"{'sampled':>7} {'pass@k':>6} {'mixed':>5} {'reflect':>7} {'len':>5} {'gen128_s':>8}  greedy by #terms")
+              f"{'sampled':>7} {'pass@k':>6} {'mixed':>5} {'reflect':>7} {'len':>5} {'gen128_s':>8}  greedy by #carries")
     log(header)
     log("-" * len(header))
     for seed in args.seed:
         for steps in args.steps:
-            model = build_toy_model(tokenizer, seed).to(args.device)
+            shape = {k: v for k, v in (("num_hidden_layers", args.layers), ("intermediate_size", args.ffn)) if v}
+            model = build_toy_model(tokenizer, seed, **shape).to(args.device)
+            def probe(step: int, loss: float, model=model) -> None:
+                if step in args.eval_at and step != steps:
+                    model.eval()
+                    acc = evaluate(model, tokenizer, problems, prompt_ids, k=0, temperature=args.temperature,
+                                   max_new_tokens=args.max_new_tokens)
+                    model.train()
+                    log(f"    warm-start step {step:>5}  loss {loss:.3f}  heldout greedy {acc['greedy']:.1%}")
+
             if steps:
                 stats = train_on_demonstrations(model, tokenizer, steps=steps, batch_size=args.batch, lr=args.lr,
-                                                seed=seed, demo_mix=mix)
+                                                seed=seed, demo_mix=mix, callback=probe if args.eval_at else None)
                 loss = sum(stats["loss"][-20:]) / len(stats["loss"][-20:])
                 secs = stats["seconds"]
             else:

@@ -152,7 +152,8 @@ def load_hf(spec: str, split: str = "train", limit: int | None = None, seed: int
     dataset_id, _, split_override = body.partition(":")
     if not dataset_id:
         raise DataError(f"'{spec}': expected hf:<dataset id>[:split]")
-    split = split_override or split
+    # The engine asks for split "heldout"; Hugging Face datasets call that "test".
+    split = split_override or ("test" if split == "heldout" else split)
     try:
         import datasets  # noqa: PLC0415 - optional extra
     except ImportError:

@@ -11,6 +11,12 @@
 * `load_policy` — ``"toy"`` → toy tokenizer + model + cached supervised warm start; anything else
   → ``AutoModelForCausalLM`` / ``AutoTokenizer`` from a local directory or a hub id.
 * `load_pretrained` — a checkpoint directory written by ``save_pretrained``.
+
+A saved toy checkpoint (model + tokenizer in one directory) must be loaded with `load_pretrained`
+(or ``PreTrainedTokenizerFast.from_pretrained``) rather than ``AutoTokenizer``: for a directory
+whose config says ``model_type: qwen2``, transformers 5 forces its byte-level ``Qwen2Tokenizer``,
+which ignores the character-level pipeline. A tokenizer saved on its own round-trips through
+``AutoTokenizer`` unchanged.
 """
 
 from __future__ import annotations
@@ -179,13 +185,19 @@ def load_pretrained(
     elif _looks_local(name) or local_files_only:
         raise ModelLoadError(f"model path not found: {local} (no such directory)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, trust_remote_code=trust_remote_code, local_files_only=local_files_only
-        )
         config = AutoConfig.from_pretrained(
             name, trust_remote_code=trust_remote_code, local_files_only=local_files_only
         )
-        extra = {"attn_implementation": "eager"} if getattr(config, "remix_toy", False) else {}
+        toy = bool(getattr(config, "remix_toy", False))
+        if toy:
+            # AutoTokenizer would not do: for model_type "qwen2" transformers 5 forces its byte-level
+            # Qwen2Tokenizer, which rebuilds the pipeline and drops spaces and newlines.
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(name, local_files_only=local_files_only)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=trust_remote_code, local_files_only=local_files_only
+            )
+        extra = {"attn_implementation": "eager"} if toy else {}
         model = AutoModelForCausalLM.from_pretrained(
             name, config=config, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
             local_files_only=local_files_only, **extra,

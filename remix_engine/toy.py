@@ -14,18 +14,23 @@ right after the ``<think>`` that ends the prompt::
     check: 57-8=49 ok
     </think> \\boxed{57}
 
-Demonstrations are deliberately imperfect, so that the warm-started model is imperfect too and
-reinforcement learning has something to fix:
+The demonstrator has a bad habit that reinforcement learning can cure: at a *carrying addition*
+(47+5, where the units overflow) it usually forgets the carry (writes ``47+5=42``); sometimes it
+notices and corrects itself (``47+5=42 wait, 47+5=52``). Subtractions, borrows included, and
+additions without a carry are written correctly, apart from rare random slips. A warm start that
+imitates the demonstrator therefore answers about the problems without a carrying addition
+correctly when decoding greedily (~31% of the held-out set), while sampling at temperature 1
+still finds the right answer for most problems (pass@8 ~90%): the headroom GRPO climbs. Measured
+numbers and the command that reproduces them: benchmarks/toy_calibration.py.
 
-* ``slip``: one step's result is off (a carry or a digit error) and the error is carried to the
-  end, so the final answer is wrong;
-* ``fix``: one step slips, then the demonstration notices (``wait, 52-3=49``) and goes on
-  correctly;
-* ``check``: a correct demonstration re-checks its last step backwards before answering.
+* ``forget`` (0.65): share of carrying additions written without the carry;
+* ``notice`` (0.30): share of those corrected with "wait, ..." (else the error is kept);
+* ``slip`` (0.05): share of demonstrations with one random off-by-one/two step elsewhere;
+* ``check`` (0.25): share that re-check the last step backwards (``check: 57-8=49 ok``).
 
-The words used (check, wait, verify, confirm, but) are self-reflection keywords of
+The words used (wait, but, check, double-check, confirm) are self-reflection keywords of
 remix_algorithm.md §9.1, so ``behavior/self_reflection_rate`` measures how often the policy
-re-checks itself. Plain steps contain no words at all.
+corrects or re-checks itself (~35% of warm-start samples). Plain steps contain no words at all.
 
 Everything is deterministic from a seed. The problem space is split by a hash of the problem text
 into a held-out part (1/8 of it) and a training part; the held-out list is one fixed stream,
@@ -44,7 +49,7 @@ from typing import Literal
 from remix_engine.data import Problem
 
 # Bump when problems, prompts or demonstrations change: it invalidates cached warm starts.
-TASK_VERSION = "toy-arith-v1"
+TASK_VERSION = "toy-arith-v2"
 
 # Problem family (part of the task version).
 START_RANGE = (10, 59)  # the two-digit first number
@@ -54,15 +59,17 @@ HELDOUT_BUCKETS = 8  # 1 in HELDOUT_BUCKETS of the problem space is held out
 _HELDOUT_STREAM_SEED = 20250707
 
 # Demonstration mix (defaults used by the warm start; recorded in its cache key).
-DEFAULT_SLIP = 0.15
-DEFAULT_FIX = 0.10
-DEFAULT_CHECK = 0.25
+DEFAULT_FORGET = 0.65  # carrying additions written without the carry
+DEFAULT_NOTICE = 0.30  # forgotten carries that the demonstrator notices and corrects ("wait, ...")
+DEFAULT_SLIP = 0.05  # demonstrations with one random off-by-one/two slip elsewhere
+DEFAULT_CHECK = 0.25  # demonstrations that re-check their last step before answering
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 BOXED = "\\boxed{"
 
-_CHECK_WORDS = ("check", "verify", "double-check", "confirm")
+_CHECK_WORDS = ("check", "double-check", "confirm")  # not "verify": it holds "if", a hypotheticals keyword
+_NOTICE_WORDS = ("wait", "but wait", "wait, check")
 
 
 @dataclass(frozen=True)
@@ -149,19 +156,25 @@ def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> l
                 id=f"toy-{split}-{hashlib.sha1(text.encode()).hexdigest()[:10]}",
                 problem=text,
                 answer=str(chain.answer),
-                meta={"task": TASK_VERSION, "terms": len(chain.terms), "split": split},
+                meta={"task": TASK_VERSION, "terms": len(chain.terms), "carries": sum(
+                    is_carry(a, t) for a, t in zip(chain.values(), chain.terms)), "split": split},
             )
         )
     return out
 
 
 def _slip(value: int, rng: random.Random) -> int:
-    """A plausible arithmetic slip: off by one, or a wrong carry (off by ten)."""
+    """A random slip: the result off by one or two (never negative, never the true value)."""
     for _ in range(10):
-        wrong = value + rng.choice((-10, -1, 1, 10, -2, 2))
-        if wrong != value and wrong >= 0:
+        wrong = value + rng.choice((-2, -1, 1, 2))
+        if wrong >= 0:
             return wrong
     return value + 1
+
+
+def is_carry(a: int, t: int) -> bool:
+    """An addition that crosses a multiple of ten (47+5): the step the demonstrator gets wrong."""
+    return t > 0 and (a % 10) + t >= 10
 
 
 def _step(a: int, t: int, result: int) -> str:
@@ -172,41 +185,53 @@ def toy_demonstration(
     problem: Problem | str,
     rng: random.Random,
     *,
+    forget: float = DEFAULT_FORGET,
+    notice: float = DEFAULT_NOTICE,
     slip: float = DEFAULT_SLIP,
-    fix: float = DEFAULT_FIX,
     check: float = DEFAULT_CHECK,
 ) -> str:
     """One response for `problem`, as the policy should write it after the prompt's ``<think>``.
 
-    With probability `slip` one step carries an uncorrected error (wrong final answer); with
-    probability `fix` one step slips and is corrected with "wait, ..."; otherwise it is clean.
-    Clean and fixed demonstrations end with a backwards re-check of the last step with probability
-    `check`. With ``slip=0`` every demonstration's boxed answer is correct.
+    * At each carrying addition (47+5) the demonstrator forgets the carry with probability
+      `forget` (writes 47+5=42); it then notices with probability `notice` and corrects itself
+      (``47+5=42 wait, 47+5=52``), otherwise it carries the error to the end.
+    * With probability `slip` one other step is off by one or two (uncorrected).
+    * With probability `check` the demonstration re-checks its last step backwards before
+      answering (``check: 57-8=49 ok``).
+
+    With ``forget=0`` and ``slip=0`` every demonstration's boxed answer is correct.
     """
     text = problem.problem if isinstance(problem, Problem) else problem
     chain = parse_problem(text)
-    u = rng.random()
-    mode = "slip" if u < slip else "fix" if u < slip + fix else "clean"
-    bad_step = rng.randrange(len(chain.terms))
+    slip_at = rng.randrange(len(chain.terms)) if rng.random() < slip else -1
     lines: list[str] = []
     value = chain.start
     for i, t in enumerate(chain.terms):
         true = value + t
-        if mode != "clean" and i == bad_step:
-            wrong = _slip(true, rng)
-            if mode == "slip":
+        if is_carry(value, t) and rng.random() < forget:
+            wrong = true - 10
+            if rng.random() < notice:
+                lines.append(f"{_step(value, t, wrong)} {rng.choice(_NOTICE_WORDS)}, {_step(value, t, true)}")
+            else:
                 lines.append(_step(value, t, wrong))
-                value = wrong
-                continue
-            lines.append(f"{_step(value, t, wrong)} wait, {_step(value, t, true)}")
+                true = wrong
+        elif i == slip_at:
+            true = _slip(true, rng)
+            lines.append(_step(value, t, true))
         else:
             lines.append(_step(value, t, true))
         value = true
-    if mode != "slip" and rng.random() < check:
+    if rng.random() < check:
         prev = value - chain.terms[-1]
-        word = rng.choice(_CHECK_WORDS)
-        lines.append(f"{word}: {_step(value, -chain.terms[-1], prev)} ok")
+        lines.append(f"{rng.choice(_CHECK_WORDS)}: {_step(value, -chain.terms[-1], prev)} ok")
     return "\n".join(lines) + f"\n{THINK_CLOSE} {BOXED}{value}}}"
+
+
+def carry_steps(problem: Problem | str) -> int:
+    """How many carrying additions the problem's chain has (the demonstrator's weak spot)."""
+    chain = parse_problem(problem.problem if isinstance(problem, Problem) else problem)
+    vals = chain.values()
+    return sum(is_carry(a, t) for a, t in zip(vals, chain.terms))
 
 
 _BOX_RE = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -8,7 +8,8 @@ and is right part of the time.
 The result is cached under ``$REMIX_CACHE_DIR`` (else ``cfg.cache_dir``, else
 ``~/.cache/remix-studio/warmstart``) in a folder named by a hash of everything that determines it:
 the tokenizer vocabulary and chat template, the model config, the warm-start settings (steps,
-batch size, lr), the task version and demonstration mix, and the seed. Several processes may race
+batch size, lr), the task version, the demonstration mix, the source of the functions that write
+demonstrations and train on them, and the seed. Several processes may race
 to fill the same entry: each trains into a private temporary folder and renames it into place;
 the first rename wins and the others discard their copy. A cache hit only reads one small
 safetensors file into the given model.
@@ -17,6 +18,7 @@ safetensors file into the given model.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -38,7 +40,8 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "warmstart.json"
 
 # Demonstration mix and schedule of the warm start (part of the cache key).
-DEMO_MIX = {"slip": toy.DEFAULT_SLIP, "fix": toy.DEFAULT_FIX, "check": toy.DEFAULT_CHECK}
+DEMO_MIX = {"forget": toy.DEFAULT_FORGET, "notice": toy.DEFAULT_NOTICE, "slip": toy.DEFAULT_SLIP,
+            "check": toy.DEFAULT_CHECK}
 WARMUP_STEPS = 20
 MIN_LR_RATIO = 0.1
 WEIGHT_DECAY = 0.01
@@ -69,10 +72,19 @@ def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | Non
         "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
         "schedule": [WARMUP_STEPS, MIN_LR_RATIO, WEIGHT_DECAY, GRAD_CLIP],
         "demos": demo_mix or DEMO_MIX,
+        "code": _code_signature(),
         "seed": seed,
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _code_signature() -> str:
+    """Hash of the code that makes demonstrations and trains on them: editing it invalidates the cache."""
+    parts = [inspect.getsource(f) for f in (toy.toy_demonstration, toy._sample_chain, toy._slip, toy.is_carry,
+                                            demo_batch, train_on_demonstrations, _lr_at)]
+    parts.append(repr((toy._CHECK_WORDS, toy._NOTICE_WORDS, toy.START_RANGE, toy.TERMS_RANGE, toy.VALUE_RANGE)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _lr_at(step: int, total: int, lr: float) -> float:

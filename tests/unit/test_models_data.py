@@ -1,0 +1,323 @@
+"""Toy tokenizer/model, model loading errors, data sources, prompt rendering and the warm-start cache."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from remix_engine import warmstart
+from remix_engine.config import DataConfig, ModelConfig, WarmStartConfig
+from remix_engine.data import (
+    BENCHMARKS,
+    DataError,
+    Problem,
+    PromptTooLongError,
+    benchmark_dir,
+    encode_prompts,
+    load_jsonl,
+    load_problems,
+    render_prompt,
+)
+from remix_engine.models import (
+    ModelLoadError,
+    build_toy_model,
+    build_toy_tokenizer,
+    load_policy,
+    load_pretrained,
+    n_parameters,
+)
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "benchmarks"
+needs_benchmarks = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/benchmarks not present")
+
+TEXT = "<s>Compute 47+5-3.\n<think>47+5=52\n52-3=49 wait, check\n</think> \\boxed{49}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # On a shared 2-core machine two OpenMP threads per process spin against each other's load:
+    # a 3-step warm start took 25 s with 2 threads and 4 s with 1 (measured). Restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_toy_tokenizer()
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_is_character_level_with_single_token_tags(tok):
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[0] == "<s>" and "<think>" in pieces and "</think>" in pieces and "\\boxed{" in pieces
+    assert pieces[1:8] == list("Compute")
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == TEXT  # nothing lost: spaces and newlines survive
+    assert build_toy_tokenizer().get_vocab() == tok.get_vocab()  # deterministic
+
+
+def test_decode_skipping_special_tokens_keeps_the_think_tags(tok):
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id]
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text == TEXT.removeprefix("<s>")
+    assert "</think> \\boxed{49}" in text and "<think>" in text
+    assert tok.batch_decode([ids], skip_special_tokens=True) == [text]
+
+
+def test_chat_template_mirrors_r1_distill(tok):
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Compute 1+2."}], tokenize=False,
+                                       add_generation_prompt=True)
+    assert rendered == "<s>Compute 1+2.\n<think>"
+    bare = tok.apply_chat_template([{"role": "user", "content": "Compute 1+2."}], tokenize=False)
+    assert bare == "<s>Compute 1+2."
+
+
+def test_tokenizer_round_trips_through_auto_tokenizer(tok, tmp_path):
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(TEXT, add_special_tokens=False)["input_ids"] == tok(TEXT, add_special_tokens=False)["input_ids"]
+    assert again.chat_template == tok.chat_template
+    assert (again.pad_token, again.eos_token, again.bos_token) == ("<pad>", "</s>", "<s>")
+    assert again.padding_side == "left"
+    assert "</think>" in again.decode(again(TEXT)["input_ids"], skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_toy_model_is_small_seeded_and_reloadable(tok, tmp_path):
+    model = build_toy_model(tok, seed=0)
+    assert model.config.vocab_size == len(tok)
+    assert 0.5e6 < n_parameters(model) < 1.5e6
+    same = build_toy_model(tok, seed=0)
+    other = build_toy_model(tok, seed=1)
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(model.state_dict()[w], same.state_dict()[w])
+    assert not torch.equal(model.state_dict()[w], other.state_dict()[w])
+
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, loaded_tok = load_pretrained(tmp_path)
+    assert loaded.config._attn_implementation == "eager"
+    ids = torch.tensor([tok(TEXT, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded(ids).logits, atol=1e-6)
+    # the checkpoint directory gives back the character-level tokenizer, not transformers' Qwen2 one
+    assert loaded_tok(TEXT, add_special_tokens=False)["input_ids"] == ids[0].tolist()
+    assert loaded_tok.padding_side == "left" and loaded_tok.chat_template == tok.chat_template
+
+
+def test_load_pretrained_errors_are_clear(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match="not found.*no-such-model"):
+        load_pretrained(missing)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_policy(ModelConfig(name_or_path=str(missing)), WarmStartConfig(steps=0), seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_pretrained(tmp_path / "empty")
+    (tmp_path / "file.bin").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        load_pretrained(tmp_path / "file.bin")
+
+
+def test_load_policy_toy_without_warm_start(tok):
+    model, tokenizer = load_policy(ModelConfig(), WarmStartConfig(steps=0), seed=3)
+    assert tokenizer.get_vocab() == tok.get_vocab()
+    ref = build_toy_model(tok, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values(), strict=True))
+    with pytest.raises(ModelLoadError, match="float32"):
+        load_policy(ModelConfig(dtype="bfloat16"), WarmStartConfig(steps=0), seed=0)
+
+
+# ----------------------------------------------------------------------------- warm start
+
+
+def test_warm_start_trains_then_hits_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMIX_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = WarmStartConfig(steps=3, batch_size=4, lr=3e-3)
+    tok = build_toy_tokenizer()
+    fresh = build_toy_model(tok, seed=0)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    trained = warmstart.warm_start(fresh, tok, cfg, seed=0)
+    assert trained is fresh and not trained.training
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    entries = list((tmp_path / "cache" / "warmstart").iterdir())
+    assert [e.name for e in entries] == [warmstart.cache_key(trained, tok, cfg, 0)]  # no temp dirs left
+    meta = json.loads((entries[0] / warmstart.META_FILE).read_text())
+    assert meta["warm_start"] == {"steps": 3, "batch_size": 4, "lr": 3e-3} and meta["seed"] == 0
+
+    second = build_toy_model(tok, seed=0)
+    t0 = time.process_time()  # CPU time: wall time on a loaded shared machine says little
+    second = warmstart.warm_start(second, tok, cfg, seed=0)
+    assert time.process_time() - t0 < 1.0
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), second.state_dict().values(),
+                                                 strict=True))
+    # the tied output head still shares the embedding after loading
+    assert second.lm_head.weight.data_ptr() == second.model.embed_tokens.weight.data_ptr()
+
+    # load_policy goes through the same cache
+    model, _ = load_policy(ModelConfig(), cfg, seed=0)
+    assert torch.equal(model.lm_head.weight, trained.lm_head.weight)
+
+
+def test_warm_start_cache_key_and_corrupt_entry(tmp_path):
+    tok = build_toy_tokenizer()
+    model = build_toy_model(tok, seed=0)
+    cfg = WarmStartConfig(steps=2, batch_size=2, lr=1e-3, cache_dir=str(tmp_path))
+    key = warmstart.cache_key(model, tok, cfg, 0)
+    assert key == warmstart.cache_key(build_toy_model(tok, seed=0), tok, cfg, 0)
+    assert key != warmstart.cache_key(model, tok, cfg, 1)
+    assert key != warmstart.cache_key(model, tok, cfg.model_copy(update={"steps": 3}), 0)
+    assert key == warmstart.cache_key(model, tok, cfg.model_copy(update={"cache_dir": "/elsewhere"}), 0)
+
+    entry = tmp_path / key
+    entry.mkdir()
+    (entry / warmstart.WEIGHTS_FILE).write_bytes(b"not a safetensors file")
+    trained = warmstart.warm_start(model, tok, cfg, seed=0)  # retrains and replaces the bad entry
+    reference = warmstart.warm_start(build_toy_model(tok, seed=0), tok, cfg.model_copy(update={"cache_dir": str(
+        tmp_path / "clean")}), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reference.state_dict().values(),
+                                                 strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([key, "clean"])
+
+
+def test_warm_start_steps_zero_is_a_no_op(tmp_path):
+    tok = build_toy_tokenizer()
+    model = build_toy_model(tok, seed=0)
+    assert warmstart.warm_start(model, tok, WarmStartConfig(steps=0, cache_dir=str(tmp_path)), 0) is model
+    assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- data sources
+
+
+def test_toy_source():
+    held = load_problems("toy", split="heldout", limit=20, seed=123)
+    assert len(held) == 20 and held == load_problems("toy", split="heldout", limit=20, seed=0)
+    train = load_problems("toy", limit=10, seed=1)
+    assert all(isinstance(p, Problem) and p.answer.lstrip("-").isdigit() for p in train)
+    with pytest.raises(DataError, match="split"):
+        load_problems("toy", split="test")
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_jsonl_source(tmp_path):
+    path = _write(tmp_path / "mine.jsonl", [
+        {"id": "a", "problem": "1+1?", "answer": "2", "source": "me"},
+        {"id": "b", "problem": "Half?", "answer": 0.5, "meta": {"level": 2}},
+        {"id": "c", "problem": "Whole?", "answer": 142.0},
+        {"id": "d", "problem": "Sci?", "answer": "4.5e33", "meta": {"answers_raw": ["4.5e33\n", " 4.5 \\times 10^{33}"]}},
+        {"problem": "No id", "answer": ["x", "y"]},
+        "",
+    ])
+    probs = load_problems(str(path))
+    assert [p.id for p in probs] == ["a", "b", "c", "d", "mine-5"]
+    assert probs[0].meta == {"source": "me"}
+    assert probs[1].answer == "0.5" and probs[1].meta == {"level": 2}
+    assert probs[2].answer == "142"
+    assert probs[3].answer == ["4.5e33", "4.5 \\times 10^{33}"]
+    assert probs[4].answers == ["x", "y"]
+    assert [p.id for p in load_problems(str(path), limit=2)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ('{"id": "x", "problem": "p", "answer": "1"', "not valid JSON"),
+    ('["a list"]', "expected a JSON object"),
+    ('{"id": "x", "answer": "1"}', "'problem'"),
+    ('{"id": "x", "problem": "p"}', "no 'answer'"),
+    ('{"id": "x", "problem": "p", "answer": null}', "'answer' must be"),
+    ('{"id": "first", "problem": "p", "answer": "1"}', "duplicate id 'first'"),
+])
+def test_jsonl_bad_row_names_file_and_line(tmp_path, row, message):
+    path = _write(tmp_path / "bad.jsonl", ['{"id": "first", "problem": "p", "answer": "1"}', row])
+    with pytest.raises(DataError, match=message) as err:
+        load_jsonl(path)
+    assert f"{path}:2" in str(err.value)
+
+
+def test_unknown_sources_are_clear(tmp_path):
+    with pytest.raises(DataError, match="data file not found"):
+        load_problems(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="unknown data source"):
+        load_problems("what is this?")
+
+
+@needs_benchmarks
+def test_benchmark_names_resolve_in_the_shared_data(monkeypatch):
+    monkeypatch.delenv("REMIX_DATA_DIR", raising=False)
+    assert benchmark_dir() == SHARED
+    sizes = {"aime24": 30, "amc23": 83, "math500": 500, "minerva": 272, "olympiadbench": 675}
+    assert set(sizes) == set(BENCHMARKS)
+    for name, n in sizes.items():
+        probs = load_problems(name)
+        assert len(probs) == n and len({p.id for p in probs}) == n
+    amc = load_problems("amc23")
+    assert all(isinstance(p.answer, str) and p.answer.lstrip("-").isdigit() for p in amc)  # "142", not "142.0"
+    assert {p.answer for p in amc} >= {"142", "-4"}
+    minerva = load_problems("minerva")
+    assert any(isinstance(p.answer, list) and len(p.answer) > 1 for p in minerva)
+    assert all(a == a.strip() and a for p in minerva for a in p.answers)
+    assert load_problems("aime24", limit=3)[0].id == "aime24-I-1"
+
+
+@needs_benchmarks
+def test_benchmark_dir_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMIX_DATA_DIR", str(tmp_path))
+    _write(tmp_path / "tiny.jsonl", [{"id": "t1", "problem": "p", "answer": "1"}])
+    assert [p.id for p in load_problems("tiny")] == ["t1"]
+    with pytest.raises(DataError, match=r"math500.*not found.*available there: tiny"):
+        load_problems("math500")
+
+
+def test_hf_source_without_datasets_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if the optional extra were not installed
+    with pytest.raises(DataError, match=r"needs the Hugging Face `datasets` package"):
+        load_problems("hf:agentica-org/DeepScaleR-Preview-Dataset")
+    with pytest.raises(DataError, match="expected hf:<dataset id>"):
+        load_problems("hf:")
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def test_render_prompt(tok):
+    cfg = DataConfig(prompt_suffix=" Think.")
+    assert render_prompt(tok, "Compute 1+2.", cfg, use_chat_template=True) == "<s>Compute 1+2. Think.\n<think>"
+    assert render_prompt(tok, "Compute 1+2.", cfg, use_chat_template=False) == "Compute 1+2. Think."
+    assert render_prompt(tok, "Compute 1+2.", DataConfig(prompt_suffix=""), True) == "<s>Compute 1+2.\n<think>"
+
+
+def test_encode_prompts(tok):
+    texts = [render_prompt(tok, "Compute 1+2.", DataConfig(prompt_suffix=""), True), "ab"]
+    ids = encode_prompts(tok, texts, max_prompt_tokens=64)
+    assert ids[0][0] == tok.bos_token_id and ids[0].count(tok.bos_token_id) == 1  # BOS from the template only
+    assert ids[0][-1] == tok.convert_tokens_to_ids("<think>") and len(ids[1]) == 2
+    with pytest.raises(PromptTooLongError, match="prompt 0 has 15 tokens > data.max_prompt_tokens=5"):
+        encode_prompts(tok, texts, max_prompt_tokens=5)
+    cut = encode_prompts(tok, texts, max_prompt_tokens=5, overflow="truncate_left")
+    assert cut[0] == ids[0][-5:] and cut[1] == ids[1]
+    assert encode_prompts(tok, [], 5) == []
+
+
+def test_cache_dir_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("REMIX_CACHE_DIR", raising=False)
+    assert warmstart.cache_root(WarmStartConfig()) == Path.home() / ".cache" / "remix-studio" / "warmstart"
+    assert warmstart.cache_root(WarmStartConfig(cache_dir=str(tmp_path))) == tmp_path
+    monkeypatch.setenv("REMIX_CACHE_DIR", str(tmp_path / "env"))
+    assert warmstart.cache_root(WarmStartConfig(cache_dir="/ignored")) == tmp_path / "env" / "warmstart"
+    assert os.fspath(warmstart.cache_root(WarmStartConfig())).startswith(str(tmp_path))

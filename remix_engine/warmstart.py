@@ -17,9 +17,11 @@ safetensors file into the given model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -34,6 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from remix_engine import toy
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -186,7 +190,7 @@ def cached_entry(model, tokenizer, cfg, seed: int) -> Path:
     return cache_root(cfg) / cache_key(model, tokenizer, cfg, seed)
 
 
-def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] | None = None):
+def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] | None = logger.info):
     """Fine-tune `model` on toy demonstrations per `cfg` (WarmStartConfig), or load the cached result.
 
     Returns the same model object, in eval mode. ``cfg.steps == 0`` returns it untouched.
@@ -194,33 +198,67 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
     if cfg.steps == 0:
         return model
     entry = cached_entry(model, tokenizer, cfg, seed)
-    if (entry / WEIGHTS_FILE).is_file():
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        try:
-            _load_into(model, entry)
-            model.eval()
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if _try_load(model, entry, initial, log):
+        return model
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(entry.parent / f".{entry.name}.lock"):
+        # Another process may have filled the entry while this one waited for the lock.
+        if _try_load(model, entry, initial, log):
             return model
-        except Exception as exc:  # a corrupt entry is moved aside, retrained and replaced
-            if log:
-                log(f"warm start: discarding unreadable cache entry {entry}: {exc}")
-            model.load_state_dict(initial)
-            stale = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
-            try:
-                os.rename(entry, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except OSError:
-                pass
-    if log:
-        log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name})")
-    stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
-                                     lr=cfg.lr, seed=seed)
-    _store(model, entry, {
-        "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
-        "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
-        "demos": DEMO_MIX, "final_loss": sum(stats["loss"][-20:]) / len(stats["loss"][-20:]),
-        "seconds": round(stats["seconds"], 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+        if log:
+            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name})")
+        stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
+                                         lr=cfg.lr, seed=seed)
+        tail = stats["loss"][-20:]
+        _store(model, entry, {
+            "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
+            "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
+            "demos": DEMO_MIX, "final_loss": sum(tail) / len(tail),
+            "seconds": round(stats["seconds"], 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+        if log:
+            log(f"warm start: done in {stats['seconds']:.0f} s (loss {sum(tail) / len(tail):.3f}); cached in {entry}")
     return model
+
+
+def _try_load(model, entry: Path, initial: dict[str, torch.Tensor], log) -> bool:
+    """Load a cached entry into `model`; a corrupt entry is moved aside and the model reset."""
+    if not (entry / WEIGHTS_FILE).is_file():
+        return False
+    try:
+        _load_into(model, entry)
+    except Exception as exc:
+        if log:
+            log(f"warm start: discarding unreadable cache entry {entry}: {exc}")
+        model.load_state_dict(initial)
+        stale = entry.with_name(f".stale-{entry.name}-{os.getpid()}")
+        try:
+            os.rename(entry, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
+        return False
+    model.eval()
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory inter-process lock (POSIX flock), so that processes that miss the cache at the
+    same time train once instead of each training; a no-op where flock is unavailable. The rename
+    in `_store` keeps the cache consistent either way."""
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _store(model, entry: Path, meta: dict[str, Any]) -> None:

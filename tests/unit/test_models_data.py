@@ -152,9 +152,10 @@ def test_warm_start_trains_then_hits_the_cache(tmp_path, monkeypatch):
     trained = warmstart.warm_start(fresh, tok, cfg, seed=0)
     assert trained is fresh and not trained.training
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    key = warmstart.cache_key(trained, tok, cfg, 0)
     entries = list((tmp_path / "cache" / "warmstart").iterdir())
-    assert [e.name for e in entries] == [warmstart.cache_key(trained, tok, cfg, 0)]  # no temp dirs left
-    meta = json.loads((entries[0] / warmstart.META_FILE).read_text())
+    assert sorted(e.name for e in entries) == sorted([key, f".{key}.lock"])  # no temp dirs left
+    meta = json.loads((tmp_path / "cache" / "warmstart" / key / warmstart.META_FILE).read_text())
     assert meta["warm_start"] == {"steps": 3, "batch_size": 4, "lr": 3e-3} and meta["seed"] == 0
 
     second = build_toy_model(tok, seed=0)
@@ -189,7 +190,7 @@ def test_warm_start_cache_key_and_corrupt_entry(tmp_path):
         tmp_path / "clean")}), seed=0)
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), reference.state_dict().values(),
                                                  strict=True))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([key, "clean"])
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted([key, "clean"])
 
 
 def test_warm_start_steps_zero_is_a_no_op(tmp_path):
@@ -321,3 +322,27 @@ def test_cache_dir_default(monkeypatch, tmp_path):
     monkeypatch.setenv("REMIX_CACHE_DIR", str(tmp_path / "env"))
     assert warmstart.cache_root(WarmStartConfig(cache_dir="/ignored")) == tmp_path / "env" / "warmstart"
     assert os.fspath(warmstart.cache_root(WarmStartConfig())).startswith(str(tmp_path))
+
+
+def test_concurrent_cache_misses_train_once(tmp_path, monkeypatch):
+    import threading
+
+    calls = []
+    real = warmstart.train_on_demonstrations
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(warmstart, "train_on_demonstrations", counting)
+    tok = build_toy_tokenizer()
+    cfg = WarmStartConfig(steps=2, batch_size=2, cache_dir=str(tmp_path))
+    models = [build_toy_model(tok, seed=0) for _ in range(2)]
+    threads = [threading.Thread(target=warmstart.warm_start, args=(m, tok, cfg, 0)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(),
+                                                 strict=True))

@@ -107,6 +107,9 @@ class WorkerProcess:
 
 
 def run_studio(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.data_dir:
         os.environ["REMIX_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
     from backend.settings import get_settings, redact_url, reset_settings_cache

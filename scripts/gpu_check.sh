@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU check: the throughput benchmark on an NVIDIA GPU with a small real-architecture model
+# (Qwen2-0.5B's shape built from a config, random init, bf16; nothing is downloaded).
+#
+#   bash scripts/gpu_check.sh                 # writes into $OUT (device tool) or runs/gpu_check
+#   BENCH_ARGS="--prompts 8 --n 4" bash scripts/gpu_check.sh
+#
+# With the `vllm` package importable (a GPU machine with `pip install vllm`, in an environment whose
+# transformers satisfies vllm's pin), the vllm rows run too; without it they are reported as skipped.
+# Python packages missing on the machine can be carried as wheels in ./.whl (gitignored); they are
+# installed into /tmp/site first (the engine needs pydantic, which the CUDA image lacks).
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DEST="${OUT:-runs/gpu_check}"
+mkdir -p "$DEST"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+
+if [[ "${SKIP_WHEELS:-0}" != "1" ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
+    "$PY" - <<'PY'
+import importlib.util, torch, transformers
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+print("transformers", transformers.__version__)
+print("vllm importable:", importlib.util.find_spec("vllm") is not None)
+PY
+} 2>&1 | tee "$DEST/gpu_env.txt"
+
+DEFAULT_ARGS="--model qwen2-0.5b --device cuda --dtype bfloat16 --prompts 32 --n 8 --max-new-tokens 256 --prompt-len 128 --repeats 3 --mini-batch 16"
+# shellcheck disable=SC2086
+timeout "${BENCH_TIMEOUT:-330}" "$PY" benchmarks/throughput.py ${BENCH_ARGS:-$DEFAULT_ARGS} \
+    --json "$DEST/throughput_gpu.json" 2>&1 | tee "$DEST/throughput_gpu.log"
+status=${PIPESTATUS[0]}
+echo "benchmark exit status: $status" | tee -a "$DEST/throughput_gpu.log"
+exit "$status"

@@ -296,7 +296,10 @@ def leaderboard(session: Session, *, size: str | None = None, mode: str = "greed
             "benchmarks": benchmarks, "columns": [*benchmarks, AVERAGE], "labels": {b: LABELS.get(b, b) for b in
                                                                                   [*benchmarks, AVERAGE]},
             "sort": sort, "order": order, "count": len(out_rows), "rows": out_rows,
-            "sources": _sources(session)}
+            "sources": _sources(session),
+            "sizes": sorted(x for x in session.execute(select(LeaderboardEntry.size).distinct()).scalars() if x),
+            "modes": sorted(session.execute(select(LeaderboardEntry.mode).distinct()).scalars(),
+                            key=lambda m: (m != "greedy", m))}
 
 
 def _job_of_key(key: str) -> int | None:

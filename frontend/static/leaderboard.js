@@ -1,0 +1,401 @@
+// Leaderboard page: published and measured rows, sortable table, accuracy-vs-cost scatter (log x),
+// exports, evaluation jobs (start, follow, cancel, inspect samples) and import of published rows.
+
+import { ApiError, getToken, request } from "./api.js";
+import { baseLayout, draw, drawEmpty } from "./charts.js";
+import {
+  $, $$, ACTIVE, emptyState, errorState, h, initChrome, loadingState, openTokenDialog, pct, poll, progressBar,
+  replace, reportActionError, statusBadge, timeEl, withBusy,
+} from "./ui.js";
+
+const API_BASE = document.documentElement.dataset.apiBase || "/api/v1";
+const STANDARD = ["aime24", "amc23", "math500", "minerva", "olympiadbench"];
+const MODE_NAMES = { greedy: "Greedy", "t0.1": "T = 0.1" };
+
+const state = { size: "all", mode: "greedy", source: "all", sortKey: "average", sortDir: "desc", table: null };
+
+// ------------------------------------------------------------------------------------ table
+const lbParams = (extra = {}) => ({ size: state.size, mode: state.mode, source: state.source, ...extra });
+
+function fmtScore(v) {
+  return v === null || v === undefined ? "—" : v.toFixed(2);
+}
+
+function rowValue(row, key) {
+  if (key === "average") return row.average;
+  if (key === "cost") return row.cost_rollouts;
+  if (key === "model" || key === "source" || key === "size") return (row[key] || "").toLowerCase();
+  return row.scores[key] ?? null;
+}
+
+function sortedRows(rows) {
+  const { sortKey, sortDir } = state;
+  const present = rows.filter((r) => rowValue(r, sortKey) !== null && rowValue(r, sortKey) !== "");
+  const missing = rows.filter((r) => !present.includes(r));
+  present.sort((a, b) => {
+    const x = rowValue(a, sortKey);
+    const y = rowValue(b, sortKey);
+    const cmp = typeof x === "string" ? x.localeCompare(y) : x - y;
+    return (sortDir === "asc" ? cmp : -cmp) || a.model.localeCompare(b.model);
+  });
+  return present.concat(missing);
+}
+
+function header(key, label, numeric) {
+  const th = h("th", { scope: "col", class: `sortable${numeric ? " num" : ""}`, "data-key": key },
+    h("button", { type: "button", onclick: () => sortBy(key, numeric) }, label));
+  if (state.sortKey === key) th.setAttribute("aria-sort", state.sortDir === "asc" ? "ascending" : "descending");
+  return th;
+}
+
+function sortBy(key, numeric) {
+  if (state.sortKey === key) state.sortDir = state.sortDir === "asc" ? "desc" : "asc";
+  else { state.sortKey = key; state.sortDir = numeric && key !== "cost" ? "desc" : "asc"; }
+  renderTable();
+}
+
+function costCell(row) {
+  const td = h("td", { class: "num", "data-col": "cost" }, row.cost_text || "—");
+  if (row.cost_lower_bound) td.title = `at least ${row.cost_rollouts.toLocaleString("en-US")} rollouts (lower bound)`;
+  else if (row.cost_rollouts !== null) td.title = `${row.cost_rollouts.toLocaleString("en-US")} rollouts`;
+  return td;
+}
+
+function modelCell(row) {
+  const cell = h("td", { class: "col-name" }, h("span", { class: "model-name" }, row.model));
+  if (row.source === "published" && row.reference) cell.append(h("span", { class: "ref muted small", title: row.reference }, row.reference));
+  if (row.source === "measured") {
+    const bits = [];
+    if (row.run_id) bits.push(h("a", { href: `/runs/${row.run_id}` }, `run #${row.run_id}`));
+    if (row.checkpoint_step !== null) bits.push(` step ${row.checkpoint_step}`);
+    if (row.evaluation_job_id) {
+      if (bits.length) bits.push(" · ");
+      bits.push(h("a", { href: `#eval-${row.evaluation_job_id}` }, `evaluation #${row.evaluation_job_id}`));
+    }
+    const notes = (row.notes || "").replace(/^evaluation job \d+;?\s*/, "");
+    if (notes) bits.push(h("span", { class: "muted" }, ` · ${notes}`));
+    cell.append(h("span", { class: "ref small" }, bits));
+  }
+  return cell;
+}
+
+function renderTable() {
+  const table = state.table;
+  const box = $("#lb-table");
+  if (!table) return;
+  if (!table.rows.length) {
+    replace(box, emptyState("No rows for these filters",
+      "Pick another size or decoding mode, or evaluate a checkpoint below."));
+    $("#lb-footer").textContent = "";
+    return;
+  }
+  const benches = table.benchmarks;
+  const rows = sortedRows(table.rows);
+  const best = {};
+  for (const b of [...benches, "average"]) {
+    const vals = rows.map((r) => (b === "average" ? r.average : r.scores[b])).filter((v) => v !== null && v !== undefined);
+    best[b] = vals.length ? Math.max(...vals) : null;
+  }
+  const thead = h("thead", {}, h("tr", {},
+    header("model", "Model", false), header("source", "Source", false), header("size", "Size", false),
+    benches.map((b) => header(b, table.labels[b] || b, true)), header("average", "Avg", true), header("cost", "Cost", true)));
+  const tbody = h("tbody", {}, rows.map((r) => {
+    const cells = benches.map((b) => {
+      const v = r.scores[b];
+      const td = h("td", { class: `num${v !== undefined && v === best[b] ? " best" : ""}`, "data-col": b }, fmtScore(v));
+      if (r.mathverify && r.mathverify[b] !== undefined) td.title = `math-verify: ${fmtScore(r.mathverify[b])}`;
+      return td;
+    });
+    const avg = h("td", { class: `num${r.average !== null && r.average === best.average ? " best" : ""}`, "data-col": "average" },
+      fmtScore(r.average));
+    if (r.average !== null && r.average_of_five !== null && Math.abs(r.average - r.average_of_five) > 0.006) {
+      avg.append(" ", h("span", { class: "lb-flag", title: `as published; the mean of the five cells is ${r.average_of_five.toFixed(2)}` }, "†"));
+    } else if (r.source === "measured" && r.average !== null && r.average_of_five === null) {
+      const n = Object.keys(r.scores).length;
+      avg.append(" ", h("span", { class: "lb-flag", title: `mean over the ${n} evaluated benchmark${n === 1 ? "" : "s"}, not the standard five` }, "‡"));
+    }
+    return h("tr", { class: `row-${r.source}`, "data-key": r.key },
+      modelCell(r), h("td", {}, h("span", { class: `badge src-${r.source}` }, r.source)), h("td", {}, r.size || "—"),
+      cells, avg, costCell(r));
+  }));
+  replace(box, h("table", { class: "table table-compact lb-table" },
+    h("caption", { class: "sr-only" }, `Leaderboard, ${MODE_NAMES[table.mode] || table.mode}, pass@1 in percent`), thead, tbody));
+  const nPub = rows.filter((r) => r.source === "published").length;
+  const refs = table.sources.map((s) => `${s.dataset}: ${s.reference}`).join(" · ");
+  $("#lb-footer").textContent = `${rows.length} rows (${nPub} published, ${rows.length - nPub} measured). ` +
+    `Bold: best in column. † published average differs from the mean of its cells; ‡ measured on other benchmarks than the five. Sources — ${refs}`;
+}
+
+// ------------------------------------------------------------------------------------ chart
+function renderChart() {
+  const table = state.table;
+  const box = $("#lb-chart");
+  const plotted = table.rows.filter((r) => r.average !== null && r.cost_rollouts > 0);
+  const skipped = table.rows.filter((r) => !plotted.includes(r));
+  $("#lb-chart-note").textContent = skipped.length
+    ? `Not plotted (no known cost or no average): ${skipped.map((r) => r.model).join(", ")}` : "";
+  if (!plotted.length) { drawEmpty(box, "No row has both an average and a known cost."); return; }
+  // Name the measured points, the ReMix rows and the best published point; the rest on hover.
+  const bestPublished = plotted.filter((r) => r.source === "published").sort((a, b) => b.average - a.average)[0];
+  const labelled = new Set(plotted.filter((r) => r.source === "measured" || /remix/i.test(r.model) || r === bestPublished));
+  const trace = (rows, name, symbol, color) => ({
+    type: "scatter", mode: "markers+text", name,
+    x: rows.map((r) => r.cost_rollouts), y: rows.map((r) => r.average),
+    text: rows.map((r) => r.model), texttemplate: rows.map((r) => (labelled.has(r) ? r.model : "")),
+    textposition: "top center", textfont: { size: 10, color: "#4b5563" },
+    marker: { size: 11, symbol: rows.map((r) => (r.cost_lower_bound ? "triangle-right" : symbol)), color,
+              line: { width: 1, color: "#fff" } },
+    customdata: rows.map((r) => [r.cost_text, r.size || "—", r.source]),
+    hovertemplate: "<b>%{text}</b><br>avg %{y:.2f}<br>cost %{customdata[0]} (%{x:,} rollouts)<br>%{customdata[1]} · %{customdata[2]}<extra></extra>",
+  });
+  const data = [
+    trace(plotted.filter((r) => r.source === "published"), "published", "circle", "#4f46e5"),
+    trace(plotted.filter((r) => r.source === "measured"), "measured", "diamond", "#ea580c"),
+  ].filter((t) => t.x.length);
+  draw(box, data, baseLayout({
+    height: 360, hovermode: "closest",
+    xaxis: { type: "log", title: { text: "rollouts generated in training (log)" }, gridcolor: "#eef0f3", automargin: true },
+    yaxis: { title: { text: `avg pass@1 (%), ${MODE_NAMES[table.mode] || table.mode}` }, gridcolor: "#eef0f3", automargin: true },
+  }));
+}
+
+// ------------------------------------------------------------------------------------ filters
+function updateDownloads() {
+  for (const a of $$("#lb-downloads a")) {
+    const url = new URL(`${API_BASE}/leaderboard`, location.origin);
+    for (const [k, v] of Object.entries(lbParams({ format: a.dataset.format, download: "true" }))) url.searchParams.set(k, v);
+    a.href = url.pathname + url.search;
+    a.setAttribute("download", `leaderboard-${state.size}-${state.mode}.${a.dataset.format === "latex" ? "tex" : a.dataset.format}`);
+  }
+}
+
+function syncFilters(table) {
+  const sizeSel = $("#lb-size");
+  const sizes = ["all", ...table.sizes];
+  if ([...sizeSel.options].map((o) => o.value).join() !== sizes.join()) {
+    replace(sizeSel, sizes.map((s) => h("option", { value: s }, s === "all" ? "all sizes" : s)));
+  }
+  sizeSel.value = state.size;
+  const modes = table.modes.length ? table.modes : ["greedy"];
+  replace($("#lb-mode"), modes.map((m) => h("button", {
+    type: "button", "data-mode": m, "aria-pressed": String(m === state.mode),
+    onclick: () => { state.mode = m; load(); },
+  }, MODE_NAMES[m] || m.replace(/^t/, "T = "))));
+}
+
+async function load() {
+  updateDownloads();
+  const box = $("#lb-table");
+  if (!state.table) replace(box, loadingState("Loading the leaderboard…"));
+  try {
+    const table = await request("/leaderboard", { params: lbParams() });
+    state.table = table;
+    syncFilters(table);
+    renderTable();
+    renderChart();
+  } catch (err) {
+    replace(box, errorState(err, load));
+  }
+}
+
+// ------------------------------------------------------------------------------------ evaluations
+const expanded = new Set();
+
+function scoresLine(ev) {
+  return ev.benchmarks.map((b) => `${b.benchmark} ${b.pass_at_1 === null ? b.status : pct(b.pass_at_1, 1)}`).join(" · ");
+}
+
+async function cancelEval(ev, button) {
+  await withBusy(button, async () => { await request(`/evaluations/${ev.id}/cancel`, { method: "POST" }); await refreshEvals(); });
+}
+
+async function showSamples(ev) {
+  const box = $("#ev-samples");
+  box.hidden = false;
+  replace(box, loadingState("Loading samples…"));
+  try {
+    const page = await request(`/evaluations/${ev.id}/samples`, { params: { limit: 50 } });
+    const rows = page.data.map((s) => h("tr", {},
+      h("td", {}, s.benchmark), h("td", { class: "mono small" }, `${s.sample_id}${s.sample_index ? ` #${s.sample_index}` : ""}`),
+      h("td", { class: "text" }, s.extracted ?? "—"), h("td", { class: "text" }, s.reference ?? "—"),
+      h("td", {}, h("span", { class: `badge ${s.correct ? "verdict-correct" : s.format_ok ? "verdict-wrong" : "verdict-format"}` },
+        s.correct ? "correct" : s.reason || "wrong")),
+      h("td", {}, s.mathverify === null ? "—" : s.mathverify ? "✓" : "✗"),
+      h("td", { class: "num" }, s.length), h("td", { class: "text" }, s.response.slice(-300))));
+    replace(box, h("div", { class: "card table-card" },
+      h("div", { class: "row", style: { padding: "10px 12px" } },
+        h("h3", {}, `Samples of evaluation #${ev.id}`), h("span", { class: "muted small" }, `first ${page.data.length} of ${page.count}`),
+        h("div", { class: "spacer" }), h("button", { type: "button", class: "btn btn-small", onclick: () => { box.hidden = true; } }, "Close")),
+      h("table", { class: "table table-compact ev-samples-table" },
+        h("thead", {}, h("tr", {}, ["Benchmark", "Problem", "Extracted", "Reference", "Grader", "math-verify", "Tokens", "Response (end)"]
+          .map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, rows))));
+  } catch (err) {
+    replace(box, errorState(err, () => showSamples(ev)));
+  }
+}
+
+function renderEvals(list) {
+  const box = $("#ev-list");
+  if (!list.data.length) {
+    replace(box, emptyState("No evaluations yet", "Start one with the form above (or POST /api/v1/evaluations)."));
+    return;
+  }
+  const rows = list.data.map((ev) => {
+    const cancel = ACTIVE.has(ev.status)
+      ? h("button", { type: "button", class: "btn btn-small btn-danger", onclick: (e) => cancelEval(ev, e.currentTarget) }, "Cancel") : null;
+    return h("tr", { id: `eval-${ev.id}`, "data-eval-id": ev.id },
+      h("td", { class: "num" }, `#${ev.id}`),
+      h("td", { class: "col-name" }, h("span", { class: "model-name" }, ev.name || ev.model),
+        h("div", { class: "ev-scores" }, scoresLine(ev))),
+      h("td", {}, statusBadge(ev.status, ev.job.cancel_requested),
+        ev.error ? h("div", { class: "error-text small", title: ev.error }, ev.error.split("\n")[0].slice(0, 140)) : null),
+      h("td", {}, progressBar(ev.job.progress_step, ev.job.progress_total)),
+      h("td", {}, MODE_NAMES[ev.mode_label] || ev.mode_label),
+      h("td", { class: "num" }, pct(ev.average["pass@1"], 2)),
+      h("td", { class: "num" }, pct(ev.average.mathverify, 2)),
+      h("td", {}, timeEl(ev.created_at)),
+      h("td", { class: "col-actions" },
+        h("button", { type: "button", class: "btn btn-small", onclick: () => showSamples(ev) }, "Samples"), " ", cancel));
+  });
+  replace(box, h("table", { class: "table table-compact" },
+    h("thead", {}, h("tr", {}, ["", "Model", "Status", "Progress", "Decoding", "Avg pass@1", "math-verify", "Started", ""]
+      .map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows)));
+}
+
+let lastActive = false;
+
+async function refreshEvals() {
+  try {
+    const list = await request("/evaluations", { params: { limit: 20 } });
+    renderEvals(list);
+    const active = list.data.some((ev) => ACTIVE.has(ev.status));
+    if (lastActive && !active) load(); // a job just finished: its measured row is on the leaderboard now
+    lastActive = active;
+  } catch (err) {
+    replace($("#ev-list"), errorState(err, refreshEvals));
+  }
+  return true;
+}
+
+// ------------------------------------------------------------------------------------ forms
+function intOrNull(value) {
+  const v = String(value ?? "").trim();
+  return v === "" ? null : Number(v);
+}
+
+function evalBody() {
+  const form = $("#ev-form");
+  const target = form.querySelector("input[name=target]:checked").value;
+  const benchmarks = $$("#ev-benchmarks input:checked").map((i) => i.value)
+    .concat($("#ev-extra").value.split(",").map((s) => s.trim()).filter(Boolean));
+  const body = {
+    benchmarks, mode: $("#ev-mode").value, limit: intOrNull($("#ev-limit").value),
+    max_new_tokens: intOrNull($("#ev-max-tokens").value) ?? 8192,
+    name: $("#ev-name").value.trim() || null, size: $("#ev-size").value.trim() || null,
+  };
+  if (target === "run") {
+    body.run_id = intOrNull($("#ev-run").value);
+    body.step = intOrNull($("#ev-step").value);
+  } else {
+    body.model = $("#ev-model").value.trim() || null;
+  }
+  if (body.mode === "sample") {
+    body.temperature = $("#ev-temperature").value ? Number($("#ev-temperature").value) : null;
+    body.samples = intOrNull($("#ev-k").value);
+  }
+  return body;
+}
+
+async function submitEval(event) {
+  event.preventDefault();
+  const error = $("#ev-error");
+  error.textContent = "";
+  const body = evalBody();
+  if (!body.benchmarks.length) { error.textContent = "Choose at least one benchmark."; return; }
+  if (body.run_id === null && body.model === undefined) { error.textContent = "Choose a run."; return; }
+  if (body.model === null) { error.textContent = "Give a checkpoint directory or hub id."; return; }
+  const button = $("#ev-submit");
+  button.disabled = true;
+  try {
+    let ev;
+    try {
+      ev = await request("/evaluations", { method: "POST", body });
+    } catch (err) {
+      if (!(err instanceof ApiError && err.needsToken) || !(await openTokenDialog(err.message))) throw err;
+      ev = await request("/evaluations", { method: "POST", body });
+    }
+    await refreshEvals();
+    $(`#eval-${ev.id}`)?.scrollIntoView({ block: "nearest" });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 422) error.textContent = err.message;
+    else reportActionError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function submitImport(event) {
+  event.preventDefault();
+  const out = $("#imp-result");
+  out.textContent = "";
+  out.className = "small";
+  const file = $("#imp-file").files[0];
+  if (!file) { out.textContent = "Choose a CSV or JSON file."; out.className = "small error-text"; return; }
+  const text = await file.text();
+  const isJson = /\.json$/i.test(file.name) || /^\s*[[{]/.test(text);
+  const url = new URL(`${API_BASE}/leaderboard/import`, location.origin);
+  for (const [k, id] of [["reference", "#imp-reference"], ["dataset", "#imp-dataset"]]) {
+    if ($(id).value.trim()) url.searchParams.set(k, $(id).value.trim());
+  }
+  const send = () => fetch(url, { method: "POST", body: text, headers: {
+    "Content-Type": isJson ? "application/json" : "text/csv", Authorization: `Bearer ${getToken()}` } });
+  await withBusy($("#imp-submit"), async () => {
+    let r = await send();
+    if ((r.status === 401 || r.status === 403) && await openTokenDialog("Importing rows needs the write token.")) r = await send();
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      const msg = Array.isArray(data.detail) ? data.detail.map((d) => d.msg).join("; ") : data.detail || `HTTP ${r.status}`;
+      out.textContent = `Import failed: ${msg}`;
+      out.className = "small error-text";
+      return;
+    }
+    out.textContent = `Imported ${data.entries} models (${data.rows} values) as published, dataset "${data.dataset}": ${data.models.join(", ")}`;
+    await load();
+  });
+}
+
+async function fillRuns() {
+  try {
+    const runs = await request("/runs", { params: { limit: 100 } });
+    const sel = $("#ev-run");
+    replace(sel, h("option", { value: "" }, "choose a run…"),
+      runs.data.map((r) => h("option", { value: r.id }, `#${r.id} ${r.name} (${r.status}, ${r.steps_done} steps)`)));
+  } catch { /* the form still accepts a path */ }
+}
+
+function initForms() {
+  replace($("#ev-benchmarks"), STANDARD.map((b) => h("label", { class: "chip" },
+    h("input", { type: "checkbox", value: b, checked: true }), b)));
+  const syncTarget = () => {
+    const target = $("#ev-form input[name=target]:checked").value;
+    for (const el of $$("#ev-form [data-for=run]")) el.hidden = target !== "run";
+    for (const el of $$("#ev-form [data-for=model]")) el.hidden = target !== "model";
+  };
+  for (const r of $$("#ev-form input[name=target]")) r.addEventListener("change", syncTarget);
+  $("#ev-mode").addEventListener("change", () => {
+    for (const el of $$("#ev-form [data-for=sample]")) el.hidden = $("#ev-mode").value !== "sample";
+  });
+  $("#ev-form").addEventListener("submit", submitEval);
+  $("#imp-form").addEventListener("submit", submitImport);
+  $("#lb-size").addEventListener("change", (e) => { state.size = e.target.value; load(); });
+  $("#lb-source").addEventListener("change", (e) => { state.source = e.target.value; load(); });
+  syncTarget();
+}
+
+initChrome("leaderboard");
+initForms();
+fillRuns();
+load();
+poll(refreshEvals, 3000);

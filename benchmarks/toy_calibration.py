@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         for steps in args.steps:
             shape = {k: v for k, v in (("num_hidden_layers", args.layers), ("intermediate_size", args.ffn)) if v}
             model = build_toy_model(tokenizer, seed, **shape).to(args.device)
-            def probe(step: int, loss: float, model=model) -> None:
+
+            def probe(step: int, loss: float, model=model, steps=steps) -> None:
                 if step in args.eval_at and step != steps:
                     model.eval()
                     acc = evaluate(model, tokenizer, problems, prompt_ids, k=0, temperature=args.temperature,

@@ -156,12 +156,8 @@ def _prepare_tokenizer(tokenizer) -> Any:
 
 
 def _looks_local(name_or_path: str) -> bool:
-    return (
-        name_or_path.startswith(("/", "./", "../", "~"))
-        or os.sep + os.sep in name_or_path
-        or name_or_path.count("/") > 1
-        or name_or_path.startswith(".")
-    )
+    """A path rather than a hub id ('org/name'): absolute, relative, home-based or deeper than one '/'."""
+    return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
 
 
 def load_pretrained(

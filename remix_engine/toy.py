@@ -91,6 +91,10 @@ class Chain:
     def answer(self) -> int:
         return self.values()[-1]
 
+    def carries(self) -> int:
+        """How many of its steps are carrying additions (see `is_carry`)."""
+        return sum(is_carry(a, t) for a, t in zip(self.values()[:-1], self.terms, strict=True))
+
 
 def _is_heldout(text: str) -> bool:
     digest = hashlib.sha256(f"{TASK_VERSION}|{text}".encode()).digest()
@@ -156,8 +160,7 @@ def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> l
                 id=f"toy-{split}-{hashlib.sha1(text.encode()).hexdigest()[:10]}",
                 problem=text,
                 answer=str(chain.answer),
-                meta={"task": TASK_VERSION, "terms": len(chain.terms), "carries": sum(
-                    is_carry(a, t) for a, t in zip(chain.values(), chain.terms)), "split": split},
+                meta={"task": TASK_VERSION, "terms": len(chain.terms), "carries": chain.carries(), "split": split},
             )
         )
     return out
@@ -229,9 +232,7 @@ def toy_demonstration(
 
 def carry_steps(problem: Problem | str) -> int:
     """How many carrying additions the problem's chain has (the demonstrator's weak spot)."""
-    chain = parse_problem(problem.problem if isinstance(problem, Problem) else problem)
-    vals = chain.values()
-    return sum(is_carry(a, t) for a, t in zip(vals, chain.terms))
+    return parse_problem(problem.problem if isinstance(problem, Problem) else problem).carries()
 
 
 _BOX_RE = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -6,7 +6,9 @@
 2. Training slowdown: the toy trainer for a few steps with no sink, with SqlSink → SQLite and with
    SqlSink → PostgreSQL, interleaved (a, b, c, a, b, c, ...) so background load hits all variants
    alike. Reported: median step time (wall time between consecutive on_step calls, checkpoint
-   flushes included) and the time the training thread itself spends inside the sink's hooks.
+   flushes included), median CPU time of the whole worker process per step (trainer + the sink's
+   writer thread; less sensitive to other load on the machine than wall time) and the time the
+   training thread itself spends inside the sink's hooks.
 
     python benchmarks/ingest.py                       # both databases
     python benchmarks/ingest.py --no-postgres         # SQLite only
@@ -142,6 +144,7 @@ class HookTimer(Sink):
         self.inner = inner
         self.in_hooks = 0.0
         self.step_times: list[float] = []
+        self.cpu_times: list[float] = []
 
     def _call(self, name: str, *args) -> Any:
         if self.inner is None:
@@ -158,6 +161,7 @@ class HookTimer(Sink):
     def on_step(self, step, metrics):
         self._call("on_step", step, metrics)
         self.step_times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())  # all threads of this process (trainer + writer)
 
     def on_rollouts(self, step, rollouts):
         self._call("on_rollouts", step, rollouts)
@@ -186,7 +190,9 @@ def train_once(cfg, out_dir: Path, make_sink: Callable[[], Sink | None]) -> dict
     if isinstance(inner, SqlSink):
         inner.close()
     steps = [b - a for a, b in zip(timer.step_times[1:], timer.step_times[2:], strict=False)]  # steps 2..N
+    cpu = [b - a for a, b in zip(timer.cpu_times[1:], timer.cpu_times[2:], strict=False)]
     return {"median_step_s": statistics.median(steps), "mean_step_s": statistics.fmean(steps),
+            "median_cpu_step_s": statistics.median(cpu),
             "hooks_s_per_step": timer.in_hooks / max(1, len(timer.step_times) - 1), "total_s": total}
 
 
@@ -207,13 +213,18 @@ def bench_training(dbs: list[Database], *, steps: int, repeats: int, root: Path)
             res = train_once(cfg, root / f"train-{rep}-{len(results[name])}-{uuid.uuid4().hex[:6]}", make)
             results[name].append(res)
             print(f"  repeat {rep + 1}/{repeats} {name:<22} median step {res['median_step_s'] * 1000:7.1f} ms  "
-                  f"hooks {res['hooks_s_per_step'] * 1000:6.2f} ms/step", flush=True)
+                  f"(CPU {res['median_cpu_step_s'] * 1000:7.1f} ms)  hooks {res['hooks_s_per_step'] * 1000:6.2f} ms/step",
+                  flush=True)
     base = statistics.median(r["median_step_s"] for r in results["no sink"])
+    base_cpu = statistics.median(r["median_cpu_step_s"] for r in results["no sink"])
     table = []
     for name, runs in results.items():
         med = statistics.median(r["median_step_s"] for r in runs)
+        cpu = statistics.median(r["median_cpu_step_s"] for r in runs)
         table.append({"variant": name, "median_step_ms": round(med * 1000, 1),
                       "slowdown_pct": round((med / base - 1) * 100, 1),
+                      "median_cpu_step_ms": round(cpu * 1000, 1),
+                      "cpu_overhead_pct": round((cpu / base_cpu - 1) * 100, 1),
                       "hooks_ms_per_step": round(statistics.median(r["hooks_s_per_step"] for r in runs) * 1000, 2),
                       "repeats": len(runs)})
     return table
@@ -257,9 +268,11 @@ def main() -> int:
                       f"{args.repeats} interleaved repeats")
                 table = bench_training(dbs, steps=args.train_steps, repeats=args.repeats, root=root)
                 out["training"] = table
-                print(f"\n  {'variant':<22} {'median step':>12} {'slowdown':>9} {'in hooks':>10}")
+                print(f"\n  {'variant':<22} {'median step':>12} {'slowdown':>9} {'CPU/step':>11} {'CPU extra':>10} "
+                      f"{'in hooks':>10}")
                 for row in table:
                     print(f"  {row['variant']:<22} {row['median_step_ms']:>9.1f} ms {row['slowdown_pct']:>+8.1f}% "
+                          f"{row['median_cpu_step_ms']:>8.1f} ms {row['cpu_overhead_pct']:>+9.1f}% "
                           f"{row['hooks_ms_per_step']:>7.2f} ms")
         finally:
             for db in dbs:

@@ -1,4 +1,4 @@
-"""Celery tasks: a training task (runs the engine with the SQL sink) and an evaluation task skeleton.
+"""Celery tasks: a training task (runs the engine with the SQL sink) and the evaluation task.
 
 A task receives (job id, dispatch token) and first *claims* the job row (backend/jobs.py); a delivery
 that cannot claim (duplicate, stale after a re-queue, cancelled meanwhile) returns at once and is
@@ -7,10 +7,11 @@ trainer polls `should_stop()` between steps, checkpoints and returns (cooperativ
 shutdown (SIGTERM, Ctrl-C of `remix studio`) also stops the trainer at the next step and re-queues
 the job, which later resumes from its checkpoint.
 
-Resume: the run directory (REMIX_RUNS_DIR/<run id>) keeps the trainer's checkpoints across attempts.
-Before an attempt starts, checkpoint folders that SQL does not know about (written just before the
-previous worker died, or half-written) are removed, so the trainer resumes from the newest checkpoint
-recorded in SQL, and every step up to it is already in SQL (the sink flushes before recording it).
+Resume: every attempt trains in its own folder, REMIX_RUNS_DIR/<run id>/attempt-NN. Before it
+starts, the newest checkpoint recorded in SQL is hard-linked into that folder, so the trainer resumes
+from exactly the checkpoint SQL knows about, and every step up to it is already in SQL (the sink
+flushes before recording a checkpoint). Checkpoints written after it (just before a worker died) are
+ignored, and a stalled worker of an older attempt can only write into its own folder.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from backend.settings import get_settings
 # The engine is imported when the worker boots (seconds of torch/transformers imports), not when
 # a job starts: a claimed job must start heartbeating at once.
 from remix_engine.config import RunConfig
-from remix_engine.trainer import train
+from remix_engine.trainer import STATE_FILE, train
 from worker.celery_app import get_celery_app
 from worker.sink import SqlSink
 
@@ -92,22 +93,57 @@ class JobHeartbeat:
 
 
 # ----------------------------------------------------------------------------------- resume prep
-def prepare_run_dir(run_id: int, out_dir: Path) -> int | None:
-    """Keep only checkpoints recorded in SQL; return the newest recorded step still on disk."""
-    with session_scope() as s:
-        recorded = {Path(p).resolve(): step for step, p in
-                    s.execute(select(Checkpoint.step, Checkpoint.path).where(Checkpoint.run_id == run_id))}
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (copy across filesystems) a checkpoint folder; atomic via a temporary name."""
+    tmp = dst.with_name(dst.name + ".linking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for path in sorted(src.rglob("*")):
+        target = tmp / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def prepare_attempt_dir(run_id: int, run_root: Path, attempt: int) -> tuple[Path, int | None]:
+    """Each attempt trains in its own folder, <run root>/attempt-NN. The newest checkpoint recorded
+    in SQL (whose rows are all in SQL) is linked into it, so the trainer resumes from exactly there;
+    a stalled worker of an earlier attempt that wakes up can only write into its own folder.
+    Returns (attempt folder, step resumed from or None)."""
+    out_dir = run_root / f"attempt-{attempt:02d}"
     ckpt_root = out_dir / "checkpoints"
-    if ckpt_root.is_dir():
+    with session_scope() as s:
+        recorded = s.execute(select(Checkpoint.step, Checkpoint.path).where(Checkpoint.run_id == run_id)
+                             .order_by(Checkpoint.step.desc())).all()
+    resume: tuple[int, Path] | None = None
+    for step, path in recorded:
+        src = Path(path)
+        if (src / STATE_FILE).is_file():
+            resume = (step, src)
+            break
+    keep: Path | None = None
+    if resume is not None:
+        step, src = resume
+        keep = ckpt_root / src.name
+        if src.resolve() != keep.resolve():
+            _link_tree(src, keep)
+    if ckpt_root.is_dir():  # anything else here is not recorded in SQL (e.g. this attempt number ran before)
         for entry in ckpt_root.iterdir():
-            if entry.resolve() not in recorded:
-                log.info("run %s: removing checkpoint %s (not recorded in SQL)", run_id, entry)
+            if keep is None or entry.resolve() != keep.resolve():
+                log.info("run %s: removing checkpoint %s (not the newest recorded in SQL)", run_id, entry)
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
-    on_disk = [step for path, step in recorded.items() if path.exists()]
-    return max(on_disk) if on_disk else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, (resume[0] if resume else None)
 
 
 def _set_current_job(hostname: str, job_id: int | None) -> None:
@@ -150,7 +186,7 @@ def run_training(claim: jobs.Claim, heartbeat: JobHeartbeat, *, task_id: str | N
     job_id, attempt, run_id = claim.job_id, claim.attempt, claim.run_id
     with session_scope() as s:
         run = s.get(Run, run_id)
-        cfg_dict, out_dir = dict(run.config), Path(run.output_dir or settings.runs_path / str(run_id))
+        cfg_dict, run_root = dict(run.config), Path(run.output_dir or settings.runs_path / str(run_id))
         steps_total = run.steps_total
 
     sink: SqlSink | None = None
@@ -168,8 +204,7 @@ def run_training(claim: jobs.Claim, heartbeat: JobHeartbeat, *, task_id: str | N
 
     try:
         cfg = RunConfig.model_validate(cfg_dict)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        resume_step = prepare_run_dir(run_id, out_dir)
+        out_dir, resume_step = prepare_attempt_dir(run_id, run_root, attempt)
 
         def _mark_resume() -> None:
             with session_scope() as s:

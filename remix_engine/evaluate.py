@@ -173,6 +173,9 @@ def resolve_model_path(model: str | os.PathLike) -> str:
     (its newest checkpoint) or a hub id (returned unchanged)."""
     text = str(model)
     path = Path(text).expanduser()
+    if text == "toy" and not path.exists():
+        raise EvaluationError("model 'toy': the toy preset is not a checkpoint; evaluate a toy run instead "
+                              "(RUN or RUN/checkpoints/step_NNNNNN)")
     if not path.exists():
         return text
     if (path / "config.json").is_file():

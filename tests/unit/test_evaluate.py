@@ -151,6 +151,8 @@ def test_model_paths_and_the_toy_tokenizer_round_trip(seven, tmp_path):
     assert resolve_model_path(run) == str(run / "checkpoints" / "step_000004" / "policy")
     assert resolve_model_path(run / "checkpoints" / "step_000004") == str(run / "checkpoints" / "step_000004" / "policy")
     assert resolve_model_path("org/model") == "org/model"
+    with pytest.raises(EvaluationError, match="toy run"):
+        resolve_model_path("toy")
     with pytest.raises(EvaluationError, match="config.json"):
         resolve_model_path(tmp_path)
     _, tok, _ = load_eval_model(seven)

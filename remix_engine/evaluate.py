@@ -190,11 +190,11 @@ def resolve_model_path(model: str | os.PathLike) -> str:
 
 
 def load_eval_model(model: str | os.PathLike, dtype: str = "float32", *, trust_remote_code: bool = False):
-    """(model, tokenizer, resolved path) for evaluation.
+    """(model, tokenizer, resolved path) for evaluation, through `models.load_pretrained`.
 
-    Toy checkpoints (config with ``remix_toy``) get their tokenizer through
-    ``PreTrainedTokenizerFast``: ``AutoTokenizer`` turns the saved character-level tokenizer into a
-    byte-level Qwen2 tokenizer that silently drops spaces, newlines and unknown characters.
+    Toy checkpoints keep their character-level tokenizer (load_pretrained reads it with
+    ``PreTrainedTokenizerFast``; ``AutoTokenizer`` would turn it into a byte-level Qwen2 tokenizer
+    that drops spaces, newlines and unknown characters). A test guards this.
     """
     from remix_engine.models import ModelLoadError, load_pretrained
 
@@ -203,13 +203,6 @@ def load_eval_model(model: str | os.PathLike, dtype: str = "float32", *, trust_r
         net, tokenizer = load_pretrained(path, dtype, trust_remote_code=trust_remote_code)
     except ModelLoadError as exc:
         raise EvaluationError(f"model: {exc}") from None
-    if getattr(net.config, "remix_toy", False) and Path(path).is_dir():
-        from transformers import PreTrainedTokenizerFast
-
-        toy_tok = PreTrainedTokenizerFast.from_pretrained(path)
-        if toy_tok.get_vocab() == tokenizer.get_vocab():
-            toy_tok.padding_side = "left"
-            tokenizer = toy_tok
     return net, tokenizer, path
 
 

@@ -135,6 +135,14 @@ class Deployment:
                 p.wait()
         self.client.close()
 
+    def settings(self):  # noqa: ANN201
+        """The studio Settings of this deployment (for direct DB / Celery access from the test)."""
+        from backend.settings import Settings
+
+        return Settings(data_dir=Path(self.env["REMIX_DATA_DIR"]), database_url=self.env.get("REMIX_DATABASE_URL"),
+                        broker_url=self.env.get("REMIX_BROKER_URL"),
+                        gpu_queue=self.env.get("REMIX_GPU_QUEUE", "gpu"))
+
     # -------------------------------------------------------------------------------- API helpers
     def submit(self, cfg: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"config": cfg}

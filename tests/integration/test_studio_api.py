@@ -240,7 +240,17 @@ def test_cancel_retry_delete(deployment: Deployment) -> None:
     c, h = deployment.client, deployment.write_headers
     long_run = deployment.submit(fast_config(400, **{"trainer.eval_every": 50, "trainer.checkpoint_every": 50}))
     rid = long_run["id"]
-    deployment.wait_progress(rid, lambda r: r["status"] == "running" and r["steps_done"] >= 2, what="2 steps")
+    running = deployment.wait_progress(rid, lambda r: r["status"] == "running" and r["steps_done"] >= 2,
+                                       what="2 steps")
+    # progress is also reported through Celery (update_state → result backend)
+    from celery.result import AsyncResult
+
+    from worker.celery_app import make_celery_app
+
+    celery_app = make_celery_app(deployment.settings())
+    result = AsyncResult(running["job"]["celery_task_id"], app=celery_app)
+    progress = wait_for(lambda: result.state == "PROGRESS" and result.info, 30, what="Celery PROGRESS")
+    assert progress["run_id"] == rid and progress["step"] >= 1 and progress["steps"] == 400
     # an active run can neither be retried nor deleted
     assert c.post(f"/runs/{rid}/retry", headers=h).status_code == 409
     assert c.delete(f"/runs/{rid}", headers=h).status_code == 409
@@ -280,6 +290,7 @@ def test_cancel_retry_delete(deployment: Deployment) -> None:
     assert not out_dir.exists()
     assert c.delete(f"/runs/{queued['id']}", headers=h).status_code == 204
     assert c.get(f"/runs/{child['id']}").json()["parent_run_id"] is None
+    assert AsyncResult(running["job"]["celery_task_id"], app=celery_app).state == "SUCCESS"  # task returned
 
 
 def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlmodel import Session
 
 from backend.db import get_engine, retrying, session_scope
@@ -300,6 +300,10 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
     with session_scope() as s:
         s.execute(_upd(WorkerNode).where(WorkerNode.status == "online", WorkerNode.last_seen_at < stale)
                   .values(status="lost"))
+        # forget workers that have been gone for a day (each embedded start registers a new name)
+        s.execute(delete(WorkerNode).where(WorkerNode.status != "online",
+                                           WorkerNode.last_seen_at < now - timedelta(days=1))
+                  .execution_options(synchronize_session=False))
     return counts
 
 

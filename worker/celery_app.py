@@ -57,9 +57,9 @@ def make_celery_app(settings: Settings) -> Celery:
         result_expires=7 * 24 * 3600,
         task_default_queue=settings.gpu_queue,
         task_routes={"remix.*": {"queue": settings.gpu_queue}},
-        # Redelivery after a lost broker connection could run a job twice; the SQL claim already
-        # guards that, and cancelling keeps the worker from holding a half-finished attempt.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A broker blip must not kill a training job that may have run for hours: a re-delivery
+        # of its message after the reconnect cannot start a second copy (the SQL claim refuses it).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         # The filesystem transport's fanout/pidbox is lightly maintained (races with several
         # processes): the studio does not need remote control, SQL tracks workers and cancels.

@@ -7,7 +7,7 @@ Sources (`load_problems`):
   Minerva-style rows whose ``meta.answers_raw`` is a list get that list (whitespace-trimmed) as
   their answer, so a response matching any accepted string is correct;
 * a benchmark name — ``aime24``, ``amc23``, ``math500``, ``minerva``, ``olympiadbench`` (or any
-  ``<name>.jsonl``) in the directory named by ``$REMIX_DATA_DIR``, by default
+  ``<name>.jsonl``) in the directory named by ``$REMIX_BENCHMARKS_DIR``, by default
   ``../shared/data/benchmarks`` next to the repository when it exists;
 * ``"hf:<dataset id>[:split]"`` — a Hugging Face dataset through the optional `datasets` package.
 
@@ -47,30 +47,26 @@ class Problem:
         return [self.answer] if isinstance(self.answer, str) else list(self.answer)
 
 
-def benchmark_dir() -> Path | None:
-    """Where benchmark names are resolved: $REMIX_DATA_DIR, else ../shared/data/benchmarks."""
-    env = os.environ.get("REMIX_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    default = _REPO_ROOT.parent / "shared" / "data" / "benchmarks"
-    return default if default.is_dir() else None
+def benchmark_search_dirs() -> list[Path]:
+    """Folders searched for ``<name>.jsonl``: $REMIX_BENCHMARKS_DIR (if set), then ../shared/data/benchmarks.
+
+    (Not REMIX_DATA_DIR: that is the studio's folder for its database and runs.)
+    """
+    dirs = [Path(env).expanduser()] if (env := os.environ.get("REMIX_BENCHMARKS_DIR")) else []
+    return dirs + [_REPO_ROOT.parent / "shared" / "data" / "benchmarks"]
 
 
 def resolve_benchmark(name: str) -> Path:
     """The JSONL file of benchmark `name` (e.g. 'math500'); DataError if it is not there."""
-    directory = benchmark_dir()
-    if directory is None:
-        raise DataError(
-            f"benchmark '{name}': no data directory; set REMIX_DATA_DIR to the folder holding {name}.jsonl"
-        )
-    path = directory / f"{name}.jsonl"
-    if not path.is_file():
-        have = sorted(p.stem for p in directory.glob("*.jsonl")) if directory.is_dir() else []
-        raise DataError(
-            f"benchmark '{name}': {path} not found"
-            + (f" (available there: {', '.join(have)})" if have else f" ({directory} has no .jsonl files)")
-        )
-    return path
+    searched = benchmark_search_dirs()
+    for directory in searched:
+        if (directory / f"{name}.jsonl").is_file():
+            return directory / f"{name}.jsonl"
+    have = sorted({p.stem for d in searched if d.is_dir() for p in d.glob("*.jsonl")})
+    raise DataError(
+        f"benchmark '{name}': no {name}.jsonl in {', '.join(map(str, searched))}"
+        + (f" (available: {', '.join(have)})" if have else "; set REMIX_BENCHMARKS_DIR to the folder holding it")
+    )
 
 
 def _answer_from_row(row: dict[str, Any], where: str) -> str | list[str]:

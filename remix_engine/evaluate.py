@@ -20,8 +20,8 @@
   problem and sample counts, and the benchmark file's sha256. ``average`` is the unweighted mean
   over the benchmarks (§8.1).
 * **Benchmarks**: a name (``aime24``, ``amc23``, ``math500``, ``minerva``, ``olympiadbench`` or any
-  ``<name>.jsonl``) looked up in ``$REMIX_BENCHMARKS_DIR``, then in the engine's data directory
-  (``$REMIX_DATA_DIR``), then in ``../shared/data/benchmarks`` next to the repository; a JSONL path
+  ``<name>.jsonl``) looked up in ``$REMIX_BENCHMARKS_DIR``, else in ``../shared/data/benchmarks``
+  next to the repository; a JSONL path
   (``{"problem", "answer"}`` rows); or a Hugging Face dataset (``hf:<id>[:split]`` or a bare
   ``owner/name`` that is not a local path; split ``test`` by default).
 
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from remix_engine.data import BENCHMARKS, DataError, Problem, benchmark_dir, load_hf, load_jsonl
+from remix_engine.data import BENCHMARKS, DataError, Problem, benchmark_search_dirs, load_hf, load_jsonl
 from remix_engine.reward.grader import GRADER_TAG
 
 log = logging.getLogger("remix.evaluate")
@@ -80,23 +80,6 @@ class Benchmark:
     source: str  # resolved path or hf:<id>:<split>
     problems: list[Problem]
     sha256: str | None = None  # first 16 hex digits of the file (version stamp), None for hub data
-
-
-def benchmark_search_dirs() -> list[Path]:
-    """Folders searched for ``<name>.jsonl``, in order (duplicates removed)."""
-    dirs: list[Path] = []
-    env = os.environ.get("REMIX_BENCHMARKS_DIR")
-    if env:
-        dirs.append(Path(env).expanduser())
-    engine_dir = benchmark_dir()
-    if engine_dir is not None:
-        dirs.append(engine_dir)
-    dirs.append(_REPO_ROOT.parent / "shared" / "data" / "benchmarks")
-    out: list[Path] = []
-    for d in dirs:
-        if d not in out:
-            out.append(d)
-    return out
 
 
 def _file_sha(path: Path) -> str:

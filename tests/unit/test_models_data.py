@@ -17,7 +17,7 @@ from remix_engine.data import (
     DataError,
     Problem,
     PromptTooLongError,
-    benchmark_dir,
+    benchmark_search_dirs,
     encode_prompts,
     load_jsonl,
     load_problems,
@@ -260,8 +260,8 @@ def test_unknown_sources_are_clear(tmp_path):
 
 @needs_benchmarks
 def test_benchmark_names_resolve_in_the_shared_data(monkeypatch):
-    monkeypatch.delenv("REMIX_DATA_DIR", raising=False)
-    assert benchmark_dir() == SHARED
+    monkeypatch.delenv("REMIX_BENCHMARKS_DIR", raising=False)
+    assert benchmark_search_dirs() == [SHARED]
     sizes = {"aime24": 30, "amc23": 83, "math500": 500, "minerva": 272, "olympiadbench": 675}
     assert set(sizes) == set(BENCHMARKS)
     for name, n in sizes.items():
@@ -278,11 +278,12 @@ def test_benchmark_names_resolve_in_the_shared_data(monkeypatch):
 
 @needs_benchmarks
 def test_benchmark_dir_comes_from_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("REMIX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REMIX_BENCHMARKS_DIR", str(tmp_path))
     _write(tmp_path / "tiny.jsonl", [{"id": "t1", "problem": "p", "answer": "1"}])
     assert [p.id for p in load_problems("tiny")] == ["t1"]
-    with pytest.raises(DataError, match=r"math500.*not found.*available there: tiny"):
-        load_problems("math500")
+    assert len(load_problems("math500")) == 500  # standard names fall back to the shared data
+    with pytest.raises(DataError, match=r"no nosuch.jsonl.*available: .*tiny"):
+        load_problems("nosuch")
 
 
 def test_hf_source_without_datasets_is_a_clear_error(monkeypatch):

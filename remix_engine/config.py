@@ -120,6 +120,10 @@ class TrainerConfig(_Section):
     seed: int = 0
     eval_every: int = Field(10, ge=1)
     eval_greedy: bool = True
+    # Real benchmarks (names or JSONL paths) evaluated greedily at every eval step, so that
+    # accuracy-vs-rollouts curves can use them: logged as eval/<benchmark>/pass@1.
+    eval_benchmarks: list[str] = Field(default_factory=list)
+    eval_benchmark_limit: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(25, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_rollouts: bool = True

@@ -58,7 +58,6 @@ PAPER_SAMPLES = {"aime24": 32, "amc23": 32}
 PAPER_SAMPLE_TEMPERATURE = 0.1
 PAPER_MAX_NEW_TOKENS = 8192
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class EvaluationError(ValueError):

@@ -455,6 +455,13 @@ class Trainer:
             "eval/heldout/self_reflection_rate": behavior_metrics(result.texts)["behavior/self_reflection_rate"],
             "timing_s/eval": time.perf_counter() - tick,
         }
+        if self.cfg.trainer.eval_benchmarks:
+            from remix_engine.evaluate import evaluate_policy
+
+            metrics.update(evaluate_policy(
+                self.model, self.tokenizer, self.backend, self.grader, self.cfg.trainer.eval_benchmarks,
+                self.cfg.trainer.eval_benchmark_limit, self.cfg.rollout.max_new_tokens,
+                use_chat_template=self.cfg.model.use_chat_template, max_prompt_tokens=self.cfg.data.max_prompt_tokens))
         return metrics
 
     def _cost_metrics(self) -> dict[str, float]:

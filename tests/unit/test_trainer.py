@@ -162,3 +162,12 @@ def test_rollout_budget_stops_the_run_early(tmp_path):
     # 16 rollouts per step: the budget of 20 is spent after step 2
     assert summary["steps"] == 2 and summary["cost/rollouts"] == 32
     assert "eval/heldout/pass@1" in _metrics(out)[-1]
+
+
+def test_scheduled_benchmark_evaluation_logs_real_benchmark_accuracy(tmp_path):
+    out, _ = _run(tmp_path, "bench", "grpo", {**TINY, "trainer.eval_benchmarks": ["aime24", "amc23"],
+                                              "trainer.eval_benchmark_limit": 2}, steps=2)
+    rows = _metrics(out)
+    for step in (0, 2):
+        assert {"eval/aime24/pass@1", "eval/amc23/pass@1", "eval/average/pass@1"} <= set(rows[step]), step
+    assert "eval/aime24/pass@1" not in rows[1]

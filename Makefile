@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# `remix prepare` caches the toy warm start (about 2 minutes once), so a first run starts at once.
 studio: setup
+	$(BIN)/remix prepare --preset toy --seeds 0
 	$(BIN)/remix studio
 
 train-demo: setup

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import torch
-
 STOP_PROMPT = "3+4="  # greedy generation from this prompt hits the extra stop token (conftest `toy`)
 
 
 def build_tokenizer():
-    """A character-level tokenizer (fast, WordLevel) with <pad>/<eos> specials."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The project's character-level toy tokenizer."""
+    from remix_engine.models import build_toy_tokenizer
 
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for ch in "0123456789+-*/=() abcdefghijklmnopqrstuvwxyz.,?\n":
-        vocab.setdefault(ch, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>", padding_side="left")
+    return build_toy_tokenizer()
 
 
-def build_model(tokenizer, seed: int = 0, **overrides):
-    """A tiny random Qwen2 (float32). head_dim 32: vLLM's CPU attention has no kernel below 32."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def build_model(tokenizer, seed: int = 0):
+    """The project's toy Qwen2 (float32; head_dim 32, which vLLM's CPU attention supports).
 
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True,
-                 initializer_range=0.05)
-    shape.update(overrides)
-    config = Qwen2Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    Its own init (std 0.02) makes a degenerate random model whose greedy output repeats one token;
+    seeded noise of std 0.1 is added to the non-embedding matrices so that greedy and sampled outputs
+    vary between prompts.
+    """
+    import torch
+
+    from remix_engine.models import build_toy_model
+
+    model = build_toy_model(tokenizer, seed)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1 and "embed" not in name:
+                param.add_(torch.randn(param.shape, generator=gen) * 0.1)
     return model.eval()
 
 

@@ -52,7 +52,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     ckpt_root = Path(output_dir) / "checkpoints"
     if not ckpt_root.is_dir():
         return None
-    done = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+    # A ".tmp" folder is a checkpoint whose write was interrupted: never resume from it.
+    done = sorted(p for p in ckpt_root.glob(f"{CHECKPOINT_PREFIX}*")
+                  if not p.name.endswith(".tmp") and (p / STATE_FILE).is_file())
     return done[-1] if done else None
 
 

@@ -1,6 +1,6 @@
 """`remix studio` on the embedded default, as a user runs it: one command, one data directory.
 
-Runs the curl sequence of docs/studio.md *as written* (only host/port and the data directory are
+Runs the curl sequence of README.md *as written* (only host/port and the data directory are
 substituted), then stops the studio with Ctrl-C (SIGINT) and checks that the API and the worker
 process both exit cleanly.
 """
@@ -20,13 +20,13 @@ from studio_harness import REPO, _child_env, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
-DOC = REPO / "docs" / "studio.md"
+DOC = REPO / "README.md"
 
 
 def curl_sequence() -> str:
     text = DOC.read_text()
     m = re.search(r"<!-- curl-sequence:begin -->\s*```bash\n(.*?)```\s*<!-- curl-sequence:end -->", text, re.S)
-    assert m, "docs/studio.md must hold the curl sequence between curl-sequence markers"
+    assert m, "README.md must hold the curl sequence between curl-sequence markers"
     return m.group(1)
 
 

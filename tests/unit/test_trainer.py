@@ -71,6 +71,11 @@ def test_resume_is_exact(tmp_path, algorithm, tiny):
     first = train(cfg, out, StopAfter(out, 2))
     assert first["status"] == "cancelled" and first["steps"] == 2
     assert latest_checkpoint(out).name == "step_000002"
+    # an interrupted later write (a .tmp folder with a state file) is never picked up
+    interrupted = out / "checkpoints" / "step_000003.tmp"
+    interrupted.mkdir()
+    (interrupted / "trainer_state.pt").write_bytes(b"partial")
+    assert latest_checkpoint(out).name == "step_000002"
     second = train(None, out, JsonlSink(out, resume_step=2), resume=True)
     assert second["status"] == "completed" and second["steps"] == 4
 

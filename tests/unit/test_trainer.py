@@ -155,7 +155,7 @@ def test_critic_regresses_towards_the_returns():
     for _ in range(30):
         values = critic(batch)
         loss, _ = algo.value_loss(values, values.detach(), returns, batch.response_mask, cliprange_value=10.0)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -31,6 +31,7 @@ from remix_engine.models import load_policy
 from remix_engine.reward.behavior import behavior_metrics
 from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import SamplingParams, make_backend
+from remix_engine.rollout.corr import rollout_corr_metrics
 from remix_engine.sinks import Sink
 
 CHECKPOINT_PREFIX = "step_"
@@ -90,6 +91,8 @@ class Trainer:
         torch.manual_seed(seed)
 
         self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
         # The warm start may come from cache (no RNG used) or be computed: reseed so both agree.
         torch.manual_seed(seed + 1)
         self.rng = random.Random(seed)
@@ -98,12 +101,14 @@ class Trainer:
         self.uses_precedent = cfg.is_remix and cfg.remix.kl_convex and cfg.remix.precedent == "previous" and cfg.actor.kl_coef > 0
         self.precedent = _frozen_copy(self.model) if self.uses_precedent else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor.lr, weight_decay=cfg.actor.weight_decay)
-        self.critic = ValueModel(self.model) if cfg.family == "ppo" else None
+        self.critic = ValueModel(self.model).to(self.device) if cfg.family == "ppo" else None
         self.critic_optimizer = (torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic.lr)
                                  if self.critic is not None else None)
         self.buffer = ReplayBuffer(cfg.remix.window)
-        self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer,
-                                    gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization)
+        backend_kwargs = {} if cfg.rollout.backend == "hf" else {
+            "gpu_memory_utilization": cfg.rollout.vllm_gpu_memory_utilization, "seed": seed,
+            "max_model_len": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens}
+        self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer, **backend_kwargs)
         self.grader = GraderPool(processes=2, timeout_s=5.0)
 
         self.train_problems = load_problems(cfg.data.train, split="train", seed=seed)
@@ -220,7 +225,7 @@ class Trainer:
         old_lp = _pad_rows(sequence_logprobs(self.model, prompts, responses, temp, self.pad_id))
         if result.logprobs and result.logprobs[0]:
             engine_lp = _pad_rows([s.behavior_logprobs for s in fresh], width=old_lp.shape[1])
-            metrics.update(_rollout_corr(engine_lp, old_lp[: len(fresh)], _mask_for(fresh, old_lp.shape[1])))
+            metrics.update(rollout_corr_metrics(engine_lp, old_lp[: len(fresh)], _mask_for(fresh, old_lp.shape[1])))
         if cfg.rollout.behavior_logprobs == "recompute":
             for s, row in zip(fresh, old_lp, strict=False):
                 s.behavior_logprobs = row[: len(s.response_ids)].tolist()
@@ -283,7 +288,7 @@ class Trainer:
         mask = token_batch.response_mask
         with torch.no_grad():
             self.critic.eval()
-            values = self.critic(token_batch)
+            values = self.critic(token_batch.to(self.device)).cpu()
         token_rewards = torch.zeros_like(mask)
         for i, s in enumerate(batch):
             token_rewards[i, len(s.response_ids) - 1] = s.reward  # outcome reward on the last token
@@ -311,6 +316,13 @@ class Trainer:
         cfg = self.cfg.actor
         temp = self.cfg.rollout.temperature
         size = token_batch.input_ids.shape[0]
+        dev = self.device
+        token_batch = token_batch.to(dev)
+        old_lp, behavior_lp, advantages = old_lp.to(dev), behavior_lp.to(dev), advantages.to(dev)
+        anchor_lp = anchor_lp.to(dev) if anchor_lp is not None else None
+        precedent_lp = precedent_lp.to(dev) if precedent_lp is not None else None
+        old_values = old_values.to(dev) if old_values is not None else None
+        returns = returns.to(dev) if returns is not None else None
         sums: dict[str, float] = defaultdict(float)
         n_updates = 0
         stats_acc: dict[str, torch.Tensor] = {}
@@ -319,7 +331,7 @@ class Trainer:
             order = list(range(size))
             self.rng.shuffle(order)
             for lo in range(0, size, cfg.mini_batch_size):
-                idx = torch.tensor(order[lo: lo + cfg.mini_batch_size])
+                idx = torch.tensor(order[lo: lo + cfg.mini_batch_size], device=dev)
                 mb = _select(token_batch, idx)
                 logp, entropy, _ = forward_response(self.model, mb, temp, with_entropy=cfg.entropy_coef > 0)
                 loss, m = algo.mix_ppg_policy_loss(
@@ -350,7 +362,9 @@ class Trainer:
                 with torch.no_grad():
                     stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp[idx], old_lp[idx], mb.response_mask,
                                                         cfg.clip_eps, cfg.clip_eps_high)
+                idx = idx.cpu()
                 for k, v in stats.items():
+                    v = v.cpu()
                     acc = stats_acc.setdefault(k, torch.zeros(size) if k != "ratio_max" else torch.full((size,), -math.inf))
                     if k == "ratio_max":
                         acc[idx] = torch.maximum(acc[idx], v)
@@ -559,6 +573,7 @@ class Trainer:
             "buffer": self.buffer.state_dict(),
             "python_rng": self.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "anchor": self.anchor.state_dict() if self.anchor is not None and self.state.reincarnated_at else None,
             "precedent": self.precedent.state_dict() if self.precedent is not None else None,
             "critic": self.critic.state_dict() if self.critic is not None else None,
@@ -584,6 +599,8 @@ class Trainer:
         self.buffer.load_state_dict(blob["buffer"])
         self.rng.setstate(blob["python_rng"])
         torch.set_rng_state(blob["torch_rng"])
+        if blob.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
         self.state = TrainState(**blob["state"])
         if blob["anchor"] is not None and self.anchor is not None:
             self.anchor.load_state_dict(blob["anchor"])
@@ -626,14 +643,3 @@ def _select(batch, idx: torch.Tensor):
 
     return TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.position_ids[idx],
                       batch.response_ids[idx], batch.response_mask[idx], batch.prompt_width)
-
-
-def _rollout_corr(engine_lp: torch.Tensor, trainer_lp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Gap between the rollout engine's behaviour log-probs and the trainer's recomputation (verl's rollout_corr)."""
-    diff = (engine_lp - trainer_lp).abs() * mask
-    n = mask.sum().clamp(min=1)
-    return {
-        "rollout_corr/logprob_abs_diff_mean": float(diff.sum() / n),
-        "rollout_corr/logprob_abs_diff_max": float(diff.max()),
-        "rollout_corr/ratio_mean": float(((trainer_lp - engine_lp).exp() * mask).sum() / n),
-    }

@@ -10,7 +10,7 @@ from vllm_testlib import STOP_PROMPT, encode_all
 
 from remix_engine.logprobs import sequence_logprobs
 from remix_engine.rollout import SamplingParams
-from remix_engine.rollout.vllm_backend import rollout_corr_metrics
+from remix_engine.rollout.corr import rollout_corr_metrics
 
 pytestmark = pytest.mark.vllm
 

@@ -86,18 +86,22 @@ def main() -> None:
     ap.add_argument("--output", default="runs/ablation")
     ap.add_argument("--no-whip", action="store_true", help="skip the replay-share sweep")
     ap.add_argument("--set", action="append", default=[], help="override applied to every run")
+    ap.add_argument("--remix-set", action="append", default=[], help="override applied to the remix-* runs only")
     args = ap.parse_args()
     common = dict(parse_override(o) for o in args.set)
+    remix_common = dict(parse_override(o) for o in args.remix_set)
     # Enough steps for the slowest spender (Phase-1 ReMix generates 60% of a batch per step).
     budget = {"trainer.max_rollouts": args.budget, "trainer.steps": 10_000}
     out = Path(args.output)
 
-    specs = [RunSpec(_slug(label), algo, seed, {**common, **budget, **extra})
+    specs = [RunSpec(_slug(label), algo, seed,
+                     {**common, **budget, **(remix_common if algo.startswith("remix-") else {}), **extra})
              for label, algo, extra in STUDY for seed in args.seeds]
     if not args.no_whip:
         mixppg = {**OFF_UTD, **OFF_KLC, **OFF_REINC}
         specs += [RunSpec(f"mixppg_p{share}", "remix-ppo", args.seeds[0],
-                          {**common, **budget, **mixppg, "remix.replay_share": share}) for share in WHIP_SHARES]
+                          {**common, **budget, **remix_common, **mixppg, "remix.replay_share": share})
+                  for share in WHIP_SHARES]
     results = run_all(specs, out, jobs=args.jobs)
 
     study = {label: [r for r in results if r.spec.label == _slug(label)] for label, _, _ in STUDY}

@@ -77,14 +77,6 @@ def train_constant_answer_checkpoint(out: Path, steps: int = 40) -> Path:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def seven(tmp_path_factory) -> Path:
     return train_constant_answer_checkpoint(tmp_path_factory.mktemp("seven") / "policy")

@@ -38,16 +38,6 @@ needs_benchmarks = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/dat
 TEXT = "<s>Compute 47+5-3.\n<think>47+5=52\n52-3=49 wait, check\n</think> \\boxed{49}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On a shared 2-core machine two OpenMP threads per process spin against each other's load:
-    # a 3-step warm start took 25 s with 2 threads and 4 s with 1 (measured). Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return build_toy_tokenizer()

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from remix_engine.config import parse_override  # noqa: E402
 from runs import RunResult, RunSpec, markdown_table, mean_std, run_all  # noqa: E402
+
+from remix_engine.config import parse_override  # noqa: E402
 
 OFF_UTD = {"remix.utd": 1}
 OFF_KLC = {"remix.kl_convex": False}

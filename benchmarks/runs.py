@@ -9,13 +9,12 @@ import json
 import math
 import multiprocessing as mp
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from remix_engine.config import build_config
+from remix_engine.config import build_config, load_saved_config
 from remix_engine.sinks import JsonlSink
-from remix_engine.trainer import train
+from remix_engine.trainer import CHECKPOINT_PREFIX, latest_checkpoint, train
 
 ACC = "eval/heldout/pass@1"
 
@@ -63,11 +62,21 @@ class RunResult:
 
 
 def _run_one(args: tuple[RunSpec, str]) -> tuple[str, float]:
+    """Train one spec; a finished run is reused and an interrupted one resumed, so a long study
+    that was stopped picks up where it left off. Wall time is the trainer's own (carried across
+    resumes), so a resumed run reports the time it would have taken uninterrupted."""
     spec, out = args
     cfg = build_config("toy", spec.algorithm, overrides=spec.overrides, seed=spec.seed, steps=spec.steps)
-    start = time.perf_counter()
-    train(cfg, out, JsonlSink(out))
-    return out, time.perf_counter() - start
+    saved = Path(out) / "config.yaml"
+    if saved.is_file() and load_saved_config(saved) != cfg:
+        raise ValueError(f"{out} holds a run with a different config: choose another --output")
+    summary_path = Path(out) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary.get("status") != "completed":  # never started, killed, or cancelled
+        ckpt = latest_checkpoint(out)
+        resume_step = int(ckpt.name.removeprefix(CHECKPOINT_PREFIX)) if ckpt else None
+        summary = train(cfg, out, JsonlSink(out, resume_step=resume_step), resume=ckpt is not None)
+    return out, summary["elapsed_s"]
 
 
 def load_result(spec: RunSpec, out: Path, wall_s: float) -> RunResult:

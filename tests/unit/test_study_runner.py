@@ -1,0 +1,36 @@
+"""The multi-run study runner (benchmarks/runs.py) survives a stop: finished runs are reused,
+interrupted ones resumed from their last checkpoint, and a directory holding another config is refused."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from test_trainer import TINY, StopAfter
+
+from remix_engine.config import build_config
+from remix_engine.trainer import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from runs import RunSpec, _run_one, load_result  # noqa: E402
+
+
+def test_interrupted_run_is_resumed_then_reused(tmp_path):
+    spec = RunSpec("grpo", "grpo", 0, TINY, steps=4)
+    out = tmp_path / "grpo" / "seed0"
+    cfg = build_config("toy", "grpo", overrides=TINY, steps=4, seed=0)
+    assert train(cfg, out, StopAfter(out, 2))["status"] == "cancelled"
+
+    _, wall = _run_one((spec, str(out)))
+    result = load_result(spec, out, wall)
+    assert [r["step"] for r in result.rows] == [0, 1, 2, 3, 4]  # no step lost, none twice
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 4 and wall > 0
+
+    before = (out / "metrics.jsonl").stat().st_mtime_ns
+    assert _run_one((spec, str(out)))[1] == wall  # finished: reused, not retrained
+    assert (out / "metrics.jsonl").stat().st_mtime_ns == before
+
+    other = RunSpec("grpo", "grpo", 0, {**TINY, "actor.lr": 1e-4}, steps=4)
+    with pytest.raises(ValueError, match="different config"):
+        _run_one((other, str(out)))

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import RunResult, RunSpec, markdown_table, mean_std, run_all  # noqa: E402
-
 from remix_engine.config import parse_override  # noqa: E402
+
+from runs import RunResult, RunSpec, markdown_table, mean_std, run_all  # noqa: E402
 
 OFF_UTD = {"remix.utd": 1}
 OFF_KLC = {"remix.kl_convex": False}
@@ -124,6 +124,10 @@ def main() -> None:
               "wall s / run", "response length (last 10 steps)", "self-reflection rate (final eval)"]
     print(f"\nToy preset, budget {args.budget} rollouts per run, seeds {args.seeds}\n")
     print(markdown_table(header, rows))
+    print("\nper seed (final pass@1 / rollouts to reach PPO final):")
+    for label, runs in study.items():
+        print(f"  {label}: " + ", ".join(f"seed {r.spec.seed}: {r.final:.3f} / {r.rollouts_to_reach(target)}"
+                                         for r in runs))
     if whip:
         print("\nReplay-share sweep (plain Mix-PPG, seed", args.seeds[0], "): mean response length first/last 10 steps")
         print(markdown_table(["p", "first 10 steps", "last 10 steps", "final pass@1"], [

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import RunSpec, accuracy_at, markdown_table, mean_std, run_all  # noqa: E402
-
 from remix_engine.config import parse_override  # noqa: E402
+
+from runs import RunSpec, accuracy_at, markdown_table, mean_std, run_all  # noqa: E402
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ def test_dotted_overrides_are_parsed_as_yaml_scalars():
     ({"overrides": ["actor.kl_coef=0"]}, "remix.kl_convex"),
     ({"algorithm": "grpo", "overrides": ["critic.lr=0.1"]}, "critic.lr"),
     ({"overrides": ["remix.replay_share=0.99", "rollout.prompts_per_step=4"]}, "remix.replay_share"),
+    ({"overrides": ["rollout.backend=vllm", "rollout.temperature=2.5"]}, "rollout.temperature"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ConfigError) as err:

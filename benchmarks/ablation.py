@@ -6,7 +6,9 @@ Every configuration trains on the toy preset until the same rollout budget is sp
 seed. Prints a table (final held-out pass@1 mean ± std, rollouts to reach on-policy PPO's final
 accuracy, wall time, mean response length, self-reflection rate) and writes Plotly figures as
 HTML and PNG: accuracy vs cumulative rollouts, and response length vs step for replay shares
-0.1…0.5 of plain Mix-PPG (the paper's "whipping effect"; one seed each).
+0.1…0.5 of plain Mix-PPG (the paper's "whipping effect"; first seed only; the share of "w/o all
+three" reuses that run). Re-running a command reuses its finished runs and resumes interrupted
+ones, so a stopped study continues where it was. docs/results.md has the command behind its table.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from remix_engine.config import parse_override  # noqa: E402
+from remix_engine.config import build_config, parse_override  # noqa: E402
 
 from runs import RunResult, RunSpec, markdown_table, mean_std, run_all  # noqa: E402
 
@@ -97,16 +99,20 @@ def main() -> None:
     specs = [RunSpec(_slug(label), algo, seed,
                      {**common, **budget, **(remix_common if algo.startswith("remix-") else {}), **extra})
              for label, algo, extra in STUDY for seed in args.seeds]
-    if not args.no_whip:
-        mixppg = {**OFF_UTD, **OFF_KLC, **OFF_REINC}
-        specs += [RunSpec(f"mixppg_p{share}", "remix-ppo", args.seeds[0],
-                          {**common, **budget, **remix_common, **mixppg, "remix.replay_share": share})
-                  for share in WHIP_SHARES]
+    # "w/o all three" is plain Mix-PPG at the preset's share: the sweep reuses its first seed there.
+    all_off = STUDY[-1][0]
+    default_share = build_config("toy", "remix-ppo", overrides={**common, **remix_common}).remix.replay_share
+    whip_shares = [] if args.no_whip else [s for s in WHIP_SHARES if s != default_share]
+    specs += [RunSpec(f"mixppg_p{share}", "remix-ppo", args.seeds[0],
+                      {**common, **budget, **remix_common, **STUDY[-1][2], "remix.replay_share": share})
+              for share in whip_shares]
     results = run_all(specs, out, jobs=args.jobs)
 
     study = {label: [r for r in results if r.spec.label == _slug(label)] for label, _, _ in STUDY}
-    whip = {share: next(r for r in results if r.spec.label == f"mixppg_p{share}")
-            for share in WHIP_SHARES} if not args.no_whip else {}
+    whip = {share: next(r for r in results if r.spec.label == f"mixppg_p{share}") for share in whip_shares}
+    if not args.no_whip and default_share in WHIP_SHARES:
+        whip[default_share] = study[all_off][0]
+    whip = dict(sorted(whip.items()))
     target = statistics.fmean(r.final for r in study["ppo"])
 
     rows = []

@@ -28,6 +28,8 @@ from runs import RunResult, RunSpec, markdown_table, mean_std, run_all  # noqa: 
 OFF_UTD = {"remix.utd": 1}
 OFF_KLC = {"remix.kl_convex": False}
 OFF_REINC = {"remix.reincarnate_at": None}
+MIX_PPG = {**OFF_UTD, **OFF_KLC, **OFF_REINC}  # ReMix-PPO without all three = plain Mix-PPG
+MIX_PPG_LABEL = "remix-ppo w/o all three"
 STUDY = [
     ("ppo", "ppo", {}),
     ("remix-ppo", "remix-ppo", {}),
@@ -36,7 +38,7 @@ STUDY = [
     ("remix-ppo w/o UTD", "remix-ppo", OFF_UTD),
     ("remix-ppo w/o KL-Convex", "remix-ppo", OFF_KLC),
     ("remix-ppo w/o reincarnation", "remix-ppo", OFF_REINC),
-    ("remix-ppo w/o all three", "remix-ppo", {**OFF_UTD, **OFF_KLC, **OFF_REINC}),
+    (MIX_PPG_LABEL, "remix-ppo", MIX_PPG),
 ]
 WHIP_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -100,18 +102,17 @@ def main() -> None:
                      {**common, **budget, **(remix_common if algo.startswith("remix-") else {}), **extra})
              for label, algo, extra in STUDY for seed in args.seeds]
     # "w/o all three" is plain Mix-PPG at the preset's share: the sweep reuses its first seed there.
-    all_off = STUDY[-1][0]
     default_share = build_config("toy", "remix-ppo", overrides={**common, **remix_common}).remix.replay_share
     whip_shares = [] if args.no_whip else [s for s in WHIP_SHARES if s != default_share]
     specs += [RunSpec(f"mixppg_p{share}", "remix-ppo", args.seeds[0],
-                      {**common, **budget, **remix_common, **STUDY[-1][2], "remix.replay_share": share})
+                      {**common, **budget, **remix_common, **MIX_PPG, "remix.replay_share": share})
               for share in whip_shares]
     results = run_all(specs, out, jobs=args.jobs)
 
     study = {label: [r for r in results if r.spec.label == _slug(label)] for label, _, _ in STUDY}
     whip = {share: next(r for r in results if r.spec.label == f"mixppg_p{share}") for share in whip_shares}
     if not args.no_whip and default_share in WHIP_SHARES:
-        whip[default_share] = study[all_off][0]
+        whip[default_share] = study[MIX_PPG_LABEL][0]
     whip = dict(sorted(whip.items()))
     target = statistics.fmean(r.final for r in study["ppo"])
 

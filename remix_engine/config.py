@@ -50,6 +50,9 @@ class DataConfig(_Section):
     require_think: bool = True  # reward needs </think> before the boxed answer (DeepScaleR)
 
 
+VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams rejects hotter sampling
+
+
 class RolloutConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     prompts_per_step: int = Field(16, ge=1)  # prompts per training batch (fresh + replayed)
@@ -174,8 +177,8 @@ class RunConfig(_Section):
                 raise ValueError("remix.replay_share: leaves no fresh prompts per step; lower it or raise rollout.prompts_per_step")
         if self.is_remix and self.remix.kl_convex and self.actor.kl_coef == 0:
             raise ValueError("remix.kl_convex: needs a KL term; set actor.kl_coef > 0 or remix.kl_convex=false")
-        if self.rollout.backend == "vllm" and self.rollout.temperature > 2.0:
-            raise ValueError(f"rollout.temperature: vLLM accepts at most 2.0 (got {self.rollout.temperature}); "
+        if self.rollout.backend == "vllm" and self.rollout.temperature > VLLM_MAX_TEMPERATURE:
+            raise ValueError(f"rollout.temperature: vLLM accepts at most {VLLM_MAX_TEMPERATURE} (got {self.rollout.temperature}); "
                              "use the hf backend for hotter sampling")
         # reincarnate_at > steps is allowed: the run ends before reincarnation (as the paper's 7B runs did).
         return self

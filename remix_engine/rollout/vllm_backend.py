@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from remix_engine.config import VLLM_MAX_TEMPERATURE
 from remix_engine.rollout.base import RolloutResult, SamplingParams
 from remix_engine.rollout.corr import rollout_corr_metrics  # noqa: F401  (re-exported)
 
@@ -300,8 +301,8 @@ class VLLMRolloutBackend:
                              f"exceeds max_model_len={self.max_model_len} (pass a larger max_model_len)")
         if any(not p for p in prompt_ids):
             raise ValueError("vllm backend: empty prompt")
-        if params.temperature > 2.0:
-            raise ValueError(f"vllm backend: vLLM accepts temperatures in [0, 2], got {params.temperature}")
+        if params.temperature > VLLM_MAX_TEMPERATURE:
+            raise ValueError(f"vllm backend: vLLM accepts temperatures in [0, {VLLM_MAX_TEMPERATURE}], got {params.temperature}")
         from vllm.inputs import TokensPrompt
 
         seeds = request_seeds(params.seed, len(prompt_ids), params.n)

@@ -20,10 +20,13 @@ def test_interrupted_run_is_resumed_then_reused(tmp_path):
     out = tmp_path / "grpo" / "seed0"
     cfg = build_config("toy", "grpo", overrides=TINY, steps=4, seed=0)
     assert train(cfg, out, StopAfter(out, 2))["status"] == "cancelled"
+    first_steps = (out / "metrics.jsonl").read_text().splitlines()[:3]  # steps 0-2, timings included
 
     _, wall = _run_one((spec, str(out)))
     result = load_result(spec, out, wall)
     assert [r["step"] for r in result.rows] == [0, 1, 2, 3, 4]  # no step lost, none twice
+    # resumed from step 2, not retrained: the rows of steps 0-2 (with their timings) are untouched
+    assert (out / "metrics.jsonl").read_text().splitlines()[:3] == first_steps
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 4 and wall > 0
 

@@ -31,7 +31,14 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     # "toy" builds the tiny offline Qwen2 model; anything else is a local path or a hub id.
     name_or_path: str = "toy"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the inference-only weights: the anchor and precedent copies, the vLLM "
+                               "engine and the exported checkpoint. The trainable policy and critic always keep "
+                               "float32 master weights.")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="Compute precision of the trainer's forward passes: 'bf16' runs them under bf16 "
+                          "autocast over the float32 master weights (the optimizer state stays float32); "
+                          "'no' computes in float32.")
     # Apply the tokenizer's chat template when it has one (R1-distill models do).
     use_chat_template: bool = True
     trust_remote_code: bool = False
@@ -76,7 +83,17 @@ class ActorConfig(_Section):
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = Field(0.001, ge=0)  # c
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
-    mini_batch_size: int = Field(64, ge=1)  # responses per optimizer step
+    mini_batch_size: int = Field(
+        8, ge=1, description="Prompts per optimizer step; each brings its rollout.group_size responses "
+                             "(verl's ppo_mini_batch_size, counted before × n).")
+    max_tokens_per_microbatch: int | None = Field(
+        None, ge=1, description="Split each mini-batch into micro-batches of at most this many padded tokens "
+                                "(prompt + response) and accumulate gradients; null = one micro-batch. The loss is "
+                                "normalised by the whole mini-batch's token/sequence count, so the split does not "
+                                "change the update.")
+    logprob_max_tokens_per_microbatch: int | None = Field(
+        None, ge=1, description="Padded-token budget of the no-grad log-prob passes (π_k, anchor, precedent); "
+                                "null = 64 responses at a time.")
     grad_clip: float = Field(1.0, gt=0)
     advantage: Literal["grpo", "rloo", "drgrpo", "gae"] = "grpo"
 
@@ -89,6 +106,9 @@ class CriticConfig(_Section):
     whiten_advantages: bool = True
     # Replayed samples get advantages from the current critic ("recompute") or keep the stored ones.
     replay_advantages: Literal["recompute", "stored"] = "recompute"
+    max_tokens_per_microbatch: int | None = Field(
+        None, ge=1, description="Padded-token budget of the critic's micro-batches (value passes and updates); "
+                                "null = one micro-batch per mini-batch.")
 
 
 class KLConvexSchedule(_Section):
@@ -129,6 +149,9 @@ class TrainerConfig(_Section):
     eval_benchmark_limit: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(25, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    async_checkpoint: bool = Field(
+        True, description="Write checkpoints on a background thread from a host-memory snapshot, so training "
+                          "goes on during the write (costs one host copy of the state while it is written).")
     log_rollouts: bool = True
     torch_threads: int | None = Field(None, ge=1)
 
@@ -189,12 +212,15 @@ class RunConfig(_Section):
 # --------------------------------------------------------------------------------------------
 
 _PAPER_COMMON: dict[str, Any] = {
-    "model": {"dtype": "bfloat16", "gradient_checkpointing": True},
+    "model": {"dtype": "bfloat16", "mixed_precision": "bf16", "gradient_checkpointing": True},
     "data": {"train": "hf:agentica-org/DeepScaleR-Preview-Dataset", "heldout": "math500", "max_prompt_tokens": 766},
     "rollout": {"backend": "vllm", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8192},
+    # mini-batch 32 prompts (x n responses) and 17,408-token micro-batches: the paper's verl scripts
+    # (remix_algorithm.md §6.2; docs/algorithm.md "Batches").
     "actor": {"lr": 1e-6, "clip_eps": 0.2, "kl_coef": 0.001, "kl_estimator": "k3", "entropy_coef": 0.001,
-              "loss_agg": "token-mean", "mini_batch_size": 32, "grad_clip": 1.0},
-    "critic": {"lr": 1e-5, "gamma": 1.0, "lam": 1.0},
+              "loss_agg": "token-mean", "mini_batch_size": 32, "grad_clip": 1.0,
+              "max_tokens_per_microbatch": 17408, "logprob_max_tokens_per_microbatch": 17408},
+    "critic": {"lr": 1e-5, "gamma": 1.0, "lam": 1.0, "max_tokens_per_microbatch": 17408},
     "remix": {"replay_share": 0.4, "window": 2, "utd": 2, "kl_convex": True, "reincarnate_at": 100},
     "trainer": {"steps": 500, "eval_every": 25, "checkpoint_every": 50},
     "warm_start": {"steps": 0},
@@ -207,7 +233,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rollout": {"backend": "hf", "prompts_per_step": 16, "group_size": 8, "temperature": 1.0, "max_new_tokens": 96},
         # lr 1e-5: the climb spans ~100 steps (3e-5 saturates in ~20; 3e-4 was unstable) — measured by
         # benchmarks/toy_calibration.py; warm start 700 x 32 puts greedy pass@1 at 30-40%, pass@8 ~90%.
-        "actor": {"lr": 1e-5, "clip_eps": 0.2, "kl_coef": 0.001, "entropy_coef": 0.0, "mini_batch_size": 64},
+        "actor": {"lr": 1e-5, "clip_eps": 0.2, "kl_coef": 0.001, "entropy_coef": 0.0},
         "critic": {"lr": 1e-3},
         "remix": {"replay_share": 0.4, "window": 2, "utd": 2, "kl_convex": True, "reincarnate_at": 50,
                   "schedule": {"start": 20, "interval": 5, "decay": 0.1, "floor": 0.5}},
@@ -230,8 +256,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # group_size x more prompts: the same number of responses per step as GRPO (the paper's 1.5B PPO
 # batch is 256 prompts x 1; its GRPO batch 2048 responses).
 _FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "toy": {"grpo": {"actor": {"advantage": "grpo"}},
-            "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 128}}},
+    # Toy mini-batches: 64 responses (8 prompts x 8 for GRPO, 64 prompts x 1 for PPO).
+    "toy": {"grpo": {"actor": {"advantage": "grpo", "mini_batch_size": 8}},
+            "ppo": {"actor": {"advantage": "gae", "mini_batch_size": 64},
+                    "rollout": {"group_size": 1, "prompts_per_step": 128}}},
     "r1-distill-1.5b": {"grpo": {"actor": {"advantage": "grpo"}},
                         "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 256}}},
     "r1-distill-7b": {"grpo": {"actor": {"advantage": "grpo"}},

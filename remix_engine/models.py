@@ -143,7 +143,7 @@ def n_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _prepare_tokenizer(tokenizer) -> Any:
@@ -170,8 +170,8 @@ def load_pretrained(
     """(model, tokenizer) from a checkpoint directory or hub id; ModelLoadError when impossible."""
     name = str(path)
     local = Path(name).expanduser()
-    if dtype not in _DTYPES:
-        raise ModelLoadError(f"model.dtype: unknown dtype '{dtype}' (choose from {', '.join(_DTYPES)})")
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"model.dtype: unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     if local.exists():
         if not local.is_dir():
             raise ModelLoadError(f"model path {local} is a file; expected a checkpoint directory")
@@ -195,7 +195,7 @@ def load_pretrained(
             )
         extra = {"attn_implementation": "eager"} if toy else {}
         model = AutoModelForCausalLM.from_pretrained(
-            name, config=config, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
+            name, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
             local_files_only=local_files_only, **extra,
         )
     except (OSError, ValueError) as exc:
@@ -214,8 +214,11 @@ def load_policy(model_cfg, warm_cfg, seed: int) -> tuple[torch.nn.Module, Any]:
 
     ``model_cfg.name_or_path == "toy"``: toy tokenizer + toy model (init seed `seed`) + the
     supervised warm start of `warm_cfg` (cached on disk; skipped when ``warm_cfg.steps == 0``).
-    Otherwise a local checkpoint directory or hub id in ``model_cfg.dtype``, with the tokenizer's
-    pad token set to eos when missing and left padding.
+    Otherwise a local checkpoint directory or hub id, with the tokenizer's pad token set to eos
+    when missing and left padding. The policy is always loaded in float32: these are the master
+    weights the optimizer steps (a bf16 weight cannot absorb an update of lr ≈ 1e-6); forward
+    passes run in ``model_cfg.mixed_precision`` and ``model_cfg.dtype`` is the dtype of the
+    inference-only copies and of the exported checkpoint.
     """
     if model_cfg.name_or_path == "toy":
         from remix_engine.warmstart import warm_start  # noqa: PLC0415 - warmstart imports this module
@@ -227,7 +230,7 @@ def load_policy(model_cfg, warm_cfg, seed: int) -> tuple[torch.nn.Module, Any]:
         model = warm_start(model, tokenizer, warm_cfg, seed)
         return model, tokenizer
     model, tokenizer = load_pretrained(
-        model_cfg.name_or_path, model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
+        model_cfg.name_or_path, "float32", trust_remote_code=model_cfg.trust_remote_code
     )
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -11,23 +11,26 @@ A replayed sample generated at step v and consumed at step t has age t − v.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import shutil
+import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from remix_engine import algorithms as algo
 from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
 from remix_engine.critic import ValueModel
 from remix_engine.data import Problem, encode_prompts, load_problems, render_prompt
-from remix_engine.logprobs import forward_response, make_token_batch, sequence_logprobs
-from remix_engine.models import load_policy
+from remix_engine.logprobs import autocast, forward_response, make_token_batch, sequence_logprobs, token_budget_split
+from remix_engine.models import DTYPES, load_policy
 from remix_engine.reward.behavior import behavior_metrics
 from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import SamplingParams, make_backend
@@ -36,6 +39,7 @@ from remix_engine.sinks import Sink
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.pt"
+MASTER_WEIGHTS_FILE = "master_weights.safetensors"  # fp32 policy weights, when the export is in a lower dtype
 
 
 @dataclass
@@ -90,24 +94,33 @@ class Trainer:
         random.seed(seed)
         torch.manual_seed(seed)
 
+        # The trainable policy (and critic) hold fp32 master weights; forward passes run in
+        # model.mixed_precision; the anchor/precedent are inference-only copies in model.dtype.
         self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
         # The warm start may come from cache (no RNG used) or be computed: reseed so both agree.
         torch.manual_seed(seed + 1)
         self.rng = random.Random(seed)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.anchor = _frozen_copy(self.model) if cfg.actor.kl_coef > 0 else None
+        # Copies are made while the policy is still in host memory, so the device never holds a
+        # temporary second fp32 copy.
+        copy_dtype = DTYPES[cfg.model.dtype]
+        self.anchor = InferenceCopy(self.model, copy_dtype, self.device) if cfg.actor.kl_coef > 0 else None
         self.uses_precedent = cfg.is_remix and cfg.remix.kl_convex and cfg.remix.precedent == "previous" and cfg.actor.kl_coef > 0
-        self.precedent = _frozen_copy(self.model) if self.uses_precedent else None
+        self.precedent = InferenceCopy(self.model, copy_dtype, self.device) if self.uses_precedent else None
+        self.critic = ValueModel(self.model) if cfg.family == "ppo" else None
+        self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor.lr, weight_decay=cfg.actor.weight_decay)
-        self.critic = ValueModel(self.model).to(self.device) if cfg.family == "ppo" else None
+        if self.critic is not None:
+            self.critic.to(self.device)
         self.critic_optimizer = (torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic.lr)
                                  if self.critic is not None else None)
+        self._pending_checkpoint: _CheckpointWrite | None = None
         self.buffer = ReplayBuffer(cfg.remix.window)
         backend_kwargs = {} if cfg.rollout.backend == "hf" else {
             "gpu_memory_utilization": cfg.rollout.vllm_gpu_memory_utilization, "seed": seed,
-            "max_model_len": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens}
+            "max_model_len": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+            "dtype": None if self.device.type == "cpu" else cfg.model.dtype}
         self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer, **backend_kwargs)
         self.grader = GraderPool(processes=2, timeout_s=5.0)
 
@@ -118,6 +131,7 @@ class Trainer:
         self._prompt_ids: dict[str, list[int]] = {}
 
     def close(self) -> None:
+        self._finish_checkpoint(wait=True, emit=False)  # never leave a half-written checkpoint behind
         self.grader.close()
         self.backend.close()
 
@@ -158,8 +172,11 @@ class Trainer:
             self.sink.on_step(t, metrics)
             if t % cfg.trainer.checkpoint_every == 0 or last_step:
                 self._save_checkpoint()
+            self._finish_checkpoint(wait=False)
+        self._finish_checkpoint(wait=True)
         if status == "cancelled" and latest_checkpoint(self.out) != self._ckpt_dir(self.state.step):
             self._save_checkpoint()
+            self._finish_checkpoint(wait=True)
 
         summary = {
             "status": status,
@@ -198,9 +215,10 @@ class Trainer:
         # 1. fresh rollouts from the current policy π_t
         problems = self._next_problems(n_fresh)
         tick = time.perf_counter()
-        result = self.backend.generate([self._encode(p) for p in problems], SamplingParams(
-            n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens))
+        with self._autocast():
+            result = self.backend.generate([self._encode(p) for p in problems], SamplingParams(
+                n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                max_new_tokens=cfg.rollout.max_new_tokens))
         metrics["timing_s/gen"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -217,47 +235,48 @@ class Trainer:
         replayed = [s for g in replay_groups for s in g.samples]
         batch = fresh + replayed
 
-        # 3. log-probs: π_k (current weights, fixed for all epochs), anchor, precedent
+        # 3. log-probs, each in one no-grad pass before the epochs: π_k (current weights, fixed for
+        #    all epochs), then the anchor and the precedent (inference copies, brought to the device
+        #    only for their pass)
         tick = time.perf_counter()
         prompts = [s.prompt_ids for s in batch]
         responses = [s.response_ids for s in batch]
-        temp = cfg.rollout.temperature
-        old_lp = _pad_rows(sequence_logprobs(self.model, prompts, responses, temp, self.pad_id))
+        old_lp = _pad_rows(self._logprobs(self.model, prompts, responses))
+        width = old_lp.shape[1]
         if result.logprobs and result.logprobs[0]:
-            engine_lp = _pad_rows([s.behavior_logprobs for s in fresh], width=old_lp.shape[1])
-            metrics.update(rollout_corr_metrics(engine_lp, old_lp[: len(fresh)], _mask_for(fresh, old_lp.shape[1])))
+            engine_lp = _pad_rows([s.behavior_logprobs for s in fresh], width=width)
+            metrics.update(rollout_corr_metrics(engine_lp, old_lp[: len(fresh)], _mask_for(fresh, width)))
         if cfg.rollout.behavior_logprobs == "recompute":
             for s, row in zip(fresh, old_lp, strict=False):
                 s.behavior_logprobs = row[: len(s.response_ids)].tolist()
-        behavior_lp = _pad_rows([s.behavior_logprobs for s in batch], width=old_lp.shape[1])
-        anchor_lp = (_pad_rows(sequence_logprobs(self.anchor, prompts, responses, temp, self.pad_id), old_lp.shape[1])
+        behavior_lp = _pad_rows([s.behavior_logprobs for s in batch], width=width)
+        anchor_lp = (_pad_rows(self.anchor.logprobs(self._logprobs, prompts, responses), width)
                      if self.anchor is not None else None)
         lam = self._kl_lambda(t)
         precedent_lp = None
         if self.anchor is not None and lam < 1.0:
             if self.precedent is not None:
-                precedent_lp = _pad_rows(sequence_logprobs(self.precedent, prompts, responses, temp, self.pad_id),
-                                         old_lp.shape[1])
+                precedent_lp = _pad_rows(self.precedent.logprobs(self._logprobs, prompts, responses), width)
             else:  # precedent = "current": π_k itself, i.e. verl's old_log_prob
                 precedent_lp = old_lp
         if self.precedent is not None:  # π_t becomes next step's precedent π_{k−1}
-            self.precedent.load_state_dict(self.model.state_dict())
+            self.precedent.load_from(self.model)
         metrics["timing_s/old_log_prob"] = time.perf_counter() - tick
 
         # 4. advantages per token: group-relative (GRPO family) or critic + GAE (PPO family)
-        token_batch = make_token_batch(prompts, responses, self.pad_id)
-        mask = token_batch.response_mask
+        mask = _mask_for(batch, width)
         old_values = returns = None
         if self.critic is None:
             advantages = algo.broadcast_to_tokens(torch.tensor([s.advantage for s in batch]), mask)
         else:
-            advantages, old_values, returns, gae_metrics = self._gae(batch, token_batch, replayed)
+            advantages, old_values, returns, gae_metrics = self._gae(batch, mask, replayed)
             metrics.update(gae_metrics)
 
         # 5. m epochs of mini-batch updates (the critic learns on the same mini-batches)
         tick = time.perf_counter()
-        update_metrics, per_sample = self._update(token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp,
-                                                  advantages, lam, utd, old_values, returns)
+        update_batch = UpdateBatch(prompts, responses, mask, old_lp, behavior_lp, advantages, anchor_lp, precedent_lp,
+                                   old_values, returns)
+        update_metrics, per_sample = self._update(update_batch, lam, utd)
         metrics["timing_s/update"] = time.perf_counter() - tick
         metrics["perf/throughput"] = float(mask.sum()) * utd / max(metrics["timing_s/update"], 1e-9)
         metrics.update(update_metrics)
@@ -278,17 +297,14 @@ class Trainer:
         self._emit_uses(t, batch, per_sample)
         return metrics
 
-    def _gae(self, batch: list[Sample], token_batch, replayed: list[Sample]):
+    def _gae(self, batch: list[Sample], mask: torch.Tensor, replayed: list[Sample]):
         """Critic values and GAE advantages for the whole mixed batch.
 
         Replayed samples get advantages from the *current* critic (A^{π_k}, remix_algorithm.md §11.4)
         unless critic.replay_advantages == "stored", which reuses the ones computed at generation.
         """
         cc = self.cfg.critic
-        mask = token_batch.response_mask
-        with torch.no_grad():
-            self.critic.eval()
-            values = self.critic(token_batch.to(self.device)).cpu()
+        values = self._critic_values([s.prompt_ids for s in batch], [s.response_ids for s in batch], mask.shape[1])
         token_rewards = torch.zeros_like(mask)
         for i, s in enumerate(batch):
             token_rewards[i, len(s.response_ids) - 1] = s.reward  # outcome reward on the last token
@@ -311,18 +327,26 @@ class Trainer:
             advantages = algo.masked_whiten(advantages, mask)
         return advantages, values, returns, metrics
 
-    def _update(self, token_batch, old_lp, behavior_lp, anchor_lp, precedent_lp, advantages, lam, utd,
-                old_values=None, returns=None):
-        cfg = self.cfg.actor
-        temp = self.cfg.rollout.temperature
-        size = token_batch.input_ids.shape[0]
-        dev = self.device
-        token_batch = token_batch.to(dev)
-        old_lp, behavior_lp, advantages = old_lp.to(dev), behavior_lp.to(dev), advantages.to(dev)
-        anchor_lp = anchor_lp.to(dev) if anchor_lp is not None else None
-        precedent_lp = precedent_lp.to(dev) if precedent_lp is not None else None
-        old_values = old_values.to(dev) if old_values is not None else None
-        returns = returns.to(dev) if returns is not None else None
+    @torch.no_grad()
+    def _critic_values(self, prompts: list[list[int]], responses: list[list[int]], width: int) -> torch.Tensor:
+        """V(s_h) for every response token of the batch, [B, width], in no-grad micro-batches."""
+        self.critic.eval()
+        values = torch.zeros((len(prompts), width))
+        rows = list(range(len(prompts)))
+        for group in token_budget_split([len(p) for p in prompts], [len(r) for r in responses], rows,
+                                        self.cfg.critic.max_tokens_per_microbatch):
+            mb = make_token_batch([prompts[i] for i in group], [responses[i] for i in group], self.pad_id)
+            with self._autocast():
+                v = self.critic(mb.to(self.device)).float().cpu()
+            values[group, : v.shape[1]] = v
+        return values
+
+    def _update(self, batch: UpdateBatch, lam: float, utd: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """m epochs over the mixed batch: shuffle, split into mini-batches (actor.mini_batch_size
+        prompts × group size responses), one optimizer step per mini-batch with gradients accumulated
+        over token-budget micro-batches. Returns the mean metrics and per-sample ratio statistics."""
+        size = len(batch.prompts)
+        mini_batch = self.cfg.actor.mini_batch_size * self.cfg.rollout.group_size
         sums: dict[str, float] = defaultdict(float)
         n_updates = 0
         stats_acc: dict[str, torch.Tensor] = {}
@@ -330,62 +354,107 @@ class Trainer:
         for _ in range(utd):
             order = list(range(size))
             self.rng.shuffle(order)
-            for lo in range(0, size, cfg.mini_batch_size):
-                idx = torch.tensor(order[lo: lo + cfg.mini_batch_size], device=dev)
-                mb = _select(token_batch, idx)
-                logp, entropy, _ = forward_response(self.model, mb, temp, with_entropy=cfg.entropy_coef > 0)
-                loss, m = algo.mix_ppg_policy_loss(
-                    logp, old_lp[idx], behavior_lp[idx], advantages[idx], mb.response_mask,
-                    clip_eps_low=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
-                    agg=cfg.loss_agg)
-                if anchor_lp is not None:
-                    kl_loss, kl_m = algo.kl_convex_loss(
-                        logp, anchor_lp[idx], precedent_lp[idx] if precedent_lp is not None else None, lam,
-                        mb.response_mask, kind=cfg.kl_estimator, agg=cfg.loss_agg)
-                    loss = loss + cfg.kl_coef * kl_loss
-                    m.update(kl_m)
-                if entropy is not None:
-                    ent_loss, ent_m = algo.entropy_bonus_loss(entropy, mb.response_mask, cfg.entropy_coef, cfg.loss_agg)
-                    loss = loss + ent_loss
-                    m.update(ent_m)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                m["actor/grad_norm"] = float(grad_norm)
-                m["actor/loss"] = float(loss.detach())
+            for lo in range(0, size, mini_batch):
+                rows = order[lo: lo + mini_batch]
+                m = self._actor_step(batch, rows, lam, stats_acc, utd)
                 if self.critic is not None:
-                    m.update(self._critic_step(mb, old_values[idx], returns[idx]))
+                    m.update(self._critic_step(batch, rows))
                 for k, v in m.items():
                     sums[k] += float(v)
                 n_updates += 1
-                with torch.no_grad():
-                    stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp[idx], old_lp[idx], mb.response_mask,
-                                                        cfg.clip_eps, cfg.clip_eps_high)
-                idx = idx.cpu()
-                for k, v in stats.items():
-                    v = v.cpu()
-                    acc = stats_acc.setdefault(k, torch.zeros(size) if k != "ratio_max" else torch.full((size,), -math.inf))
-                    if k == "ratio_max":
-                        acc[idx] = torch.maximum(acc[idx], v)
-                    else:
-                        acc[idx] += v / utd  # mean over epochs
         metrics = {k: v / max(n_updates, 1) for k, v in sums.items()}
         metrics["actor/optimizer_steps"] = float(n_updates)
-        metrics["actor/lr"] = cfg.lr
+        metrics["actor/lr"] = self.cfg.actor.lr
         return metrics, stats_acc
 
-    def _critic_step(self, mb, old_values, returns) -> dict[str, float]:
+    def _micro_batches(self, batch: UpdateBatch, rows: list[int], max_tokens: int | None):
+        """(row indices, device token batch, response width) per micro-batch, and the mini-batch's
+        global token and sequence counts, which every micro-batch's loss is normalised by so that
+        the accumulated gradient does not depend on the split."""
+        counts = batch.mask[rows].sum(dim=1)
+        n_tokens, n_seqs = float(counts.sum()), float((counts > 0).sum())
+        parts = []
+        for group in token_budget_split([len(p) for p in batch.prompts], [len(r) for r in batch.responses], rows,
+                                        max_tokens):
+            mb = make_token_batch([batch.prompts[i] for i in group], [batch.responses[i] for i in group], self.pad_id)
+            parts.append((torch.tensor(group), mb.to(self.device), mb.response_ids.shape[1]))
+        return parts, max(n_tokens, 1.0), max(n_seqs, 1.0)
+
+    def _actor_step(self, batch: UpdateBatch, rows: list[int], lam: float, stats_acc: dict, utd: int) -> dict[str, float]:
+        cfg = self.cfg.actor
+        temp = self.cfg.rollout.temperature
+        dev = self.device
+        parts, n_tokens, n_seqs = self._micro_batches(batch, rows, cfg.max_tokens_per_microbatch)
+        counts = {"global_token_count": n_tokens, "global_seq_count": n_seqs}
+        metrics: dict[str, float] = defaultdict(float)
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = 0.0
+        for idx, mb, width in parts:
+            def cut(x: torch.Tensor, idx=idx, width=width) -> torch.Tensor:
+                return x[idx, :width].to(dev)
+
+            with self._autocast():
+                logp, entropy = forward_response(self.model, mb, temp, with_entropy=cfg.entropy_coef > 0)
+            old_lp, behavior_lp = cut(batch.old_lp), cut(batch.behavior_lp)
+            loss, m = algo.mix_ppg_policy_loss(
+                logp, old_lp, behavior_lp, cut(batch.advantages), mb.response_mask,
+                clip_eps_low=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
+                agg=cfg.loss_agg, **counts)
+            if batch.anchor_lp is not None:
+                kl_loss, kl_m = algo.kl_convex_loss(
+                    logp, cut(batch.anchor_lp), cut(batch.precedent_lp) if batch.precedent_lp is not None else None,
+                    lam, mb.response_mask, kind=cfg.kl_estimator, agg=cfg.loss_agg, **counts)
+                loss = loss + cfg.kl_coef * kl_loss
+                m.update(kl_m)
+            if entropy is not None:
+                ent_loss, ent_m = algo.entropy_bonus_loss(entropy, mb.response_mask, cfg.entropy_coef, cfg.loss_agg,
+                                                          **counts)
+                loss = loss + ent_loss
+                m.update(ent_m)
+            loss.backward()
+            total_loss += float(loss.detach())
+            share = float(mb.response_mask.sum()) / n_tokens  # metrics: token-weighted mean over micro-batches
+            for k, v in m.items():
+                metrics[k] += float(v) * share
+            with torch.no_grad():
+                stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp, old_lp, mb.response_mask,
+                                                    cfg.clip_eps, cfg.clip_eps_high)
+            _accumulate_ratio_stats(stats_acc, stats, idx, len(batch.prompts), utd)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        metrics["actor/grad_norm"] = float(grad_norm)
+        metrics["actor/loss"] = total_loss
+        return metrics
+
+    def _critic_step(self, batch: UpdateBatch, rows: list[int]) -> dict[str, float]:
         cc = self.cfg.critic
         self.critic.train()
-        values = self.critic(mb)
-        vf_loss, m = algo.value_loss(values, old_values, returns, mb.response_mask, cc.cliprange_value,
-                                     agg=self.cfg.actor.loss_agg)
+        parts, n_tokens, n_seqs = self._micro_batches(batch, rows, cc.max_tokens_per_microbatch)
+        metrics: dict[str, float] = defaultdict(float)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        vf_loss.backward()
-        m["critic/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.actor.grad_clip))
+        for idx, mb, width in parts:
+            with self._autocast():
+                values = self.critic(mb).float()
+            vf_loss, m = algo.value_loss(values, batch.old_values[idx, :width].to(self.device),
+                                         batch.returns[idx, :width].to(self.device), mb.response_mask,
+                                         cc.cliprange_value, agg=self.cfg.actor.loss_agg,
+                                         global_token_count=n_tokens, global_seq_count=n_seqs)
+            vf_loss.backward()
+            share = float(mb.response_mask.sum()) / n_tokens
+            for k, v in m.items():
+                metrics[k] += float(v) * share
+        metrics["critic/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.actor.grad_clip))
         self.critic_optimizer.step()
-        return m
+        return metrics
+
+    def _autocast(self):
+        return autocast(self.device, self.cfg.model.mixed_precision)
+
+    def _logprobs(self, model, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probs of the responses under `model` (a no-grad pass in micro-batches)."""
+        return sequence_logprobs(model, prompts, responses, self.cfg.rollout.temperature, self.pad_id,
+                                 max_tokens=self.cfg.actor.logprob_max_tokens_per_microbatch,
+                                 mixed_precision=self.cfg.model.mixed_precision)
 
     # ------------------------------------------------------------------ pieces
     def _kl_lambda(self, t: int) -> float:
@@ -398,7 +467,7 @@ class Trainer:
     def _reincarnate(self, t: int) -> None:
         """Policy reincarnation: the anchor becomes a frozen copy of π_T and the buffer is dropped."""
         if self.anchor is not None:
-            self.anchor.load_state_dict(self.model.state_dict())
+            self.anchor.load_from(self.model)
         self.buffer.clear()
         self.state.reincarnated_at = t
 
@@ -559,42 +628,78 @@ class Trainer:
     def _ckpt_dir(self, step: int) -> Path:
         return self.out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
 
-    def _save_checkpoint(self) -> Path:
-        """Policy in HF format + everything needed for an exact resume, written atomically."""
+    def _save_checkpoint(self) -> None:
+        """Checkpoint the run: the policy exported in Hugging Face format (safetensors, in
+        model.dtype) plus everything needed for an exact resume (optimizer, buffer, RNGs, copies,
+        and the fp32 master weights when the export is in a lower precision).
+
+        Tensors are first copied to host memory (fast); serialising and writing then happen on a
+        background thread while training goes on (`trainer.async_checkpoint`). The folder appears
+        atomically (written as `.tmp`, then renamed) and at most one write is in flight.
+        """
+        self._finish_checkpoint(wait=True)
         step = self.state.step
         final = self._ckpt_dir(step)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp / "policy")
+        (tmp / "policy").mkdir(parents=True)
+        export_dtype = DTYPES[self.cfg.model.dtype]
+        master = _host_state(self.model.state_dict())
+        export = {k: v.to(export_dtype) if v.is_floating_point() else v for k, v in master.items()}
+        self.model.config.save_pretrained(tmp / "policy")
+        _set_saved_dtype(tmp / "policy" / "config.json", self.cfg.model.dtype)
+        if getattr(self.model, "generation_config", None) is not None:
+            self.model.generation_config.save_pretrained(tmp / "policy")
         self.tokenizer.save_pretrained(tmp / "policy")
-        torch.save({
+        tensors = {tmp / "policy" / "model.safetensors": export}
+        if export_dtype != torch.float32:
+            tensors[tmp / MASTER_WEIGHTS_FILE] = master
+        state = {
             "state": asdict(self.state),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _host_state(self.optimizer.state_dict()),
             "buffer": self.buffer.state_dict(),
             "python_rng": self.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "anchor": self.anchor.state_dict() if self.anchor is not None and self.state.reincarnated_at else None,
             "precedent": self.precedent.state_dict() if self.precedent is not None else None,
-            "critic": self.critic.state_dict() if self.critic is not None else None,
-            "critic_optimizer": self.critic_optimizer.state_dict() if self.critic is not None else None,
+            "critic": _host_state(self.critic.state_dict()) if self.critic is not None else None,
+            "critic_optimizer": _host_state(self.critic_optimizer.state_dict()) if self.critic is not None else None,
             "initial_eval": getattr(self, "initial_eval", None),
-        }, tmp / STATE_FILE)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        kept = sorted(p for p in final.parent.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp"))
-        for old in kept[: -self.cfg.trainer.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        self.sink.on_checkpoint(step, str(final), {"step": step, "policy_version": step + 1, "path": str(final),
-                                                   "policy_path": str(final / "policy")})
-        return final
+        }
+        write = _CheckpointWrite(step, tmp, final, tensors, state, self.cfg.trainer.keep_checkpoints)
+        if self.cfg.trainer.async_checkpoint:
+            write.start()
+        else:
+            write.run()
+        self._pending_checkpoint = write
+
+    def _finish_checkpoint(self, wait: bool, emit: bool = True) -> None:
+        """Report a finished background write to the sink (waiting for it when `wait`)."""
+        write = self._pending_checkpoint
+        if write is None or (not wait and write.is_alive()):
+            return
+        if write.ident is not None:
+            write.join()
+        self._pending_checkpoint = None
+        if write.error is not None:
+            raise RuntimeError(f"writing checkpoint {write.final} failed: {write.error}") from write.error
+        if emit:
+            step, final = write.step, write.final
+            self.sink.on_checkpoint(step, str(final), {"step": step, "policy_version": step + 1, "path": str(final),
+                                                       "policy_path": str(final / "policy")})
 
     def _load_checkpoint(self, path: Path) -> None:
-        blob = torch.load(path / STATE_FILE, weights_only=False)
-        from remix_engine.models import load_pretrained
-
-        policy, _ = load_pretrained(path / "policy")
-        self.model.load_state_dict(policy.state_dict())
+        # map_location="cpu": a checkpoint written on a GPU resumes on a CPU and the reverse;
+        # load_state_dict then copies every tensor to where its module or parameter lives.
+        blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        master_file = path / MASTER_WEIGHTS_FILE
+        weights = load_file(master_file if master_file.is_file() else path / "policy" / "model.safetensors")
+        missing, _ = self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+                                                strict=False)
+        tied = {k for k in missing if k == "lm_head.weight" and self.model.config.tie_word_embeddings}
+        if set(missing) - tied:
+            raise RuntimeError(f"checkpoint {path} lacks weights: {sorted(set(missing) - tied)[:5]}")
         self.optimizer.load_state_dict(blob["optimizer"])
         self.buffer.load_state_dict(blob["buffer"])
         self.rng.setstate(blob["python_rng"])
@@ -613,15 +718,135 @@ class Trainer:
         self.backend.sync_weights(self.model)
 
 
+# ---------------------------------------------------------------------- pieces of state
+@dataclass
+class UpdateBatch:
+    """A step's mixed batch as the update sees it: token lists, and [B, R] tensors (on the host)
+    padded to the longest response of the batch."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    mask: torch.Tensor
+    old_lp: torch.Tensor  # π_k, fixed for all epochs
+    behavior_lp: torch.Tensor  # π_b, the policy that generated each sample
+    advantages: torch.Tensor
+    anchor_lp: torch.Tensor | None = None
+    precedent_lp: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None  # PPO: the critic's values before the update
+    returns: torch.Tensor | None = None
+
+
+class InferenceCopy:
+    """A frozen copy of the policy that only provides log-probs (the KL anchor, the precedent).
+
+    Stored in model.dtype. On an accelerator it lives in host memory and visits the device only
+    for its one no-grad pass per step, so the device holds one extra copy at most during that pass
+    and none during the update.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, device: torch.device):
+        self.module = copy.deepcopy(model).to(dtype=dtype)
+        self.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.device = device
+        self.offload = device.type != "cpu"
+
+    def logprobs(self, compute, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """`compute(module, prompts, responses)` with the copy on the device for the call."""
+        if self.offload:
+            self.module.to(self.device)
+        try:
+            return compute(self.module, prompts, responses)
+        finally:
+            if self.offload:
+                self.module.to("cpu")
+
+    def load_from(self, model: torch.nn.Module) -> None:
+        """Become a copy of `model`'s current weights (cast to this copy's dtype and device)."""
+        self.module.load_state_dict(model.state_dict())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return _host_state(self.module.state_dict())
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+class _CheckpointWrite(threading.Thread):
+    """Writes one checkpoint's host tensors and trainer state, renames `.tmp` into place, and
+    prunes old checkpoints (keep the last k)."""
+
+    def __init__(self, step: int, tmp: Path, final: Path, tensors: dict[Path, dict], state: dict, keep: int):
+        super().__init__(name=f"checkpoint-{step}", daemon=False)
+        self.step, self.tmp, self.final, self.tensors, self.state, self.keep = step, tmp, final, tensors, state, keep
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for path, tensors in self.tensors.items():
+                save_file(_untie(tensors), path, metadata={"format": "pt"})
+            torch.save(self.state, self.tmp / STATE_FILE)
+            shutil.rmtree(self.final, ignore_errors=True)
+            self.tmp.rename(self.final)
+            kept = sorted(p for p in self.final.parent.glob(f"{CHECKPOINT_PREFIX}*") if not p.name.endswith(".tmp"))
+            for old in kept[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the training thread
+            self.error = exc
+        finally:
+            self.tensors = self.state = {}  # free the host copies
+
+
+def _host_state(tree, _memo: dict | None = None):
+    """A host-memory copy of a (nested) state dict: tensors cloned, so training can go on.
+    Tensors that share memory (tied embeddings) stay shared in the copy."""
+    memo = {} if _memo is None else _memo
+    if isinstance(tree, torch.Tensor):
+        key = (tree.data_ptr(), tree.shape, tree.dtype)
+        if key not in memo or tree.numel() == 0:
+            memo[key] = tree.detach().to("cpu", copy=True)
+        return memo[key]
+    if isinstance(tree, dict):
+        return {k: _host_state(v, memo) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_host_state(v, memo) for v in tree)
+    return tree
+
+
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): keep the first name of each."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        if v.data_ptr() in seen and v.numel() > 0:
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v.contiguous()
+    return out
+
+
+def _set_saved_dtype(config_json: Path, dtype: str) -> None:
+    data = json.loads(config_json.read_text())
+    data["dtype"] = dtype
+    data.pop("torch_dtype", None)
+    config_json.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _accumulate_ratio_stats(acc: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], idx: torch.Tensor,
+                            size: int, utd: int) -> None:
+    """Per-sample ratio statistics over the epochs: max of the maxima, mean of the rest."""
+    for k, v in stats.items():
+        v = v.cpu()
+        if k == "ratio_max":
+            a = acc.setdefault(k, torch.full((size,), -math.inf))
+            a[idx] = torch.maximum(a[idx], v)
+        else:
+            a = acc.setdefault(k, torch.zeros(size))
+            a[idx] += v / utd
+
+
 # ---------------------------------------------------------------------- helpers
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    clone = copy.deepcopy(model)
-    clone.eval()
-    for p in clone.parameters():
-        p.requires_grad_(False)
-    return clone
-
-
 def _pad_rows(rows: list[list[float]], width: int | None = None) -> torch.Tensor:
     width = width or max(1, max(len(r) for r in rows))
     out = torch.zeros((len(rows), width))
@@ -636,10 +861,3 @@ def _mask_for(samples: list[Sample], width: int) -> torch.Tensor:
     for i, s in enumerate(samples):
         mask[i, : len(s.response_ids)] = 1.0
     return mask
-
-
-def _select(batch, idx: torch.Tensor):
-    from remix_engine.logprobs import TokenBatch
-
-    return TokenBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.position_ids[idx],
-                      batch.response_ids[idx], batch.response_mask[idx], batch.prompt_width)

@@ -8,7 +8,7 @@ import pytest
 
 TINY = ["--set", "warm_start.steps=30", "--set", "rollout.prompts_per_step=4", "--set", "rollout.group_size=4",
         "--set", "rollout.max_new_tokens=24", "--set", "data.heldout_size=8", "--set", "trainer.eval_every=2",
-        "--set", "trainer.checkpoint_every=2", "--set", "actor.mini_batch_size=8"]
+        "--set", "trainer.checkpoint_every=2", "--set", "actor.mini_batch_size=2"]
 
 
 def remix(*args, cwd=None):

@@ -17,7 +17,7 @@ TINY = {
     "data.heldout_size": 8,
     "trainer.eval_every": 2,
     "trainer.checkpoint_every": 2,
-    "actor.mini_batch_size": 8,
+    "actor.mini_batch_size": 2,  # prompts: 8 responses per optimizer step
 }
 REMIX_TINY = {**TINY, "remix.reincarnate_at": 3, "remix.schedule.start": 1, "remix.schedule.interval": 1}
 VOLATILE = ("timing_s/", "perf/")
@@ -36,8 +36,8 @@ def _run(tmp_path, name, algorithm, overrides, steps=4, seed=0):
 
 
 # PPO samples one response per prompt: give it the same 16 responses per step.
-PPO_TINY = {**TINY, "rollout.prompts_per_step": 16}
-PPO_REMIX_TINY = {**REMIX_TINY, "rollout.prompts_per_step": 16}
+PPO_TINY = {**TINY, "rollout.prompts_per_step": 16, "actor.mini_batch_size": 8}
+PPO_REMIX_TINY = {**REMIX_TINY, "rollout.prompts_per_step": 16, "actor.mini_batch_size": 8}
 ALL_OFF = {"remix.replay_share": 0.0, "remix.utd": 1, "remix.kl_convex": False, "remix.reincarnate_at": None}
 
 

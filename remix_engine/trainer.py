@@ -29,7 +29,13 @@ from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
 from remix_engine.critic import ValueModel
 from remix_engine.data import Problem, encode_prompts, load_problems, render_prompt
-from remix_engine.logprobs import autocast, forward_response, make_token_batch, sequence_logprobs, token_budget_split
+from remix_engine.logprobs import (
+    autocast,
+    forward_response,
+    make_token_batch,
+    sequence_logprobs,
+    token_budget_split,
+)
 from remix_engine.models import DTYPES, load_policy
 from remix_engine.reward.behavior import behavior_metrics
 from remix_engine.reward.pool import GraderPool

@@ -137,6 +137,21 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_model(args: argparse.Namespace) -> int:
+    """Save an offline stand-in of a released checkpoint (its architecture, few layers, random weights)."""
+    from remix_engine.models import REAL_SHAPES, build_real_shape_model, n_parameters
+
+    if args.shape not in REAL_SHAPES:
+        raise UsageError(f"--shape: unknown shape '{args.shape}' (choose from {', '.join(REAL_SHAPES)})")
+    if args.layers < 1:
+        raise UsageError("--layers: must be at least 1")
+    model, tokenizer = build_real_shape_model(args.shape, args.layers, args.seed)
+    model.save_pretrained(args.output)
+    tokenizer.save_pretrained(args.output)
+    print(f"saved {args.shape} with {args.layers} layer(s), {n_parameters(model) / 1e6:.0f}M parameters, to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="remix", description="ReMix off-policy RL fine-tuning engine and studio")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -156,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--preset", default="toy", help=f"one of: {', '.join(PRESETS)}")
     pr.add_argument("--seeds", type=int, nargs="+", default=[0])
     pr.set_defaults(func=_cmd_prepare)
+
+    mm = sub.add_parser("make-model", help="save an offline stand-in of a released model: its architecture "
+                                           "with few layers and random weights (for CPU runs of the paper presets)")
+    mm.add_argument("--shape", default="r1-distill-1.5b", help="r1-distill-1.5b or r1-distill-7b")
+    mm.add_argument("--layers", type=int, default=2)
+    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--output", required=True, help="directory to save the model and tokenizer in")
+    mm.set_defaults(func=_cmd_make_model)
 
     ev = sub.add_parser("eval", help="evaluate a model or checkpoint on math benchmarks (paper protocol)")
     ev.add_argument("--model", required=True, help="checkpoint dir, run dir (newest checkpoint), or hub id")

@@ -11,6 +11,10 @@
 * `load_policy` — ``"toy"`` → toy tokenizer + model + cached supervised warm start; anything else
   → ``AutoModelForCausalLM`` / ``AutoTokenizer`` from a local directory or a hub id.
 * `load_pretrained` — a checkpoint directory written by ``save_pretrained``.
+* `build_real_shape_model` — a stand-in for a released checkpoint (e.g. R1-Distill-Qwen-1.5B): its
+  exact architecture (width, heads, vocabulary) with few layers and random weights, and a tokenizer
+  of the same vocabulary size (character-level pieces plus filler tokens) with an R1-style chat
+  template; offline, for memory measurements and CPU runs of the paper presets.
 
 A saved toy checkpoint (model + tokenizer in one directory) must be loaded with `load_pretrained`
 (or ``PreTrainedTokenizerFast.from_pretrained``) rather than ``AutoTokenizer``: for a directory
@@ -66,6 +70,29 @@ TOY_MODEL_SHAPE: dict[str, Any] = {
 }
 
 
+# The released checkpoints' architectures (their config.json), for offline stand-ins with few layers.
+REAL_SHAPES: dict[str, dict[str, Any]] = {
+    "r1-distill-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                            num_attention_heads=12, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6,
+                            max_position_embeddings=131072, tie_word_embeddings=False),
+    "r1-distill-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                          num_attention_heads=28, num_key_value_heads=4, rope_theta=10000.0, rms_norm_eps=1e-6,
+                          max_position_embeddings=131072, tie_word_embeddings=False),
+}
+
+# R1-distill's chat template, shortened to what the trainer renders: one user turn, then the
+# assistant turn opened with "<think>\n".
+R1_STYLE_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{ '<|User|>' + message['content'] }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ '<|Assistant|>' + message['content'] + eos_token }}"
+    "{%- else -%}{{ message['content'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|Assistant|><think>\n' }}{%- endif -%}"
+)
+
+
 class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message says what was tried."""
 
@@ -103,6 +130,49 @@ def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.chat_template = TOY_CHAT_TEMPLATE
     return tok
+
+
+def build_real_shape_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """The toy's character-level pieces plus chat markers, padded with filler tokens to
+    `vocab_size`, so that logits have the real width while any text still tokenises."""
+    base = build_toy_tokenizer()
+    vocab = dict(base.get_vocab())
+    for marker in ("<|User|>", "<|Assistant|>"):
+        vocab.setdefault(marker, len(vocab))
+    if vocab_size < len(vocab):
+        raise ValueError(f"vocab_size {vocab_size} is below the {len(vocab)} pieces the tokenizer needs")
+    filler = {f"<|filler_{i}|>": i for i in range(len(vocab), vocab_size)}
+    backend = Tokenizer(models.WordLevel(vocab={**vocab, **filler}, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, BOS, EOS, UNK)])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                        for t in (THINK_OPEN, THINK_CLOSE, BOXED, "<|User|>", "<|Assistant|>")])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                  unk_token=UNK, padding_side="left", clean_up_tokenization_spaces=False)
+    tok.chat_template = R1_STYLE_CHAT_TEMPLATE
+    return tok
+
+
+def build_real_shape_model(shape: str, num_layers: int, seed: int = 0) -> tuple[Qwen2ForCausalLM, Any]:
+    """(model, tokenizer): the architecture of REAL_SHAPES[shape] with `num_layers` layers and
+    random weights (float32), for memory and speed measurements without the real checkpoint."""
+    if shape not in REAL_SHAPES:
+        raise ValueError(f"unknown shape '{shape}' (choose from {', '.join(REAL_SHAPES)})")
+    dims = {**REAL_SHAPES[shape], "num_hidden_layers": num_layers}
+    tokenizer = build_real_shape_tokenizer(dims["vocab_size"])
+    config = Qwen2Config(**dims, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, hidden_act="silu", initializer_range=0.02,
+                         use_cache=True, attention_dropout=0.0,
+                         remix_char_tokenizer=True)  # tells load_pretrained to keep our tokenizer class
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.eval()
+    return model, tokenizer
 
 
 def toy_model_config(tokenizer, **overrides: Any) -> Qwen2Config:
@@ -185,7 +255,7 @@ def load_pretrained(
             name, trust_remote_code=trust_remote_code, local_files_only=local_files_only
         )
         toy = bool(getattr(config, "remix_toy", False))
-        if toy:
+        if toy or getattr(config, "remix_char_tokenizer", False):
             # AutoTokenizer would not do: for model_type "qwen2" transformers 5 forces its byte-level
             # Qwen2Tokenizer, which rebuilds the pipeline and drops spaces and newlines.
             tokenizer = PreTrainedTokenizerFast.from_pretrained(name, local_files_only=local_files_only)

@@ -219,10 +219,12 @@ def bench_update(model, tokenizer, prompts, responses, repeats: int, device: str
     from remix_engine import algorithms as algo
     from remix_engine.config import build_config
     from remix_engine.logprobs import make_token_batch, sequence_logprobs
-    from remix_engine.trainer import Trainer, _pad_rows, _select
+    from remix_engine.trainer import Trainer, UpdateBatch, _pad_rows
 
+    # group_size 1: actor.mini_batch_size (prompts x group size) then counts responses, as --mini-batch does
     cfg = build_config("toy", "remix-grpo", overrides=[f"actor.mini_batch_size={mini_batch}", f"remix.utd={utd}",
                                                        "actor.entropy_coef=0.001"])
+    cfg.rollout.group_size = 1
     temp = cfg.rollout.temperature
     pad_id = tokenizer.pad_token_id
     trainable = copy.deepcopy(model).float() if device == "cpu" else copy.deepcopy(model)
@@ -242,14 +244,19 @@ def bench_update(model, tokenizer, prompts, responses, repeats: int, device: str
 
     trainer = object.__new__(Trainer)  # only the update's state: no data, grader or rollout backend
     trainer.cfg = cfg
+    trainer.device = torch.device(device)
+    trainer.pad_id = pad_id
     trainer.model = trainable
     trainer.optimizer = torch.optim.AdamW(trainable.parameters(), lr=lr, weight_decay=cfg.actor.weight_decay)
     trainer.rng = random.Random(0)
     trainer.critic = None  # GRPO family: no value model
     trainer.critic_optimizer = None
 
+    update_batch = UpdateBatch(prompts, responses, batch.response_mask.cpu(), old_lp.cpu(), behavior_lp.cpu(),
+                               advantages.cpu(), anchor_lp.cpu(), precedent_lp.cpu())
+
     def ours():
-        trainer._update(batch, old_lp, behavior_lp, anchor_lp, precedent_lp, advantages, 0.8, utd)
+        trainer._update(update_batch, 0.8, utd)
 
     bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=lr, weight_decay=cfg.actor.weight_decay)
     order_rng = random.Random(0)
@@ -261,10 +268,12 @@ def bench_update(model, tokenizer, prompts, responses, repeats: int, device: str
             order = list(range(size))
             order_rng.shuffle(order)
             for lo in range(0, size, mini_batch):
-                mb = _select(batch, torch.tensor(order[lo: lo + mini_batch]))
+                rows = order[lo: lo + mini_batch]
+                mb = make_token_batch([prompts[i] for i in rows], [responses[i] for i in rows], pad_id).to(device)
                 logits = bare_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
                                     position_ids=mb.position_ids, use_cache=False).logits
-                logits = logits[:, mb.prompt_width - 1: mb.prompt_width - 1 + width].float() / temp
+                r_width = mb.response_ids.shape[1]
+                logits = logits[:, mb.prompt_width - 1: mb.prompt_width - 1 + r_width].float() / temp
                 logp = torch.log_softmax(logits, dim=-1).gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
                 loss = -(logp * mb.response_mask).sum() / mb.response_mask.sum().clamp(min=1)
                 bare_opt.zero_grad(set_to_none=True)

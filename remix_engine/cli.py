@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mm = sub.add_parser("make-model", help="save an offline stand-in of a released model: its architecture "
                                            "with few layers and random weights (for CPU runs of the paper presets)")
-    mm.add_argument("--shape", default="r1-distill-1.5b", help="r1-distill-1.5b or r1-distill-7b")
+    mm.add_argument("--shape", default="r1-distill-1.5b", help="r1-distill-1.5b, r1-distill-7b or qwen2.5-0.5b")
     mm.add_argument("--layers", type=int, default=2)
     mm.add_argument("--seed", type=int, default=0)
     mm.add_argument("--output", required=True, help="directory to save the model and tokenizer in")

@@ -72,6 +72,9 @@ TOY_MODEL_SHAPE: dict[str, Any] = {
 
 # The released checkpoints' architectures (their config.json), for offline stand-ins with few layers.
 REAL_SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         max_position_embeddings=32768, tie_word_embeddings=True),
     "r1-distill-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                             num_attention_heads=12, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6,
                             max_position_embeddings=131072, tie_word_embeddings=False),

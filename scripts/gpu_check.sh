@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# One GPU check: the throughput benchmark on an NVIDIA GPU with a small real-architecture model
-# (Qwen2-0.5B's shape built from a config, random init, bf16; nothing is downloaded).
+# One GPU check on an NVIDIA GPU (nothing is downloaded; models are real architectures with random
+# weights built from a config):
+#   1. benchmarks/scale_step.py: a few remix-grpo steps of the R1-Distill-Qwen-1.5B architecture
+#      (28 layers) with the r1-distill-1.5b preset's precision and token budgets at 2k-token
+#      responses: rollout and update tokens/s, MFU of the update, peak memory;
+#   2. benchmarks/throughput.py: rollout/update/sync throughput against the raw libraries
+#      (Qwen2-0.5B's shape, bf16).
 #
 #   bash scripts/gpu_check.sh                 # writes into $OUT (device tool) or runs/gpu_check
 #   BENCH_ARGS="--prompts 8 --n 4" bash scripts/gpu_check.sh
@@ -34,9 +39,14 @@ print("vllm importable:", importlib.util.find_spec("vllm") is not None)
 PY
 } 2>&1 | tee "$DEST/gpu_env.txt"
 
+# shellcheck disable=SC2086
+timeout "${SCALE_TIMEOUT:-300}" "$PY" benchmarks/scale_step.py ${SCALE_ARGS:-} --json "$DEST/scale_step_gpu.json" 2>&1 \
+    | grep -v -e "^Loading weights" -e "^Writing model" | tee "$DEST/scale_step_gpu.log"
+echo "scale_step exit status: ${PIPESTATUS[0]}" | tee -a "$DEST/scale_step_gpu.log"
+
 DEFAULT_ARGS="--model qwen2-0.5b --device cuda --dtype bfloat16 --prompts 32 --n 8 --max-new-tokens 256 --prompt-len 128 --repeats 3 --mini-batch 16"
 # shellcheck disable=SC2086
-timeout "${BENCH_TIMEOUT:-330}" "$PY" benchmarks/throughput.py ${BENCH_ARGS:-$DEFAULT_ARGS} \
+timeout "${BENCH_TIMEOUT:-240}" "$PY" benchmarks/throughput.py ${BENCH_ARGS:-$DEFAULT_ARGS} \
     --json "$DEST/throughput_gpu.json" 2>&1 | tee "$DEST/throughput_gpu.log"
 status=${PIPESTATUS[0]}
 echo "benchmark exit status: $status" | tee -a "$DEST/throughput_gpu.log"

@@ -535,7 +535,8 @@ class Trainer:
             return {}
         tick = time.perf_counter()
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.rollout.max_new_tokens)
-        result = self.backend.generate([self._encode(p) for p in self.heldout], params)
+        with self._autocast():
+            result = self.backend.generate([self._encode(p) for p in self.heldout], params)
         grades = self.grader.grade_many([(txt, p.answer) for txt, p in zip(result.texts, self.heldout, strict=True)],
                                         require_think=self.cfg.data.require_think)
         n = len(grades)

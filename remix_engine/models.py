@@ -298,8 +298,6 @@ def load_policy(model_cfg, warm_cfg, seed: int) -> tuple[torch.nn.Module, Any]:
 
         tokenizer = build_toy_tokenizer()
         model = build_toy_model(tokenizer, seed)
-        if model_cfg.dtype != "float32":
-            raise ModelLoadError("the toy model trains in float32; set model.dtype=float32")
         model = warm_start(model, tokenizer, warm_cfg, seed)
         return model, tokenizer
     model, tokenizer = load_pretrained(

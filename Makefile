@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= studio,postgres,redis,mathverify,dev
+EXTRAS ?= studio,postgres,redis,mathverify,datasets,dev
 
 .PHONY: setup studio train-demo test test-main lint
 

@@ -38,6 +38,12 @@ class ProgressSink(Sink):
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.acc: float | None = None
 
+    def on_start(self, info):
+        for split, report in (info.get("data") or {}).items():
+            if report["dropped_overlong"]:
+                self.bar.write(f"data.{split}: {report['kept']} of {report['problems']} problems kept, "
+                               f"{report['dropped_overlong']} longer than data.max_prompt_tokens dropped")
+
     def on_step(self, step, metrics):
         if "eval/heldout/pass@1" in metrics:
             self.acc = metrics["eval/heldout/pass@1"]

@@ -46,14 +46,14 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    # "toy" (the synthetic arithmetic task), a JSONL path ({"id","problem","answer"}),
-    # or "hf:<dataset id>[:split]" for a Hugging Face dataset.
+    # "toy" (the synthetic arithmetic task), a .jsonl / .json (array) / .parquet file of
+    # {"id","problem","answer"} rows, a benchmark name, or "hf:<dataset id>[:split]".
     train: str = "toy"
     heldout: str = "toy"
     heldout_size: int = Field(200, ge=1)
     # The DeepScaleR instruction appended to each problem (remix_algorithm.md §6.1).
     prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
-    max_prompt_tokens: int = Field(766, ge=1)
+    max_prompt_tokens: int = Field(766, ge=1)  # longer prompts are dropped (and counted) at load time
     require_think: bool = True  # reward needs </think> before the boxed answer (DeepScaleR)
 
 

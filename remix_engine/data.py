@@ -3,15 +3,18 @@
 Sources (`load_problems`):
 
 * ``"toy"`` — the synthetic arithmetic task (remix_engine/toy.py);
-* a JSONL path — one ``{"id", "problem", "answer"}`` object per line (extra keys go to `meta`);
-  Minerva-style rows whose ``meta.answers_raw`` is a list get that list (whitespace-trimmed) as
-  their answer, so a response matching any accepted string is correct;
+* a file: ``.jsonl`` (one ``{"id", "problem", "answer"}`` object per line), ``.json`` (one array of
+  such objects, as DeepScaleR-Preview's ``deepscaler.json``) or ``.parquet``; extra keys go to
+  `meta`, a missing ``id`` becomes ``<file stem>-<line or index>``, a missing ``answer`` is taken from
+  the last ``\\boxed{}`` of ``solution``. Minerva-style rows whose ``meta.answers_raw`` is a list get
+  that list (whitespace-trimmed) as their answer, so a response matching any accepted string is
+  correct;
 * a benchmark name — ``aime24``, ``amc23``, ``math500``, ``minerva``, ``olympiadbench`` (or any
   ``<name>.jsonl``) in the directory named by ``$REMIX_BENCHMARKS_DIR``, by default
   ``../shared/data/benchmarks`` next to the repository when it exists;
 * ``"hf:<dataset id>[:split]"`` — a Hugging Face dataset through the optional `datasets` package.
 
-Prompts (`render_prompt`, `encode_prompts`) follow remix_algorithm.md §6.1: the problem plus the
+Prompts (`render_prompt`, `encode_prompts`, `tokenize_problems`) follow remix_algorithm.md §6.1: the problem plus the
 DeepScaleR instruction as one user turn, rendered with the tokenizer's chat template
 (add_generation_prompt=True), then tokenised *without* adding special tokens again (the template
 already holds the BOS token, as verl does).
@@ -21,9 +24,12 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from remix_engine.reward.grader import last_boxed_content
 
 BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
 TOY_DEFAULT_SIZE = {"train": 10_000, "heldout": 500}
@@ -100,46 +106,108 @@ def _scalar_answer(ans: Any, where: str) -> str:
     return text
 
 
-def load_jsonl(path: str | Path, limit: int | None = None) -> list[Problem]:
-    """Problems from a JSONL file; a bad row raises DataError naming the file and line."""
+def _problem_from_row(row: Any, where: str, default_id: str) -> Problem:
+    """One problem from a row of any source. The problem text comes from the first of
+    `PROBLEM_KEYS` present; the answer from ``answer`` (or its aliases), else the last \\boxed{} of a
+    ``solution`` (DeepScaleR-Preview rows carry ``problem``/``answer``/``solution``). Other keys go
+    to `meta`."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    pkey = next((k for k in PROBLEM_KEYS if k in row), "problem")
+    problem = row.get(pkey)
+    if not isinstance(problem, str) or not problem.strip():
+        raise DataError(f"{where}: row needs a non-empty string '{pkey}'")
+    row = dict(row)
+    # Columnar sources (parquet, hf:) hold a null where a row has no answer.
+    akey = next((k for k in ANSWER_KEYS if row.get(k) is not None), None)
+    if akey is not None:
+        row["answer"] = row[akey]
+    elif isinstance(row.get("solution"), str) and (boxed := last_boxed_content(row["solution"])):
+        row["answer"] = boxed
+    answer = _answer_from_row(row, where)
+    meta = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
+    for key, value in row.items():
+        if key not in ("id", pkey, "answer", "meta") and _jsonable(value):
+            meta.setdefault(key, value)
+    pid = row.get("id")
+    return Problem(id=str(pid) if pid not in (None, "") else default_id, problem=problem, answer=answer, meta=meta)
+
+
+def _problems_from_rows(rows, name: str, where, limit: int | None) -> list[Problem]:
+    """Problems from an iterable of (position, row); ids must be unique (the first use is named)."""
+    out: list[Problem] = []
+    seen: dict[str, str] = {}
+    if limit == 0:
+        return out
+    for position, row in rows:
+        problem = _problem_from_row(row, where(position), f"{name}-{position}")
+        if problem.id in seen:
+            raise DataError(f"{where(position)}: duplicate id '{problem.id}' (first at {seen[problem.id]})")
+        seen[problem.id] = where(position)
+        out.append(problem)
+        if limit is not None and len(out) >= limit:
+            break  # before reading (and validating) the next row
+    return out
+
+
+def _jsonl_rows(path: Path):
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
+def _json_array_rows(path: Path):
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON array of problems, got a JSON {type(rows).__name__} "
+                        "(one object per line is a .jsonl file)")
+    return enumerate(rows)
+
+
+def _parquet_rows(path: Path):
+    try:
+        import pyarrow.parquet as pq  # noqa: PLC0415 - optional extra
+    except ImportError:
+        raise DataError(f"{path}: reading parquet needs pyarrow: pip install 'remix-studio[datasets]'") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error types for corrupt or non-parquet files
+        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    return enumerate(table.to_pylist())
+
+
+_FILE_READERS = {".jsonl": (_jsonl_rows, "line"), ".json": (_json_array_rows, "item"),
+                 ".parquet": (_parquet_rows, "row")}
+DATA_FILE_SUFFIXES = tuple(_FILE_READERS)
+
+
+def load_file(path: str | Path, limit: int | None = None) -> list[Problem]:
+    """Problems from a .jsonl, .json (one array of objects) or .parquet file; a bad row raises
+    DataError naming the file and the line (JSONL) or the 0-based item/row index."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    out: list[Problem] = []
-    seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if limit is not None and len(out) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            problem = row.get("problem")
-            if not isinstance(problem, str) or not problem.strip():
-                raise DataError(f"{where}: row needs a non-empty string 'problem'")
-            answer = _answer_from_row(row, where)
-            pid = str(row.get("id", f"{path.stem}-{lineno}"))
-            if pid in seen:
-                raise DataError(f"{where}: duplicate id '{pid}' (first on line {seen[pid]})")
-            seen[pid] = lineno
-            meta = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
-            for key, value in row.items():
-                if key not in ("id", "problem", "answer", "meta"):
-                    meta.setdefault(key, value)
-            out.append(Problem(id=pid, problem=problem, answer=answer, meta=meta))
+    if path.suffix not in _FILE_READERS:
+        raise DataError(f"{path}: unknown data file type '{path.suffix}' (use {', '.join(DATA_FILE_SUFFIXES)})")
+    reader, unit = _FILE_READERS[path.suffix]
+    out = _problems_from_rows(reader(path), path.stem, lambda pos: f"{path}:{pos}" if unit == "line"
+                              else f"{path} {unit} {pos}", limit)
     if not out and limit != 0:
         raise DataError(f"{path}: no problems in file")
     return out
 
 
-_HF_PROBLEM_KEYS = ("problem", "question", "prompt", "query")
-_HF_ANSWER_KEYS = ("answer", "final_answer", "ground_truth", "solution")
+
+PROBLEM_KEYS = ("problem", "question", "prompt", "query")
+ANSWER_KEYS = ("answer", "final_answer", "ground_truth")
 
 
 def load_hf(spec: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[Problem]:
@@ -164,46 +232,18 @@ def load_hf(spec: str, split: str = "train", limit: int | None = None, seed: int
             "Is the hub reachable (HF_HUB_OFFLINE, proxy) or the dataset cached locally?"
         ) from None
     columns = list(ds.column_names)
-    pkey = next((k for k in _HF_PROBLEM_KEYS if k in columns), None)
-    akey = next((k for k in _HF_ANSWER_KEYS if k in columns), None)
-    if pkey is None or akey is None:
-        raise DataError(f"hf:{dataset_id}: need a problem column ({'/'.join(_HF_PROBLEM_KEYS)}) and an "
-                        f"answer column ({'/'.join(_HF_ANSWER_KEYS)}); columns are {columns}")
+    if not any(k in columns for k in PROBLEM_KEYS) or not any(k in columns for k in (*ANSWER_KEYS, "solution")):
+        raise DataError(f"hf:{dataset_id}: need a problem column ({'/'.join(PROBLEM_KEYS)}) and an "
+                        f"answer column ({'/'.join(ANSWER_KEYS)}, or a solution with \\boxed{{}}); "
+                        f"columns are {columns}")
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    out = []
-    for i, row in enumerate(ds):
-        where = f"hf:{dataset_id}[{split}] row {i}"
-        row = dict(row)
-        if akey == "solution" and "\\boxed" in str(row[akey]):
-            row["answer"] = _last_boxed(str(row[akey])) or row[akey]
-        else:
-            row["answer"] = row[akey]
-        if not isinstance(row.get(pkey), str) or not row[pkey].strip():
-            raise DataError(f"{where}: empty problem")
-        meta = {k: v for k, v in row.items() if k not in (pkey, "answer", "id") and _jsonable(v)}
-        out.append(Problem(id=str(row.get("id", f"{dataset_id}-{split}-{i}")), problem=row[pkey],
-                           answer=_answer_from_row(row, where), meta=meta))
-    return out
+    return _problems_from_rows(enumerate(ds), f"{dataset_id}-{split}",
+                               lambda i: f"hf:{dataset_id}[{split}] row {i}", None)
 
 
 def _jsonable(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool, type(None), list, dict))
-
-
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
 
 
 def load_problems(source: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[Problem]:
@@ -225,12 +265,12 @@ def load_problems(source: str, split: str = "train", limit: int | None = None, s
     if source.startswith("hf:"):
         return load_hf(source, split=split, limit=limit, seed=seed)
     path = Path(source).expanduser()
-    looks_like_path = source.endswith(".jsonl") or os.sep in source or path.is_file()
+    looks_like_path = source.endswith(DATA_FILE_SUFFIXES) or os.sep in source or path.is_file()
     if looks_like_path:
-        return load_jsonl(path, limit)
+        return load_file(path, limit)
     if source.isidentifier() or source.replace("-", "_").isidentifier():
-        return load_jsonl(resolve_benchmark(source), limit)
-    raise DataError(f"unknown data source '{source}': use 'toy', a .jsonl path, a benchmark name "
+        return load_file(resolve_benchmark(source), limit)
+    raise DataError(f"unknown data source '{source}': use 'toy', a .jsonl/.json/.parquet path, a benchmark name "
                     f"({', '.join(BENCHMARKS)}) or hf:<dataset id>[:split]")
 
 
@@ -289,3 +329,35 @@ def encode_prompts(
             row = row[-max_prompt_tokens:]
         out.append(row)
     return out
+
+
+@dataclass
+class TokenizedProblems:
+    """Problems whose rendered prompt fits ``data.max_prompt_tokens``, with their token ids.
+
+    `dropped` counts the problems left out as too long: filtering at load time (verl's
+    ``filter_overlong_prompts``) means a long problem can never stop a run mid-way.
+    """
+
+    problems: list[Problem]
+    prompt_ids: list[array]  # one per kept problem; array('l') holds 40k prompts in a few MB
+    dropped: int
+
+    def report(self, source: str) -> dict[str, Any]:
+        return {"source": source, "problems": len(self.problems) + self.dropped,
+                "kept": len(self.problems), "dropped_overlong": self.dropped}
+
+
+def tokenize_problems(tokenizer, problems: list[Problem], data_cfg, use_chat_template: bool,
+                      chunk: int = 1024) -> TokenizedProblems:
+    """Render and tokenise every problem once, in batches, dropping the over-long ones."""
+    kept: list[Problem] = []
+    ids_out: list[array] = []
+    for start in range(0, len(problems), chunk):
+        part = problems[start : start + chunk]
+        texts = [render_prompt(tokenizer, p.problem, data_cfg, use_chat_template) for p in part]
+        for problem, ids in zip(part, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+            if len(ids) <= data_cfg.max_prompt_tokens:
+                kept.append(problem)
+                ids_out.append(array("l", ids))
+    return TokenizedProblems(kept, ids_out, len(problems) - len(kept))

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from remix_engine.data import BENCHMARKS, DataError, Problem, benchmark_search_dirs, load_hf, load_jsonl
+from remix_engine.data import BENCHMARKS, DataError, Problem, benchmark_search_dirs, load_file, load_hf
 from remix_engine.reward.grader import GRADER_TAG
 
 log = logging.getLogger("remix.evaluate")
@@ -127,7 +127,7 @@ def load_benchmark(spec: str, limit: int | None = None) -> Benchmark:
             _, dataset_id, split = source.split(":", 2)
             problems = load_hf(f"hf:{dataset_id}", split=split, limit=limit)
             return Benchmark(name, source, problems, None)
-        problems = load_jsonl(source, limit)
+        problems = load_file(source, limit)
     except DataError as exc:
         raise EvaluationError(f"benchmark '{spec}': {exc}") from None
     return Benchmark(name, source, problems, _file_sha(Path(source)))

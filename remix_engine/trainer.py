@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 import shutil
@@ -28,7 +29,7 @@ from remix_engine import algorithms as algo
 from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
 from remix_engine.critic import ValueModel
-from remix_engine.data import Problem, encode_prompts, load_problems, render_prompt
+from remix_engine.data import Problem, TokenizedProblems, load_problems, tokenize_problems
 from remix_engine.logprobs import (
     autocast,
     forward_response,
@@ -42,6 +43,8 @@ from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import SamplingParams, make_backend
 from remix_engine.rollout.corr import rollout_corr_metrics
 from remix_engine.sinks import Sink
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.pt"
@@ -130,11 +133,16 @@ class Trainer:
         self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer, **backend_kwargs)
         self.grader = GraderPool(processes=2, timeout_s=5.0)
 
-        self.train_problems = load_problems(cfg.data.train, split="train", seed=seed)
-        if not self.train_problems:
-            raise ValueError(f"data.train: no problems found in '{cfg.data.train}'")
-        self.heldout = load_problems(cfg.data.heldout, split="heldout", limit=cfg.data.heldout_size, seed=seed)
-        self._prompt_ids: dict[str, list[int]] = {}
+        self.data_report: dict[str, dict] = {}  # per split: source, problems, kept, dropped_overlong
+        # Every prompt is tokenised here, once: over-long ones are dropped and counted up front.
+        train = self._load_prompts("train", cfg.data.train, None, seed)
+        if not train.problems:
+            raise ValueError(f"data.train: no problem in '{cfg.data.train}' fits data.max_prompt_tokens="
+                             f"{cfg.data.max_prompt_tokens} ({train.dropped} too long)")
+        self.train_problems = train.problems
+        self._train_prompt_ids = {p.id: ids for p, ids in zip(train.problems, train.prompt_ids, strict=True)}
+        heldout = self._load_prompts("heldout", cfg.data.heldout, cfg.data.heldout_size, seed)
+        self.heldout, self._heldout_prompt_ids = heldout.problems, [list(ids) for ids in heldout.prompt_ids]
 
     def close(self) -> None:
         self._finish_checkpoint(wait=True, emit=False)  # never leave a half-written checkpoint behind
@@ -150,6 +158,7 @@ class Trainer:
         else:
             save_config(cfg, self.out / "config.yaml")
         self.sink.on_start({"config": cfg.model_dump(mode="json"), "resumed_from": self.state.step if ckpt else None,
+                            "data": self.data_report,
                             "output_dir": str(self.out)})
         if ckpt is None:
             initial = self._evaluate()
@@ -196,6 +205,7 @@ class Trainer:
             "initial_eval": getattr(self, "initial_eval", None),
             "output_dir": str(self.out),
             "checkpoint": str(latest_checkpoint(self.out)) if latest_checkpoint(self.out) else None,
+            "data": self.data_report,
         }
         self.sink.on_end(summary)
         return summary
@@ -222,7 +232,7 @@ class Trainer:
         problems = self._next_problems(n_fresh)
         tick = time.perf_counter()
         with self._autocast():
-            result = self.backend.generate([self._encode(p) for p in problems], SamplingParams(
+            result = self.backend.generate([list(self._train_prompt_ids[p.id]) for p in problems], SamplingParams(
                 n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                 max_new_tokens=cfg.rollout.max_new_tokens))
         metrics["timing_s/gen"] = time.perf_counter() - tick
@@ -521,13 +531,14 @@ class Trainer:
                 self.state.data_pos = 0
         return out
 
-    def _encode(self, problem: Problem) -> list[int]:
-        ids = self._prompt_ids.get(problem.id)
-        if ids is None:
-            text = render_prompt(self.tokenizer, problem.problem, self.cfg.data, self.cfg.model.use_chat_template)
-            ids = encode_prompts(self.tokenizer, [text], self.cfg.data.max_prompt_tokens)[0]
-            self._prompt_ids[problem.id] = ids
-        return ids
+    def _load_prompts(self, split: str, source: str, limit: int | None, seed: int) -> TokenizedProblems:
+        problems = load_problems(source, split=split, limit=limit, seed=seed)
+        tokenized = tokenize_problems(self.tokenizer, problems, self.cfg.data, self.cfg.model.use_chat_template)
+        self.data_report[split] = tokenized.report(source)
+        if tokenized.dropped:
+            log.warning("data.%s: dropped %d of %d problems longer than data.max_prompt_tokens=%d",
+                        split, tokenized.dropped, len(problems), self.cfg.data.max_prompt_tokens)
+        return tokenized
 
     def _evaluate(self) -> dict[str, float]:
         """Greedy pass@1 on the held-out problems (temperature 0, one sample each)."""
@@ -536,7 +547,7 @@ class Trainer:
         tick = time.perf_counter()
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.rollout.max_new_tokens)
         with self._autocast():
-            result = self.backend.generate([self._encode(p) for p in self.heldout], params)
+            result = self.backend.generate(self._heldout_prompt_ids, params)
         grades = self.grader.grade_many([(txt, p.answer) for txt, p in zip(result.texts, self.heldout, strict=True)],
                                         require_think=self.cfg.data.require_think)
         n = len(grades)

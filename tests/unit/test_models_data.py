@@ -19,7 +19,7 @@ from remix_engine.data import (
     PromptTooLongError,
     benchmark_search_dirs,
     encode_prompts,
-    load_jsonl,
+    load_file,
     load_problems,
     render_prompt,
 )
@@ -238,7 +238,7 @@ def test_jsonl_source(tmp_path):
 def test_jsonl_bad_row_names_file_and_line(tmp_path, row, message):
     path = _write(tmp_path / "bad.jsonl", ['{"id": "first", "problem": "p", "answer": "1"}', row])
     with pytest.raises(DataError, match=message) as err:
-        load_jsonl(path)
+        load_file(path)
     assert f"{path}:2" in str(err.value)
 
 
@@ -283,6 +283,58 @@ def test_hf_source_without_datasets_is_a_clear_error(monkeypatch):
         load_problems("hf:agentica-org/DeepScaleR-Preview-Dataset")
     with pytest.raises(DataError, match="expected hf:<dataset id>"):
         load_problems("hf:")
+
+
+# DeepScaleR-Preview's rows: problem / answer / solution, no id.
+DEEPSCALER_ROWS = [
+    {"problem": "What is $1+1$?", "answer": "2", "solution": "Add: $\\boxed{2}$."},
+    {"problem": "Compute $3 \\cdot 4$.", "answer": "12", "solution": "$\\boxed{12}$"},
+    {"problem": "Find $x$ if $x^2=9$, $x>0$.", "solution": "So $x=\\boxed{3}$."},  # answer from the solution
+]
+
+
+def _check_deepscaler(problems, stem):
+    assert [p.id for p in problems] == [f"{stem}-0", f"{stem}-1", f"{stem}-2"]
+    assert [p.answer for p in problems] == ["2", "12", "3"]
+    assert problems[0].meta["solution"] == "Add: $\\boxed{2}$."
+
+
+def test_json_array_source(tmp_path):
+    path = tmp_path / "deepscaler.json"
+    path.write_text(json.dumps(DEEPSCALER_ROWS))
+    _check_deepscaler(load_problems(str(path)), "deepscaler")
+    assert len(load_problems(str(path), limit=2)) == 2
+    (tmp_path / "object.json").write_text('{"problem": "p", "answer": "1"}')
+    with pytest.raises(DataError, match="expected a JSON array"):
+        load_problems(str(tmp_path / "object.json"))
+    (tmp_path / "bad.json").write_text(json.dumps([DEEPSCALER_ROWS[0], {"problem": "p"}]))
+    with pytest.raises(DataError, match=r"bad.json item 1: row has no 'answer'"):
+        load_problems(str(tmp_path / "bad.json"))
+
+
+def test_parquet_source(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.Table.from_pylist(DEEPSCALER_ROWS), tmp_path / "deepscaler.parquet")  # row 2: null answer
+    _check_deepscaler(load_problems(str(tmp_path / "deepscaler.parquet")), "deepscaler")
+    pq.write_table(pa.Table.from_pylist([DEEPSCALER_ROWS[0], {"problem": "p"}]), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet row 1: 'answer' must be"):
+        load_problems(str(tmp_path / "bad.parquet"))
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        load_problems(str(tmp_path / "junk.parquet"))
+
+
+def test_hf_source_from_a_local_dataset_folder(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DEEPSCALER_ROWS))
+    problems = load_problems(f"hf:{folder}")
+    assert [p.answer for p in problems] == ["2", "12", "3"]
+    with pytest.raises(DataError, match="could not load Hugging Face dataset"):
+        load_problems(f"hf:{folder}:validation")
 
 
 # ----------------------------------------------------------------------------- prompts

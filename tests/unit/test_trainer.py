@@ -176,3 +176,19 @@ def test_scheduled_benchmark_evaluation_logs_real_benchmark_accuracy(tmp_path):
     for step in (0, 2):
         assert {"eval/aime24/pass@1", "eval/amc23/pass@1", "eval/average/pass@1"} <= set(rows[step]), step
     assert "eval/aime24/pass@1" not in rows[1]
+
+
+def test_over_long_prompts_are_dropped_at_load_time_and_reported(tmp_path):
+    rows = [{"id": f"short-{i}", "problem": f"Compute {i}+{i}.", "answer": str(2 * i)} for i in range(1, 9)]
+    rows.insert(3, {"id": "long", "problem": "Compute " + "+".join(["1"] * 40) + ".", "answer": "40"})
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(rows))
+    overrides = {**TINY, "data.train": str(path), "data.max_prompt_tokens": 48}
+    out, summary = _run(tmp_path, "run", "grpo", overrides, steps=2)
+    assert summary["status"] == "completed"
+    assert summary["data"]["train"] == {"source": str(path), "problems": 9, "kept": 8, "dropped_overlong": 1}
+    assert summary["data"]["heldout"]["dropped_overlong"] == 0
+    trained = {json.loads(line)["prompt_id"] for line in (out / "rollouts.jsonl").read_text().splitlines()}
+    assert trained and "long" not in trained  # 2 steps x 4 prompts cover all 8 kept problems
+    with pytest.raises(ValueError, match=r"no problem in .* fits data.max_prompt_tokens=5 \(9 too long\)"):
+        _run(tmp_path, "none", "grpo", {**overrides, "data.max_prompt_tokens": 5}, steps=1)

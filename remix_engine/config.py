@@ -149,9 +149,11 @@ class TrainerConfig(_Section):
     eval_benchmark_limit: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(25, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    async_checkpoint: bool = Field(
-        True, description="Write checkpoints on a background thread from a host-memory snapshot, so training "
-                          "goes on during the write (costs one host copy of the state while it is written).")
+    async_checkpoint: bool | None = Field(
+        None, description="Write checkpoints on a background thread from a host-memory snapshot, so training "
+                          "goes on during the write (the snapshot costs one host copy of the state). None: "
+                          "only when training on an accelerator, where the copy to the host is needed "
+                          "anyway; on CPU the write is synchronous and copies nothing.")
     log_rollouts: bool = True
     torch_threads: int | None = Field(None, ge=1)
 

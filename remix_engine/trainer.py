@@ -11,6 +11,7 @@ A replayed sample generated at step v and consumed at step t has age t − v.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -111,6 +112,17 @@ class Trainer:
         torch.manual_seed(seed + 1)
         self.rng = random.Random(seed)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.data_report: dict[str, dict] = {}  # per split: source, problems, kept, dropped_overlong
+        # Every prompt is tokenised here, once: over-long ones are dropped and counted up front.
+        train = self._load_prompts("train", cfg.data.train, None, seed)
+        if not train.problems:
+            raise ValueError(f"data.train: no problem in '{cfg.data.train}' fits data.max_prompt_tokens="
+                             f"{cfg.data.max_prompt_tokens} ({train.dropped} too long)")
+        self.train_problems = train.problems
+        self._train_prompt_ids = {p.id: ids for p, ids in zip(train.problems, train.prompt_ids, strict=True)}
+        heldout = self._load_prompts("heldout", cfg.data.heldout, cfg.data.heldout_size, seed)
+        self.heldout, self._heldout_prompt_ids = heldout.problems, [list(ids) for ids in heldout.prompt_ids]
+
         # Copies are made while the policy is still in host memory, so the device never holds a
         # temporary second fp32 copy.
         copy_dtype = DTYPES[cfg.model.dtype]
@@ -132,17 +144,6 @@ class Trainer:
             "dtype": None if self.device.type == "cpu" else cfg.model.dtype}
         self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer, **backend_kwargs)
         self.grader = GraderPool(processes=2, timeout_s=5.0)
-
-        self.data_report: dict[str, dict] = {}  # per split: source, problems, kept, dropped_overlong
-        # Every prompt is tokenised here, once: over-long ones are dropped and counted up front.
-        train = self._load_prompts("train", cfg.data.train, None, seed)
-        if not train.problems:
-            raise ValueError(f"data.train: no problem in '{cfg.data.train}' fits data.max_prompt_tokens="
-                             f"{cfg.data.max_prompt_tokens} ({train.dropped} too long)")
-        self.train_problems = train.problems
-        self._train_prompt_ids = {p.id: ids for p, ids in zip(train.problems, train.prompt_ids, strict=True)}
-        heldout = self._load_prompts("heldout", cfg.data.heldout, cfg.data.heldout_size, seed)
-        self.heldout, self._heldout_prompt_ids = heldout.problems, [list(ids) for ids in heldout.prompt_ids]
 
     def close(self) -> None:
         self._finish_checkpoint(wait=True, emit=False)  # never leave a half-written checkpoint behind
@@ -651,18 +652,23 @@ class Trainer:
         model.dtype) plus everything needed for an exact resume (optimizer, buffer, RNGs, copies,
         and the fp32 master weights when the export is in a lower precision).
 
-        Tensors are first copied to host memory (fast); serialising and writing then happen on a
-        background thread while training goes on (`trainer.async_checkpoint`). The folder appears
+        With `trainer.async_checkpoint` (default: on an accelerator), tensors are first copied to
+        host memory (fast); serialising and writing then happen on a background thread while
+        training goes on. The folder appears
         atomically (written as `.tmp`, then renamed) and at most one write is in flight.
         """
         self._finish_checkpoint(wait=True)
+        background = self.cfg.trainer.async_checkpoint
+        if background is None:
+            background = self.device.type != "cpu"
+        snapshot = functools.partial(_host_state, copy=background)  # a synchronous write reads CPU tensors in place
         step = self.state.step
         final = self._ckpt_dir(step)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "policy").mkdir(parents=True)
         export_dtype = DTYPES[self.cfg.model.dtype]
-        master = _host_state(self.model.state_dict())
+        master = snapshot(self.model.state_dict())
         export = {k: v.to(export_dtype) if v.is_floating_point() else v for k, v in master.items()}
         self.model.config.save_pretrained(tmp / "policy")
         _set_saved_dtype(tmp / "policy" / "config.json", self.cfg.model.dtype)
@@ -674,19 +680,20 @@ class Trainer:
             tensors[tmp / MASTER_WEIGHTS_FILE] = master
         state = {
             "state": asdict(self.state),
-            "optimizer": _host_state(self.optimizer.state_dict()),
+            "optimizer": snapshot(self.optimizer.state_dict()),
             "buffer": self.buffer.state_dict(),
             "python_rng": self.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "anchor": self.anchor.state_dict() if self.anchor is not None and self.state.reincarnated_at else None,
-            "precedent": self.precedent.state_dict() if self.precedent is not None else None,
-            "critic": _host_state(self.critic.state_dict()) if self.critic is not None else None,
-            "critic_optimizer": _host_state(self.critic_optimizer.state_dict()) if self.critic is not None else None,
+            "anchor": (snapshot(self.anchor.module.state_dict())
+                       if self.anchor is not None and self.state.reincarnated_at else None),
+            "precedent": snapshot(self.precedent.module.state_dict()) if self.precedent is not None else None,
+            "critic": snapshot(self.critic.state_dict()) if self.critic is not None else None,
+            "critic_optimizer": snapshot(self.critic_optimizer.state_dict()) if self.critic is not None else None,
             "initial_eval": getattr(self, "initial_eval", None),
         }
         write = _CheckpointWrite(step, tmp, final, tensors, state, self.cfg.trainer.keep_checkpoints)
-        if self.cfg.trainer.async_checkpoint:
+        if background:
             write.start()
         else:
             write.run()
@@ -784,9 +791,6 @@ class InferenceCopy:
         """Become a copy of `model`'s current weights (cast to this copy's dtype and device)."""
         self.module.load_state_dict(model.state_dict())
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return _host_state(self.module.state_dict())
-
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state)
 
@@ -816,19 +820,20 @@ class _CheckpointWrite(threading.Thread):
             self.tensors = self.state = {}  # free the host copies
 
 
-def _host_state(tree, _memo: dict | None = None):
-    """A host-memory copy of a (nested) state dict: tensors cloned, so training can go on.
-    Tensors that share memory (tied embeddings) stay shared in the copy."""
+def _host_state(tree, copy: bool = True, _memo: dict | None = None):
+    """A (nested) state dict with its tensors in host memory: cloned when `copy` (so training
+    can go on while it is written), else only moved off an accelerator. Tensors that share memory
+    (tied embeddings) stay shared."""
     memo = {} if _memo is None else _memo
     if isinstance(tree, torch.Tensor):
         key = (tree.data_ptr(), tree.shape, tree.dtype)
         if key not in memo or tree.numel() == 0:
-            memo[key] = tree.detach().to("cpu", copy=True)
+            memo[key] = tree.detach().to("cpu", copy=copy)
         return memo[key]
     if isinstance(tree, dict):
-        return {k: _host_state(v, memo) for k, v in tree.items()}
+        return {k: _host_state(v, copy, memo) for k, v in tree.items()}
     if isinstance(tree, list | tuple):
-        return type(tree)(_host_state(v, memo) for v in tree)
+        return type(tree)(_host_state(v, copy, memo) for v in tree)
     return tree
 
 

@@ -205,8 +205,11 @@ def test_bf16_run_exports_in_bf16_keeps_masters_and_resumes_exactly(tmp_path):
                  "actor.lr": 1e-4, "actor.max_tokens_per_microbatch": 200, "remix.reincarnate_at": 3,
                  "remix.schedule.start": 1, "remix.schedule.interval": 1}
 
+    # The straight run writes its checkpoints on the background thread, the interrupted one in
+    # place (the CPU default): both must hold the same state.
     straight = tmp_path / "straight"
-    train(build_config("toy", "remix-grpo", overrides=overrides, steps=4, seed=0), straight, JsonlSink(straight))
+    train(build_config("toy", "remix-grpo", overrides={**overrides, "trainer.async_checkpoint": True}, steps=4,
+                       seed=0), straight, JsonlSink(straight))
     ckpt = latest_checkpoint(straight)
     export = load_file(ckpt / "policy" / "model.safetensors")
     master = load_file(ckpt / MASTER_WEIGHTS_FILE)

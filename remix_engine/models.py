@@ -304,6 +304,8 @@ def load_policy(model_cfg, warm_cfg, seed: int) -> tuple[torch.nn.Module, Any]:
         model_cfg.name_or_path, "float32", trust_remote_code=model_cfg.trust_remote_code
     )
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; older releases (the vLLM env may pin one) have only the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     return model, tokenizer

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import logging
 import math
 import random
 import shutil
@@ -44,8 +43,6 @@ from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import SamplingParams, make_backend
 from remix_engine.rollout.corr import rollout_corr_metrics
 from remix_engine.sinks import Sink
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.pt"
@@ -535,10 +532,7 @@ class Trainer:
     def _load_prompts(self, split: str, source: str, limit: int | None, seed: int) -> TokenizedProblems:
         problems = load_problems(source, split=split, limit=limit, seed=seed)
         tokenized = tokenize_problems(self.tokenizer, problems, self.cfg.data, self.cfg.model.use_chat_template)
-        self.data_report[split] = tokenized.report(source)
-        if tokenized.dropped:
-            log.warning("data.%s: dropped %d of %d problems longer than data.max_prompt_tokens=%d",
-                        split, tokenized.dropped, len(problems), self.cfg.data.max_prompt_tokens)
+        self.data_report[split] = tokenized.report(source)  # reaches sinks via on_start and the summary
         return tokenized
 
     def _evaluate(self) -> dict[str, float]:

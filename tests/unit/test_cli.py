@@ -53,3 +53,36 @@ def test_train_then_resume_writes_the_documented_files(tmp_path):
     assert done.returncode == 0, done.stderr
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
+
+
+def test_paper_preset_trains_a_local_model_on_a_json_array(tmp_path):
+    """The r1-distill-1.5b preset's precision and batch settings (fp32 masters under bf16 compute,
+    lr 1e-6, mini-batches in prompts, token budgets) on a small local checkpoint and a
+    DeepScaleR-shaped JSON array: every weight matrix moves and the export is bf16."""
+    import torch
+    from safetensors.torch import load_file
+
+    from remix_engine.data import load_problems
+    from remix_engine.models import build_toy_model, build_toy_tokenizer
+
+    tok = build_toy_tokenizer()
+    build_toy_model(tok, seed=3).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"problem": p.problem, "answer": p.answer} for p in load_problems("toy", limit=16)]
+    (tmp_path / "problems.json").write_text(json.dumps(rows))
+    out = tmp_path / "run"
+    done = remix("train", "--preset", "r1-distill-1.5b", "--steps", "2", "--output", str(out),
+                 "--set", f"model.name_or_path={tmp_path / 'model'}", "--set", f"data.train={tmp_path / 'problems.json'}",
+                 "--set", f"data.heldout={tmp_path / 'problems.json'}", "--set", "data.heldout_size=2",
+                 "--set", "rollout.prompts_per_step=4", "--set", "rollout.group_size=4",
+                 "--set", "rollout.backend=hf", "--set", "rollout.max_new_tokens=16", "--set", "actor.mini_batch_size=2",
+                 "--set", "actor.max_tokens_per_microbatch=120", "--set", "trainer.checkpoint_every=2")
+    assert done.returncode == 0, done.stderr
+    saved = (out / "config.yaml").read_text()
+    assert "mixed_precision: bf16" in saved and "lr: 1.0e-06" in saved
+    ckpt = out / "checkpoints" / "step_000002"
+    before = load_file(tmp_path / "model" / "model.safetensors")
+    master = load_file(ckpt / "master_weights.safetensors")
+    assert {v.dtype for v in load_file(ckpt / "policy" / "model.safetensors").values()} == {torch.bfloat16}
+    matrices = [k for k, v in before.items() if v.dim() == 2]
+    assert matrices and all(not torch.equal(before[k], master[k]) for k in matrices)

@@ -58,7 +58,9 @@ def test_evaluate_a_run_checkpoint_and_see_it_on_the_leaderboard(deployment: Dep
     step = max(ck["step"] for ck in run["checkpoints"])
     ev = _submit(deployment, {"run_id": run["id"], "benchmarks": BENCHMARKS, "limit": 2, "max_new_tokens": 8,
                               "batch_size": 4})
-    assert ev["step"] == step and ev["status"] in ("pending", "queued") and ev["job"]["kind"] == "eval"
+    # a fast worker may have claimed (or even finished) the job before the response was written
+    assert ev["step"] == step and ev["status"] in ("pending", "queued", "running", "succeeded")
+    assert ev["job"]["kind"] == "eval"
     assert [b["benchmark"] for b in ev["benchmarks"]] == BENCHMARKS
     ev = _wait(deployment, ev["id"], ("succeeded",))
     for b in ev["benchmarks"]:

@@ -10,3 +10,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_caller_environment(monkeypatch):
+    # The caller's cache and data folders must not change what a unit test sees (a CI run once
+    # failed because REMIX_CACHE_DIR was set); tests that need them set them explicitly.
+    for name in ("REMIX_CACHE_DIR", "REMIX_BENCHMARKS_DIR", "REMIX_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# `remix prepare` caches the toy warm start (about 2 minutes once), so a first run starts at once.
+# `remix prepare` caches the toy warm start (3.5–5 minutes once on 2 cores, measured; a progress bar shows it), so a first run starts at once.
 studio: setup
 	$(BIN)/remix prepare --preset toy --seeds 0
 	$(BIN)/remix studio

@@ -10,6 +10,7 @@ entry-point group, so the engine never imports them. Bad arguments exit with cod
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -53,7 +54,7 @@ class ProgressSink(Sink):
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('critic/score/mean', 0):.3f}",
                              acc=f"{self.acc:.3f}" if self.acc is not None else "-",
-                             rollouts=int(metrics.get("cost/rollouts", 0)))
+                             rollouts=f"{int(metrics.get('cost/rollouts', 0)):,}")
 
     def on_end(self, summary):
         self.bar.close()
@@ -218,12 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_engine_logs() -> None:
+    """The engine reports long waits (warm start, evaluation) through `logging`: print them."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("remix_engine", "remix"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             raise UsageError("choose a command: " + ", ".join(sorted(parser._subparsers._group_actions[0].choices)))
+        if args.func in (_cmd_train, _cmd_prepare, _cmd_eval):  # plugins (the studio) configure their own
+            _show_engine_logs()
         return args.func(args)
     except (UsageError, ConfigError) as exc:
         print(f"remix: error: {exc}", file=sys.stderr)

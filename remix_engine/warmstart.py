@@ -207,9 +207,11 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
         if _try_load(model, entry, initial, log):
             return model
         if log:
-            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name})")
-        stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
-                                         lr=cfg.lr, seed=seed)
+            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name}); "
+                "runs once per seed, later runs load it from the cache")
+        with _progress(cfg.steps, log) as report:
+            stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
+                                             lr=cfg.lr, seed=seed, callback=report)
         tail = stats["loss"][-20:]
         _store(model, entry, {
             "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
@@ -220,6 +222,29 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
         if log:
             log(f"warm start: done in {stats['seconds']:.0f} s (loss {sum(tail) / len(tail):.3f}); cached in {entry}")
     return model
+
+
+@contextlib.contextmanager
+def _progress(steps: int, log: Callable[[str], None] | None):
+    """A per-step callback that shows progress: a bar on a terminal, else a log line (step, loss,
+    time left) every 10% of the steps, which is what a studio job's log shows."""
+    from tqdm import tqdm  # noqa: PLC0415 - only needed on a cache miss
+
+    bar = tqdm(total=steps, desc="warm start", unit="step", dynamic_ncols=True, disable=None)
+    every = max(1, steps // 10)
+    start = time.perf_counter()
+
+    def report(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if bar.disable and log and (step % every == 0 or step == steps):
+            left = (time.perf_counter() - start) / step * (steps - step)
+            log(f"warm start: step {step}/{steps}, loss {loss:.3f}, about {left:.0f} s left")
+
+    try:
+        yield report
+    finally:
+        bar.close()
 
 
 def _try_load(model, entry: Path, initial: dict[str, torch.Tensor], log) -> bool:

@@ -184,6 +184,19 @@ def test_warm_start_cache_key_and_corrupt_entry(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted([key, "clean"])
 
 
+def test_warm_start_reports_progress_where_no_terminal_shows_a_bar(tmp_path):
+    tok = build_toy_tokenizer()
+    lines: list[str] = []
+    cfg = WarmStartConfig(steps=20, batch_size=2, cache_dir=str(tmp_path))
+    warmstart.warm_start(build_toy_model(tok, seed=0), tok, cfg, seed=0, log=lines.append)
+    steps = [line.split(",")[0] for line in lines if line.startswith("warm start: step")]
+    assert steps == [f"warm start: step {n}/20" for n in range(2, 21, 2)]  # every 10%, for a job's log
+    assert "about 0 s left" in lines[-2] and lines[-1].startswith("warm start: done")
+    lines.clear()
+    warmstart.warm_start(build_toy_model(tok, seed=0), tok, cfg, seed=0, log=lines.append)
+    assert not any("step" in line for line in lines)  # a cache hit trains nothing
+
+
 def test_warm_start_steps_zero_is_a_no_op(tmp_path):
     tok = build_toy_tokenizer()
     model = build_toy_model(tok, seed=0)

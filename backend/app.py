@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.routing import APIRoute
 
-from backend.settings import Settings, get_settings
+from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.api")
 
@@ -31,7 +31,7 @@ API_PREFIX = "/api/v1"
 
 
 class Reaper:
-    """Background thread in the API process: re-queues jobs of dead workers (backend.jobs.reap)."""
+    """Background thread in the API process: re-queues jobs of dead workers (studio.jobs.reap)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -42,7 +42,7 @@ class Reaper:
         self._thread.start()
 
     def _loop(self) -> None:
-        from backend.jobs import reap
+        from studio.jobs import reap
 
         while not self._stop.wait(self.settings.reaper_interval_s):
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from backend.settings import Settings, get_settings
+from studio.settings import Settings, get_settings
 
 TOKEN_FILE = "api_token"
 

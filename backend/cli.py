@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from backend.settings import PROJECT_DIR
+from studio.settings import PROJECT_DIR
 
 log = logging.getLogger("remix.studio")
 
@@ -112,7 +112,7 @@ def run_studio(args: argparse.Namespace) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.data_dir:
         os.environ["REMIX_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
-    from backend.settings import get_settings, redact_url, reset_settings_cache
+    from studio.settings import get_settings, redact_url, reset_settings_cache
 
     reset_settings_cache()
     settings = get_settings()
@@ -131,7 +131,7 @@ def run_studio(args: argparse.Namespace) -> int:
         token_note = (f"{token}  (new; stored in {data_dir / TOKEN_FILE})" if created
                       else f"stored in {data_dir / TOKEN_FILE}")
 
-    from backend.migrate import upgrade_database
+    from studio.migrate import upgrade_database
 
     revision = upgrade_database(settings)
 
@@ -182,9 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     register_studio(sub)
-    from worker.cli import register_worker
-
-    register_worker(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

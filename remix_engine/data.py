@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from remix_engine.problem import Problem
 from remix_engine.reward.grader import last_boxed_content
 
 BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
@@ -39,18 +40,6 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class DataError(ValueError):
     """A data source could not be loaded; the message names the source (and line)."""
-
-
-@dataclass
-class Problem:
-    id: str
-    problem: str
-    answer: str | list[str]  # one reference, or several accepted ones (any match is correct)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def answers(self) -> list[str]:
-        return [self.answer] if isinstance(self.answer, str) else list(self.answer)
 
 
 def benchmark_search_dirs() -> list[Path]:
@@ -257,7 +246,7 @@ def load_problems(source: str, split: str = "train", limit: int | None = None, s
         raise DataError("limit must be >= 0")
     source = source.strip()
     if source == "toy":
-        from remix_engine.toy import toy_problems  # noqa: PLC0415 - toy imports Problem from here
+        from remix_engine.toy import toy_problems  # noqa: PLC0415 - only when the toy task is asked for
 
         if split not in ("train", "heldout"):
             raise DataError(f"toy: split must be 'train' or 'heldout', got '{split}'")

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from remix_engine.data import Problem
+from remix_engine.problem import Problem
 
 # Bump when problems, prompts or demonstrations change: it invalidates cached warm starts.
 TASK_VERSION = "toy-arith-v2"

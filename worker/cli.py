@@ -38,15 +38,15 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     if getattr(args, "data_dir", None):
         os.environ["REMIX_DATA_DIR"] = str(args.data_dir)
-    from backend.settings import get_settings, redact_url, reset_settings_cache
+    from studio.settings import get_settings, redact_url, reset_settings_cache
 
     reset_settings_cache()
     settings = get_settings()
     if not args.no_migrate:
-        from backend.migrate import upgrade_database
+        from studio.migrate import upgrade_database
 
         upgrade_database(settings)
-    from worker.celery_app import get_celery_app
+    from studio.broker import get_celery_app
 
     app = get_celery_app(settings)
     import worker.tasks  # noqa: F401  (registers the tasks and the worker signals)

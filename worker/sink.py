@@ -11,14 +11,15 @@ the step the trainer resumed from (everything for a fresh start), so a re-delive
 ends with exactly one row per step and rollout.
 
 When the sink belongs to a job it is fenced: each batch first refreshes the job's heartbeat with
-`WHERE id = job AND attempt = ours AND status = running`; if that matches nothing the job was taken
-from us (re-queued after a stall, or finished) and the batch is dropped and `fenced` is set.
+`WHERE id = job AND attempt = ours AND status = running` (studio.jobs.fence, in the batch's own
+transaction); if that matches nothing the job was taken from us (re-queued after a stall, or
+finished) and the batch is dropped and `fenced` is set. Job and run progress go through
+studio.jobs too.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -29,40 +30,29 @@ from sqlalchemy import ARRAY, String, Table, any_, case, delete, func, literal, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from backend.db import get_engine, retrying
-from backend.models import (
+from remix_engine.jsonsafe import finite_or_none
+from remix_engine.sinks import Sink
+from studio import jobs
+from studio.db import get_engine, retrying
+from studio.models import (
     Checkpoint,
-    Job,
-    JobStatus,
     LatestMetric,
     Metric,
     Rollout,
     RolloutText,
     RolloutUse,
-    Run,
     utcnow,
 )
-from remix_engine.sinks import Sink
 
 log = logging.getLogger("remix.sink")
 
 _IN_CHUNK = 500
-_RUNS: Table = Run.__table__
-_JOBS: Table = Job.__table__
 _METRICS: Table = Metric.__table__
 _LATEST: Table = LatestMetric.__table__
 _CKPTS: Table = Checkpoint.__table__
 _ROLLOUTS: Table = Rollout.__table__
 _TEXTS: Table = RolloutText.__table__
 _USES: Table = RolloutUse.__table__  # ids per IN (...) list (SQLite's bound-parameter limit)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _chunks(items: list, n: int = _IN_CHUNK) -> Iterable[list]:
@@ -231,9 +221,7 @@ class SqlSink(Sink):
             self.rows_written += written
 
     def _fence(self, conn: Connection) -> bool:
-        res = conn.execute(update(_JOBS).where(_JOBS.c.id == self.job_id, _JOBS.c.attempt == self.attempt,
-                                               _JOBS.c.status == JobStatus.RUNNING.value).values(heartbeat_at=utcnow()))
-        return bool(res.rowcount)
+        return jobs.fence(conn, self.job_id, self.attempt)
 
     def _insert(self, table: Table):
         return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
@@ -280,7 +268,7 @@ class SqlSink(Sink):
         if rows:
             conn.execute(self._insert(_LATEST), [
                 {"run_id": rid, "key": k, "step": st, "value": v, "wall_time": w} for k, st, v, w in rows])
-        conn.execute(update(_RUNS).where(_RUNS.c.id == rid).values(steps_done=max(after_step, 0), updated_at=utcnow()))
+        jobs.record_progress(conn, run_id=rid, job_id=None, step=max(after_step, 0))
 
     def _write_rollouts(self, conn: Connection, rows: list[dict[str, Any]], wall: float) -> int:
         values = []
@@ -293,11 +281,11 @@ class SqlSink(Sink):
                 "group_id": str(r.get("group_id", "")), "prompt_id": str(r.get("prompt_id", "")),
                 "extracted": None if r.get("extracted") is None else str(r["extracted"]),
                 "reference": None if r.get("reference") is None else str(r["reference"]),
-                "reward": _finite(r.get("reward")), "correct": bool(r.get("correct", False)),
+                "reward": finite_or_none(r.get("reward")), "correct": bool(r.get("correct", False)),
                 "format_ok": bool(r.get("format_ok", False)),
                 "reason": None if r.get("reason") is None else str(r["reason"]),
                 "length": int(r.get("length", 0) or 0), "truncated": bool(r.get("truncated", False)),
-                "advantage": _finite(r.get("advantage")), "use_count": 0, "reuse_count": 0, "wall_time": wall,
+                "advantage": finite_or_none(r.get("advantage")), "use_count": 0, "reuse_count": 0, "wall_time": wall,
             })
             texts[uid] = (str(r.get("prompt", "") or ""), str(r.get("response", "") or ""))
         stmt = self._insert(_ROLLOUTS)
@@ -321,9 +309,9 @@ class SqlSink(Sink):
         id_of = self._ids_of(conn, sorted({str(r["rollout_uid"]) for r in rows}))
         values = [{
             "run_id": self.run_id, "rollout_id": id_of.get(str(r["rollout_uid"])), "rollout_uid": str(r["rollout_uid"]),
-            "step": int(r["step"]), "age": int(r.get("age", 0)), "ratio_mean": _finite(r.get("ratio_mean")),
-            "ratio_max": _finite(r.get("ratio_max")), "clipfrac": _finite(r.get("clipfrac")),
-            "kl_to_behavior": _finite(r.get("kl_to_behavior")),
+            "step": int(r["step"]), "age": int(r.get("age", 0)), "ratio_mean": finite_or_none(r.get("ratio_mean")),
+            "ratio_max": finite_or_none(r.get("ratio_max")), "clipfrac": finite_or_none(r.get("clipfrac")),
+            "kl_to_behavior": finite_or_none(r.get("kl_to_behavior")),
         } for r in rows]
         stmt = self._insert(_USES)
         stmt = stmt.on_conflict_do_update(
@@ -349,11 +337,11 @@ class SqlSink(Sink):
             ratio_max=agg.c.rmax, clipfrac=agg.c.clip, kl_to_behavior=agg.c.kl))
 
     def _write_metrics(self, conn: Connection, step: int, metrics: dict[str, Any], wall: float) -> int:
-        rollouts = _finite(metrics.get("cost/rollouts"))
-        elapsed = _finite(metrics.get("timing_s/elapsed"))
+        rollouts = finite_or_none(metrics.get("cost/rollouts"))
+        elapsed = finite_or_none(metrics.get("timing_s/elapsed"))
         if elapsed is None and step == 0:
             elapsed = 0.0
-        values = [{"run_id": self.run_id, "step": step, "key": str(k)[:250], "value": _finite(v),
+        values = [{"run_id": self.run_id, "step": step, "key": str(k)[:250], "value": finite_or_none(v),
                    "rollouts": int(rollouts) if rollouts is not None else None, "elapsed_s": elapsed,
                    "wall_time": wall} for k, v in metrics.items()]
         if not values:
@@ -383,21 +371,18 @@ class SqlSink(Sink):
                                           set_={c: stmt.excluded[c] for c in ("policy_version", "path", "policy_path",
                                                                               "info", "created_at")})
         conn.execute(stmt, values)
-        if self.job_id is not None:
-            conn.execute(update(_JOBS).where(_JOBS.c.id == self.job_id).values(last_checkpoint_step=step))
+        jobs.record_checkpoint(conn, self.job_id, step)
 
     def _update_counters(self, conn: Connection, step: int, metrics: dict[str, Any]) -> None:
-        values: dict[str, Any] = {"steps_done": step, "updated_at": utcnow()}
+        values: dict[str, Any] = {}
         for key, col in (("cost/rollouts", "rollouts_generated"), ("cost/tokens", "tokens_generated")):
-            v = _finite(metrics.get(key))
+            v = finite_or_none(metrics.get(key))
             if v is not None:
                 values[col] = int(v)
-        elapsed = _finite(metrics.get("timing_s/elapsed"))
+        elapsed = finite_or_none(metrics.get("timing_s/elapsed"))
         if elapsed is not None:
             values["elapsed_s"] = elapsed
-        conn.execute(update(_RUNS).where(_RUNS.c.id == self.run_id).values(**values))
-        if self.job_id is not None:
-            conn.execute(update(_JOBS).where(_JOBS.c.id == self.job_id).values(progress_step=step))
+        jobs.record_progress(conn, run_id=self.run_id, job_id=self.job_id, step=step, counters=values)
 
 
 def _rows_in(item: tuple) -> int:

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException
 from sqlmodel import Session
 
-from backend.db import get_engine
-from backend.models import Run
+from studio.db import get_engine
+from studio.models import Run
 
 
 def get_session() -> Iterator[Session]:

@@ -7,31 +7,30 @@ evaluation adds a measured line to the leaderboard (backend/leaderboard.py).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend import jobs
 from backend.api.deps import SessionDep
 from backend.api.schemas import JobOut
 from backend.auth import require_read, require_write
-from backend.leaderboard import cost_at_step, evaluation_summary, iso, mode_label, size_label
-from backend.models import (
-    ACTIVE_STATUSES,
+from remix_engine.data import BENCHMARKS
+from remix_engine.reward.grader import GRADER_TAG
+from studio import jobs
+from studio.leaderboard import cost_at_step, mode_label, size_label
+from studio.models import (
     Checkpoint,
     EvalSample,
     Evaluation,
     Job,
     JobKind,
-    JobStatus,
     Run,
-    utcnow,
+    as_utc,
 )
-from backend.settings import get_settings
-from remix_engine.data import BENCHMARKS
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)])
 
@@ -131,6 +130,20 @@ class EvalSamplePage(BaseModel):
     count: int
     limit: int
     offset: int
+
+
+def evaluation_summary(evaluations: list[Evaluation]) -> dict[str, Any]:
+    """Unweighted averages over the job's finished benchmarks (fractions)."""
+    done = [e for e in evaluations if e.pass_at_1 is not None]
+    mv = [e.mathverify for e in done if e.mathverify is not None]
+    return {"pass@1": sum(e.pass_at_1 for e in done) / len(done) if done else None,
+            "mathverify": sum(mv) / len(mv) if done and len(mv) == len(done) else None,
+            "benchmarks_done": len(done), "benchmarks": len(evaluations)}
+
+
+def iso(value: datetime | None) -> str | None:
+    v = as_utc(value)
+    return v.isoformat() if v else None
 
 
 def _unprocessable(field: str, msg: str) -> HTTPException:
@@ -235,17 +248,11 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep) -> Evaluation
     params.update(name=name, method=method, cost_rollouts=cost, temperature=options.temperature,
                   mode_label=mode_label(options.mode, options.temperature),
                   size=body.size or size_label(name) or size_label(str(params["model_path"])),
-                  grader="deepscaler-v1", benchmark_names=names)
-    settings = get_settings()
-    job = Job(run_id=None, kind=JobKind.EVAL.value, status=JobStatus.PENDING.value, dispatch_token=jobs.new_token(),
-              queue=settings.gpu_queue, max_attempts=settings.max_attempts, params=params, queued_at=utcnow())
-    session.add(job)
-    session.flush()
-    for spec, short in zip(body.benchmarks, names, strict=True):
-        session.add(Evaluation(run_id=body.run_id, job_id=job.id, checkpoint_step=params.get("step"), model=name,
-                               benchmark=short, status=JobStatus.PENDING.value, k=options.k_for(short),
-                               temperature=options.temperature, cost_rollouts=cost, mode=options.mode,
-                               grader="deepscaler-v1", metrics={"spec": spec}))
+                  grader=GRADER_TAG, benchmark_names=names)
+    job = jobs.create_eval_job(
+        session, params=params, run_id=body.run_id, model=name, mode=options.mode, temperature=options.temperature,
+        cost_rollouts=cost, grader=GRADER_TAG,
+        benchmarks=[(spec, short, options.k_for(short)) for spec, short in zip(body.benchmarks, names, strict=True)])
     session.commit()
     jobs.dispatch(job.id)
     session.expire_all()
@@ -300,19 +307,10 @@ def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None
              summary="Cancel: a queued evaluation ends now; a running one stops after its current batch")
 def cancel_evaluation(eval_id: int, session: SessionDep) -> EvaluationOut:
     job = _eval_job_or_404(session, eval_id)
-    if job.status not in ACTIVE_STATUSES:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"evaluation {eval_id} is {job.status}")
-    now = utcnow()
-    res = session.execute(update(Job).execution_options(synchronize_session=False)
-                          .where(Job.id == eval_id, Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value]))
-                          .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now))
-    if res.rowcount:
-        session.execute(update(Evaluation).execution_options(synchronize_session=False)
-                        .where(Evaluation.job_id == eval_id, Evaluation.status != JobStatus.SUCCEEDED.value)
-                        .values(status=JobStatus.CANCELLED.value, finished_at=now))
-    else:
-        session.execute(update(Job).execution_options(synchronize_session=False)
-                        .where(Job.id == eval_id).values(cancel_requested=True))
+    try:
+        jobs.request_cancel(session, job)
+    except jobs.TransitionError:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"evaluation {eval_id} is {job.status}") from None
     session.commit()
     session.expire_all()
     return evaluation_out(session, session.get(Job, eval_id))

@@ -8,15 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 
 from backend.api.deps import SessionDep
 from backend.auth import require_read, require_write
-from backend.leaderboard import (
-    FORMATS,
-    LeaderboardError,
-    delete_entry,
-    leaderboard,
-    parse_import,
-    render,
-    store_entries,
-)
+from backend.leaderboard_export import FORMATS, render
+from studio.leaderboard import LeaderboardError, delete_entry, leaderboard, parse_import, store_entries
 
 router = APIRouter(prefix="/leaderboard", tags=["leaderboard"], dependencies=[Depends(require_read)])
 

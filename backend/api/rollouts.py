@@ -28,7 +28,7 @@ from backend.api.schemas import (
     StalenessCell,
 )
 from backend.auth import require_read
-from backend.models import Rollout, RolloutText, RolloutUse
+from studio.models import Rollout, RolloutText, RolloutUse
 
 router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)])
 

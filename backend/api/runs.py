@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend import jobs
 from backend.api.deps import SessionDep, get_run_or_404
 from backend.api.schemas import (
     CheckpointOut,
@@ -24,9 +23,10 @@ from backend.api.schemas import (
     RunOut,
 )
 from backend.auth import require_read, require_write
-from backend.models import ACTIVE_STATUSES, Checkpoint, LatestMetric, Metric, Run, as_utc
-from backend.settings import get_settings
 from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
+from studio import jobs
+from studio.models import ACTIVE_STATUSES, Checkpoint, LatestMetric, Metric, Run, as_utc
+from studio.settings import get_settings
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
 
@@ -92,10 +92,8 @@ def run_detail(session: Session, run: Run) -> RunDetail:
 
 
 def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict, parent_run_id: int | None) -> RunDetail:
-    run, job = jobs.create_run_with_job(session, name=name or "pending", cfg_dict=config_to_dict(cfg), request=request,
+    run, job = jobs.create_run_with_job(session, name=name, cfg_dict=config_to_dict(cfg), request=request,
                                         parent_run_id=parent_run_id)
-    if not name:
-        run.name = f"{cfg.algorithm} {cfg.preset} #{run.id}"
     session.commit()
     jobs.dispatch(job.id)
     session.expire_all()
@@ -141,10 +139,14 @@ def get_run(run_id: int, session: SessionDep) -> RunDetail:
              summary="Cancel: a queued run ends now; a running one checkpoints and stops after its current step")
 def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
     run = get_run_or_404(session, run_id)
+    job = jobs.latest_job(session, run.id)
     try:
-        jobs.request_cancel(session, run)
-    except jobs.TransitionError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+        if job is None:
+            raise jobs.TransitionError("no job")
+        jobs.request_cancel(session, job)
+    except jobs.TransitionError:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run.id} is {run.status}; only pending, queued "
+                                                             "or running runs can be cancelled") from None
     session.commit()
     session.expire_all()
     return run_detail(session, session.get(Run, run_id))
@@ -169,10 +171,11 @@ def retry_run(run_id: int, session: SessionDep) -> RunDetail:
                summary="Delete a finished run, its rows and its artefacts")
 def delete_run(run_id: int, session: SessionDep) -> Response:
     run = get_run_or_404(session, run_id)
-    if run.status in ACTIVE_STATUSES:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} is {run.status}; cancel it before deleting")
     out_dir = Path(run.output_dir) if run.output_dir else None
-    session.delete(run)  # jobs, metrics, rollouts, uses, checkpoints ... go by ON DELETE CASCADE
+    try:
+        jobs.delete_run(session, run)
+    except jobs.TransitionError:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} is {run.status}; cancel it before deleting") from None
     session.commit()
     runs_root = get_settings().runs_path
     if out_dir is not None and out_dir.resolve().is_relative_to(runs_root) and out_dir.resolve() != runs_root:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.models import Job, Run, as_utc
+from studio.models import Job, Run, as_utc
 
 
 class RunCreate(BaseModel):

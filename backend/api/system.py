@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from backend.api.deps import SessionDep
 from backend.api.schemas import HealthOut, JobList, JobOut
 from backend.auth import require_read
-from backend.migrate import current_revision, head_revision
-from backend.models import Job, WorkerNode, as_utc, utcnow
-from backend.settings import get_settings, redact_url
+from studio.migrate import current_revision, head_revision
+from studio.models import Job, WorkerNode, as_utc, utcnow
+from studio.settings import get_settings, redact_url
 
 router = APIRouter(tags=["system"], dependencies=[Depends(require_read)])
 
@@ -46,7 +46,7 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
 
 
 def _probe_broker() -> dict:
-    from worker.celery_app import get_celery_app
+    from studio.broker import get_celery_app
 
     settings = get_settings()
     app = get_celery_app(settings)

@@ -137,7 +137,7 @@ class Deployment:
 
     def settings(self):  # noqa: ANN201
         """The studio Settings of this deployment (for direct DB / Celery access from the test)."""
-        from backend.settings import Settings
+        from studio.settings import Settings
 
         return Settings(data_dir=Path(self.env["REMIX_DATA_DIR"]), database_url=self.env.get("REMIX_DATABASE_URL"),
                         broker_url=self.env.get("REMIX_BROKER_URL"),

@@ -1,4 +1,4 @@
-"""The Alembic migrations shipped in backend/migrations build exactly the schema of backend/models.py,
+"""The Alembic migrations shipped in studio/migrations build exactly the schema of studio/models.py,
 on SQLite (batch mode) and on PostgreSQL, and downgrade cleanly."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-import backend.models  # noqa: F401
-from backend.db import make_engine
-from backend.migrate import alembic_config, current_revision, head_revision, upgrade_database
-from backend.settings import Settings
+import studio.models  # noqa: F401
+from studio.db import make_engine
+from studio.migrate import alembic_config, current_revision, head_revision, upgrade_database
+from studio.settings import Settings
 
 pytestmark = pytest.mark.integration
 

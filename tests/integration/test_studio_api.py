@@ -75,9 +75,9 @@ def test_invalid_inputs(deployment: Deployment) -> None:
 def test_metric_downsampling_keeps_extremes(deployment: Deployment) -> None:
     """600 synthetic steps written through the real SQL sink; the API returns ≤ max_points points
     per series, including the global minimum, maximum, first and last step."""
-    from backend.db import make_engine, session_scope
-    from backend.models import Run
-    from backend.settings import Settings
+    from studio.db import make_engine, session_scope
+    from studio.models import Run
+    from studio.settings import Settings
     from worker.sink import SqlSink
 
     settings = Settings(data_dir=Path(deployment.env["REMIX_DATA_DIR"]),
@@ -245,7 +245,7 @@ def test_cancel_retry_delete(deployment: Deployment) -> None:
     # progress is also reported through Celery (update_state → result backend)
     from celery.result import AsyncResult
 
-    from worker.celery_app import make_celery_app
+    from studio.broker import make_celery_app
 
     celery_app = make_celery_app(deployment.settings())
     result = AsyncResult(running["job"]["celery_task_id"], app=celery_app)

@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.db import make_engine
-from backend.leaderboard import (
+from backend.leaderboard_export import render
+from remix_engine.leaderboard_data import published_csv_text, published_source
+from studio.db import make_engine
+from studio.leaderboard import (
     AVERAGE,
     STANDARD_BENCHMARKS,
     Cost,
@@ -28,15 +30,13 @@ from backend.leaderboard import (
     measured_entries,
     parse_cost,
     parse_import,
-    render,
     shipped_entries,
     size_label,
     store_entries,
 )
-from backend.migrate import upgrade_database
-from backend.models import Evaluation, Job, JobKind, JobStatus, LeaderboardEntry
-from backend.settings import Settings
-from remix_engine.leaderboard_data import published_csv_text, published_source
+from studio.migrate import upgrade_database
+from studio.models import Evaluation, Job, JobKind, JobStatus, LeaderboardEntry
+from studio.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_CSV = REPO.parent / "shared" / "data" / "published" / "remix_readme_results.csv"
@@ -140,7 +140,7 @@ def test_migration_seeds_published_rows_once_and_matches_the_models(engine, tmp_
 def test_downgrade_and_upgrade_again(engine, tmp_path):
     from alembic import command
 
-    from backend.migrate import alembic_config, current_revision
+    from studio.migrate import alembic_config, current_revision
 
     settings = Settings(data_dir=tmp_path)
     cfg = alembic_config(settings.sqlalchemy_url)

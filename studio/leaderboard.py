@@ -1,4 +1,4 @@
-"""The leaderboard: published rows (shipped and imported), measured rows from evaluation jobs, exports.
+"""The leaderboard store: published rows (shipped and imported) and measured rows from evaluation jobs.
 
 Storage: one `leaderboard_entries` row per (entry, benchmark, mode). An *entry* is one line of the
 table, named by `entry_key`:
@@ -6,7 +6,8 @@ table, named by `entry_key`:
 * ``published:<dataset>:<size>:<model>`` — a published result. The ReMix README tables ship with
   the engine (`remix_engine/leaderboard_data`, dataset ``remix-readme-v3``) and are seeded by
   migration 0002; users import more (CSV or JSON, same columns). `source` = ``published``.
-* ``eval:<job id>`` — an evaluation job of this studio. `source` = ``measured``.
+* ``eval:<job id>`` — an evaluation job of this studio. `source` = ``measured``
+  (`measured_entries`, written by the worker's evaluation job, worker/evaluation.py).
 
 Scores are percentages (pass@1 × 100), as in the paper's tables; the `average` benchmark row holds
 the published average (published entries) or the unweighted mean over the evaluated benchmarks
@@ -15,40 +16,24 @@ numbers, avg@32 on AIME/AMC). Costs are rollouts generated in training: publishe
 text (``0.079M``, ``>3.584M`` with `cost_lower_bound`, ``N/A``) next to the number; measured ones
 are the run's ``cost/rollouts`` at the evaluated checkpoint.
 
-Exports (`render`): json, csv (the import format: ``<bench>_<mode>`` columns, so an export can be
-re-imported), md (GitHub table) and latex (booktabs tabular).
-
-The second half runs evaluation jobs on a worker (`run_evaluation_job`, called by
-worker.tasks.evaluate_task): per-benchmark `evaluations` rows, per-sample `eval_samples` rows and
-the measured leaderboard entries.
+Exports (json, csv, md, latex) are the API's business: backend/leaderboard_export.py.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
-from backend.models import (
-    EvalSample,
-    Evaluation,
-    Job,
-    JobStatus,
-    LeaderboardEntry,
-    Metric,
-    as_utc,
-    utcnow,
-)
+from studio.models import Evaluation, Job, JobStatus, LeaderboardEntry, Metric, as_utc, utcnow
 
 log = logging.getLogger("remix.leaderboard")
 
@@ -59,15 +44,9 @@ LABELS = {"aime24": "AIME24", "amc23": "AMC23", "math500": "MATH500", "minerva":
 PUBLISHED = "published"
 MEASURED = "measured"
 SHIPPED_DATASET = "remix-readme-v3"
-FORMATS = ("json", "csv", "md", "latex")
 
 _MODE_RE = r"greedy|t\d+(?:\.\d+)?"
 _SCORE_COLUMN = re.compile(rf"^(?P<bench>.+)_(?P<mode>{_MODE_RE})$")
-
-
-def _upd(model):  # noqa: ANN001, ANN202
-    """UPDATE without ORM session synchronisation (as backend.jobs does; SQLite returns naive datetimes)."""
-    return update(model).execution_options(synchronize_session=False)
 
 
 class LeaderboardError(ValueError):
@@ -345,90 +324,6 @@ def delete_entry(session: Session, key: str) -> int:
     return session.execute(delete(LeaderboardEntry).where(LeaderboardEntry.entry_key == key)).rowcount or 0
 
 
-# ------------------------------------------------------------------------------------------ exports
-def _num(v: float | None) -> str:
-    return "" if v is None else f"{v:.2f}"
-
-
-def to_csv(table: dict[str, Any]) -> str:
-    """The import format: size, model, source, <bench>_<mode>..., avg_<mode>, cost_rollouts, ..."""
-    mode = table["mode"]
-    bench_cols = [f"{b}_{mode}" for b in table["benchmarks"]]
-    header = ["size", "model", "source", *bench_cols, f"avg_{mode}", "cost_rollouts", "cost_rollouts_count",
-              "run_id", "checkpoint_step", "reference"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for e in table["rows"]:
-        w.writerow([e["size"] or "", e["model"], e["source"],
-                    *[_repr(e["scores"].get(b)) for b in table["benchmarks"]], _repr(e["average"]),
-                    e["cost_text"], "" if e["cost_rollouts"] is None else e["cost_rollouts"],
-                    "" if e["run_id"] is None else e["run_id"],
-                    "" if e["checkpoint_step"] is None else e["checkpoint_step"], e["reference"] or ""])
-    return buf.getvalue()
-
-
-def _repr(v: float | None) -> str:
-    return "" if v is None else repr(float(v))
-
-
-def _md_cell(text: Any) -> str:
-    s = "" if text is None else str(text)
-    for ch in ("\\", "|", "*", "_", "`"):
-        s = s.replace(ch, "\\" + ch)
-    return s.replace("\n", " ")
-
-
-def to_markdown(table: dict[str, Any]) -> str:
-    cols = [*table["benchmarks"], AVERAGE]
-    head = ["Model", "Source", "Size", *[table["labels"][c] for c in cols], "Cost"]
-    lines = [f"Leaderboard: {table['metric']}, mode {table['mode']}, size {table['size']} "
-             f"(published rows are the authors' numbers, measured rows this studio's)", "",
-             "| " + " | ".join(head) + " |",
-             "|" + "|".join([":---", ":---", ":---", *["---:"] * len(cols), "---:"]) + "|"]
-    for e in table["rows"]:
-        vals = [_num(e["scores"].get(c) if c != AVERAGE else e["average"]) or "-" for c in cols]
-        lines.append("| " + " | ".join([_md_cell(e["model"]), e["source"], _md_cell(e["size"] or "-"), *vals,
-                                        _md_cell(e["cost_text"])]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", ">": r"$>$", "<": r"$<$"}
-
-
-def tex_escape(text: Any) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in ("" if text is None else str(text)))
-
-
-def to_latex(table: dict[str, Any]) -> str:
-    cols = [*table["benchmarks"], AVERAGE]
-    head = ["Model", "Source", "Size", *[table["labels"][c] for c in cols], "Cost"]
-    lines = [f"% ReMix Studio leaderboard: {table['metric']}, mode {table['mode']}, size {table['size']}",
-             "% requires \\usepackage{booktabs}",
-             "\\begin{tabular}{lll" + "r" * len(cols) + "r}", "\\toprule",
-             " & ".join(tex_escape(h) for h in head) + r" \\", "\\midrule"]
-    for e in table["rows"]:
-        vals = [_num(e["scores"].get(c) if c != AVERAGE else e["average"]) or "--" for c in cols]
-        lines.append(" & ".join([tex_escape(e["model"]), e["source"], tex_escape(e["size"] or "--"), *vals,
-                                 tex_escape(e["cost_text"])]) + r" \\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def render(table: dict[str, Any], fmt: str) -> tuple[str, str]:
-    """(body, media type) of an export."""
-    if fmt == "json":
-        return json.dumps(table, indent=2), "application/json"
-    if fmt == "csv":
-        return to_csv(table), "text/csv; charset=utf-8"
-    if fmt == "md":
-        return to_markdown(table), "text/markdown; charset=utf-8"
-    if fmt == "latex":
-        return to_latex(table), "application/x-latex; charset=utf-8"
-    raise LeaderboardError(f"format: '{fmt}' is not one of {', '.join(FORMATS)}")
-
-
 # ------------------------------------------------------------------------------------------ measured rows
 _SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*[Bb](?![A-Za-z])")
 
@@ -490,195 +385,3 @@ def measured_entries(job: Job, evaluations: list[Evaluation]) -> list[dict[str, 
     return out
 
 
-# ------------------------------------------------------------------------------------------ evaluation jobs
-class _Lost(RuntimeError):
-    """The job row is no longer ours (re-queued elsewhere or finished)."""
-
-
-class SqlEvalSink:
-    """Evaluation events -> `eval_samples` rows and job progress, fenced by (job id, attempt)."""
-
-    def __init__(self, engine, job_id: int, attempt: int, evaluation_id: int, should_stop: Callable[[], bool],
-                 progress_base: int):
-        self.engine, self.job_id, self.attempt = engine, job_id, attempt
-        self.evaluation_id = evaluation_id
-        self._should_stop = should_stop
-        self.progress_base = progress_base
-        self.done = 0
-
-    def on_benchmark_start(self, name: str, info: dict[str, Any]) -> None: ...
-
-    def on_samples(self, name: str, rows: list[dict[str, Any]]) -> None:
-        from backend.db import retrying
-
-        def _write() -> None:
-            with Session(self.engine) as s:
-                res = s.execute(_upd(Job).where(Job.id == self.job_id, Job.attempt == self.attempt,
-                                                  Job.status == JobStatus.RUNNING.value)
-                                .values(heartbeat_at=utcnow(), progress_step=self.progress_base + self.done + len(rows)))
-                if not res.rowcount:
-                    s.rollback()
-                    raise _Lost(f"job {self.job_id} attempt {self.attempt} is no longer running here")
-                s.add_all([EvalSample(
-                    evaluation_id=self.evaluation_id, sample_id=str(r["problem_id"])[:128],
-                    sample_index=int(r["sample_index"]), prompt=r["prompt"], response=r["response"],
-                    extracted=r["extracted"], reference=r["reference"], correct=bool(r["correct"]),
-                    format_ok=bool(r["format_ok"]), reason=r["reason"], length=int(r["length"]),
-                    truncated=bool(r["truncated"]), mathverify=r["mathverify"]) for r in rows])
-                s.commit()
-
-        retrying(_write)
-        self.done += len(rows)
-
-    def on_benchmark_end(self, name: str, metrics: dict[str, Any]) -> None: ...
-
-    def should_stop(self) -> bool:
-        return self._should_stop()
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def run_evaluation_job(job_id: int, attempt: int, *, heartbeat, shutting_down: Callable[[], bool]) -> dict[str, Any]:
-    """Evaluate the job's model on its benchmarks (rows created by POST /evaluations).
-
-    `heartbeat` is a started worker.tasks.JobHeartbeat (cancel flag, lost ownership); benchmarks
-    that already succeeded in an earlier attempt are kept, the others are (re)done from scratch.
-    Returns the outcome dict of the Celery task; the job row is finished here.
-    """
-    from backend import jobs
-    from backend.db import get_engine, retrying, session_scope
-    from remix_engine.evaluate import (
-        EvalOptions,
-        EvaluationCancelled,
-        EvaluationError,
-        Evaluator,
-        load_benchmark,
-    )
-
-    engine = get_engine()
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        params = dict(job.params or {})
-        evals = s.execute(select(Evaluation).where(Evaluation.job_id == job_id).order_by(Evaluation.id)).scalars().all()
-        todo = [(ev.id, ev.benchmark, ev.metrics.get("spec", ev.benchmark) if ev.metrics else ev.benchmark)
-                for ev in evals if ev.status != JobStatus.SUCCEEDED.value]
-
-    def set_evals(ids: list[int], **values: Any) -> None:
-        if not ids:
-            return
-
-        def _set() -> None:
-            with session_scope() as s:
-                s.execute(_upd(Evaluation).where(Evaluation.id.in_(ids)).values(**values))
-
-        retrying(_set)
-
-    def should_stop() -> bool:
-        return heartbeat.should_stop
-
-    status, error = JobStatus.SUCCEEDED.value, None
-    current: list[int] = []
-    evaluator = None
-    try:
-        options = EvalOptions(mode=params.get("mode", "greedy"), temperature=params.get("temperature"),
-                              samples=params.get("samples"), max_new_tokens=int(params.get("max_new_tokens", 8192)),
-                              max_prompt_tokens=params.get("max_prompt_tokens"),
-                              prompt_template=params.get("prompt_template") or EvalOptions().prompt_template,
-                              use_chat_template=bool(params.get("use_chat_template", True)),
-                              mathverify=bool(params.get("mathverify", True)),
-                              batch_size=int(params.get("batch_size", 64)), seed=int(params.get("seed", 0)))
-        benches = []
-        for eval_id, name, spec in todo:
-            bench = load_benchmark(spec, params.get("limit"))
-            bench.name = name
-            benches.append((eval_id, bench))
-        total = sum(len(b.problems) * options.k_for(b.name) for _, b in benches)
-        with session_scope() as s:
-            s.execute(_upd(Job).where(Job.id == job_id).values(progress_total=total, progress_step=0))
-        evaluator = Evaluator(params["model_path"], options, backend=params.get("backend", "hf"),
-                              dtype=params.get("dtype", "float32"), torch_threads=params.get("torch_threads"))
-        if not params.get("size"):  # label by parameter count now that the model is loaded
-            from remix_engine.models import n_parameters
-
-            params["size"] = size_label("", n_parameters(evaluator.model))
-            with session_scope() as s:
-                s.execute(_upd(Job).where(Job.id == job_id).values(params=params))
-        base = 0
-        for index, (eval_id, bench) in enumerate(benches):
-            current = [eval_id]
-
-            def _start(eid: int = eval_id) -> None:
-                with session_scope() as s:
-                    s.execute(delete(EvalSample).where(EvalSample.evaluation_id == eid))
-                    s.execute(_upd(Evaluation).where(Evaluation.id == eid)
-                              .values(status=JobStatus.RUNNING.value, finished_at=None))
-
-            retrying(_start)
-            sink = SqlEvalSink(engine, job_id, attempt, eval_id, should_stop, base)
-            res = evaluator.run(bench, index, sink=sink, keep_samples=False)
-            m = res.metrics
-            set_evals([eval_id], status=JobStatus.SUCCEEDED.value, n_samples=int(m["n_samples"]), k=int(m["k"]),
-                      temperature=float(m["temperature"]), pass_at_1=m["pass@1"], avg_at_k=m["avg@k"],
-                      mathverify=m["mathverify"], metrics=_clean({**m, "spec": bench.source}), finished_at=utcnow())
-            base += sink.done
-        current = []
-    except EvaluationCancelled as exc:
-        status = JobStatus.CANCELLED.value if heartbeat.cancel_requested or not shutting_down() else "interrupted"
-        error = str(exc)
-    except _Lost as exc:
-        status, error = "lost", str(exc)
-    except EvaluationError as exc:
-        status, error = JobStatus.FAILED.value, str(exc)
-    except Exception as exc:  # noqa: BLE001 - recorded on the job
-        log.exception("evaluation job %s failed", job_id)
-        status, error = JobStatus.FAILED.value, f"{type(exc).__name__}: {exc}"[:4000]
-    finally:
-        if evaluator is not None:
-            evaluator.close()
-
-    if status == "lost" or heartbeat.lost:
-        return {"job_id": job_id, "attempt": attempt, "status": "lost"}
-    if status == "interrupted":
-        set_evals(current, status=JobStatus.PENDING.value)
-        outcome = jobs.requeue(job_id, attempt, reason="worker shut down; unfinished benchmarks are redone", lost=False)
-        return {"job_id": job_id, "attempt": attempt, "status": f"interrupted ({outcome})"}
-    with session_scope() as s:
-        remaining = [ev.id for ev in s.execute(select(Evaluation).where(
-            Evaluation.job_id == job_id, Evaluation.status != JobStatus.SUCCEEDED.value)).scalars()]
-    if status != JobStatus.SUCCEEDED.value:
-        set_evals(remaining, status=status, finished_at=utcnow())
-
-    def _entries() -> None:
-        with session_scope() as s:
-            job = s.get(Job, job_id)
-            evs = s.execute(select(Evaluation).where(Evaluation.job_id == job_id).order_by(Evaluation.id)).scalars().all()
-            entries = measured_entries(job, list(evs))
-            s.execute(delete(LeaderboardEntry).where(LeaderboardEntry.entry_key == f"eval:{job_id}"))
-            if entries and status == JobStatus.SUCCEEDED.value:
-                store_entries(s, entries)
-
-    retrying(_entries)
-    jobs.finish(job_id, attempt, status, error=error)
-    return {"job_id": job_id, "attempt": attempt, "status": status, "error": error}
-
-
-def evaluation_summary(evaluations: list[Evaluation]) -> dict[str, Any]:
-    """Unweighted averages over the job's finished benchmarks (fractions)."""
-    done = [e for e in evaluations if e.pass_at_1 is not None]
-    mv = [e.mathverify for e in done if e.mathverify is not None]
-    return {"pass@1": sum(e.pass_at_1 for e in done) / len(done) if done else None,
-            "mathverify": sum(mv) / len(mv) if done and len(mv) == len(done) else None,
-            "benchmarks_done": len(done), "benchmarks": len(evaluations)}
-
-
-def iso(value: datetime | None) -> str | None:
-    v = as_utc(value)
-    return v.isoformat() if v else None

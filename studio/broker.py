@@ -1,8 +1,11 @@
 """The Celery application: configuration only (no torch import), shared by the worker and the API.
 
+The API sends tasks *by name* (`TASK_NAMES`, studio/jobs.py `dispatch`); the worker registers the
+functions under those names (worker/tasks.py). Neither imports the other.
+
 Long GPU jobs: late acks + reject on worker lost + prefetch 1, so a worker holds exactly the one
 message it runs; tasks go to the `gpu` queue (REMIX_GPU_QUEUE). Celery is delivery only: the SQL
-job row decides whether a delivered message may run (backend/jobs.py).
+job row decides whether a delivered message may run (studio/jobs.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ import threading
 
 from celery import Celery
 
-from backend.settings import Settings, get_settings
+from studio.models import JobKind
+from studio.settings import Settings, get_settings
+
+# Celery task name per job kind (studio.models.JobKind values).
+TASK_NAMES = {JobKind.TRAIN.value: "remix.train", JobKind.EVAL.value: "remix.evaluate"}
 
 _apps: dict[tuple[str, str, str], Celery] = {}
 _lock = threading.Lock()
@@ -66,7 +73,6 @@ def make_celery_app(settings: Settings) -> Celery:
         worker_enable_remote_control=not filesystem,
         worker_send_task_events=False,
         timezone="UTC",
-        include=["worker.tasks"],
     )
     if settings.celery_broker_url.startswith(("amqp", "pyamqp")):
         # A solo-pool worker is busy inside the job and cannot answer AMQP heartbeats; RabbitMQ
@@ -88,7 +94,7 @@ def get_celery_app(settings: Settings | None = None) -> Celery:
 
 
 def __getattr__(name: str):
-    # `celery -A worker.celery_app inspect ...` looks for a module attribute named app/celery.
+    # `celery -A studio.broker inspect ...` looks for a module attribute named app/celery.
     if name in ("app", "celery"):
         return get_celery_app()
     raise AttributeError(name)

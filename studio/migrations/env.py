@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import backend.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from backend.db import make_engine
-from backend.settings import get_settings, normalise_database_url
+import studio.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from studio.db import make_engine
+from studio.settings import get_settings, normalise_database_url
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -37,7 +37,7 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
-    if connection is not None:  # handed over by backend.migrate (already locked)
+    if connection is not None:  # handed over by studio.migrate (already locked)
         _configure(connection)
         with context.begin_transaction():
             context.run_migrations()

@@ -57,7 +57,7 @@ def upgrade() -> None:
 def _seed_published() -> None:
     # Parsed by the application's parser, inserted with this revision's own column list, so later
     # schema changes cannot break this step.
-    from backend.leaderboard import shipped_entries
+    from studio.leaderboard import shipped_entries
 
     keys = ("entry_key", "source", "dataset", "size", "model", "method", "benchmark", "mode", "metric", "score",
             "cost_rollouts", "cost_text", "cost_lower_bound", "reference", "notes")

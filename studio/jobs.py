@@ -1,5 +1,10 @@
 """The job state machine, kept in SQL (the source of truth); Celery only delivers messages.
 
+This module is the only writer of `jobs` rows and of the state and progress columns of `runs`:
+the API (create, dispatch, cancel), the reaper (re-queue) and the worker (claim, heartbeat,
+progress, fence, finish) all go through it, for training and evaluation jobs alike.
+tests/unit/test_jobs.py is its specification.
+
     pending ──dispatch──▶ queued ──claim──▶ running ──▶ succeeded | failed | cancelled
        ▲                                       │
        └────── reaper: heartbeat stale ────────┘   (attempt < max_attempts; resumes from checkpoint)
@@ -24,15 +29,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from backend.db import get_engine, retrying, session_scope
-from backend.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, Run, WorkerNode, utcnow
-from backend.settings import Settings, get_settings
+from studio.broker import TASK_NAMES, get_celery_app
+from studio.db import retrying, session_scope
+from studio.models import ACTIVE_STATUSES, Evaluation, Job, JobKind, JobStatus, Run, WorkerNode, utcnow
+from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.jobs")
 
-TASK_NAMES = {JobKind.TRAIN.value: "remix.train", JobKind.EVAL.value: "remix.evaluate"}
 
 
 def _upd(model):  # noqa: ANN001, ANN202
@@ -46,22 +52,43 @@ def new_token() -> str:
 
 
 # ------------------------------------------------------------------------------------ creation
-def create_run_with_job(session: Session, *, name: str, cfg_dict: dict, request: dict,
+def create_run_with_job(session: Session, *, name: str | None, cfg_dict: dict, request: dict,
                         parent_run_id: int | None = None, settings: Settings | None = None) -> tuple[Run, Job]:
-    """Insert a run and its training job (status pending). The caller commits, then dispatches."""
+    """Insert a run and its training job (status pending). The caller commits, then dispatches.
+    Without a name the run is called '<algorithm> <preset> #<id>'."""
     settings = settings or get_settings()
-    run = Run(name=name, preset=cfg_dict.get("preset", ""), algorithm=cfg_dict.get("algorithm", ""),
+    run = Run(name=name or "pending", preset=cfg_dict.get("preset", ""), algorithm=cfg_dict.get("algorithm", ""),
               config=cfg_dict, request=request, status=JobStatus.PENDING.value, parent_run_id=parent_run_id,
               steps_total=int(cfg_dict.get("trainer", {}).get("steps", 0)))
     session.add(run)
     session.flush()
     run.output_dir = str(settings.runs_path / str(run.id))
-    job = Job(run_id=run.id, kind=JobKind.TRAIN.value, status=JobStatus.PENDING.value, dispatch_token=new_token(),
-              queue=settings.gpu_queue, max_attempts=settings.max_attempts, progress_total=run.steps_total,
-              queued_at=utcnow())
+    if not name:
+        run.name = f"{run.algorithm} {run.preset} #{run.id}"
+    job = _new_job(session, JobKind.TRAIN, settings, run_id=run.id, progress_total=run.steps_total)
+    return run, job
+
+
+def create_eval_job(session: Session, *, params: dict, benchmarks: list[tuple[str, str, int]], run_id: int | None,
+                    model: str, mode: str, temperature: float, cost_rollouts: int | None, grader: str,
+                    settings: Settings | None = None) -> Job:
+    """Insert an evaluation job (status pending) and one pending `evaluations` row per benchmark,
+    given as (spec, short name, k). The caller commits, then dispatches."""
+    job = _new_job(session, JobKind.EVAL, settings or get_settings(), params=params)
+    for spec, name, k in benchmarks:
+        session.add(Evaluation(run_id=run_id, job_id=job.id, checkpoint_step=params.get("step"), model=model,
+                               benchmark=name, status=JobStatus.PENDING.value, k=k, temperature=temperature,
+                               cost_rollouts=cost_rollouts, mode=mode, grader=grader, metrics={"spec": spec}))
+    session.flush()
+    return job
+
+
+def _new_job(session: Session, kind: JobKind, settings: Settings, **fields: Any) -> Job:
+    job = Job(kind=kind.value, status=JobStatus.PENDING.value, dispatch_token=new_token(), queue=settings.gpu_queue,
+              max_attempts=settings.max_attempts, queued_at=utcnow(), **fields)
     session.add(job)
     session.flush()
-    return run, job
+    return job
 
 
 def dispatch(job_id: int, settings: Settings | None = None) -> bool:
@@ -74,8 +101,6 @@ def dispatch(job_id: int, settings: Settings | None = None) -> bool:
             return False
         token, kind, queue = job.dispatch_token, job.kind, job.queue
     try:
-        from worker.celery_app import get_celery_app
-
         app = get_celery_app(settings)
         app.send_task(TASK_NAMES[kind], args=[job_id, token], queue=queue, task_id=token)
     except Exception as exc:  # broker unreachable: leave it pending, the reaper retries
@@ -116,7 +141,8 @@ def claim(job_id: int, token: str, worker: str) -> Claim | None:
                 _upd(Job)
                 .where(Job.id == job_id, Job.dispatch_token == token, Job.cancel_requested.is_(False),
                        Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value]))
-                .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, worker=worker,
+                # celery_task_id too: the message may be claimed before dispatch() marked it queued
+                .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, worker=worker, celery_task_id=token,
                         started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, error=None)
             )
             job = s.get(Job, job_id)
@@ -150,6 +176,60 @@ def heartbeat(job_id: int, attempt: int) -> tuple[bool, bool]:
             return True, bool(cancel)
 
     return retrying(_beat)
+
+
+def fence(conn: Connection | Session, job_id: int, attempt: int, **values: Any) -> bool:
+    """Inside the caller's transaction: refresh the heartbeat (plus `values`) only if attempt
+    `attempt` still owns the running job. False means the job was taken from this worker: the
+    caller rolls back and drops what it was about to write."""
+    res = conn.execute(_upd(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING.value)
+                       .values(heartbeat_at=utcnow(), **values))
+    return bool(res.rowcount)
+
+
+def record_progress(conn: Connection | Session, *, run_id: int, job_id: int | None, step: int,
+                    counters: dict[str, Any] | None = None) -> None:
+    """Inside the caller's (fenced) transaction: the run reached `step`; `counters` are run columns
+    (rollouts_generated, tokens_generated, elapsed_s)."""
+    conn.execute(_upd(Run).where(Run.id == run_id).values(steps_done=step, updated_at=utcnow(), **(counters or {})))
+    if job_id is not None:
+        conn.execute(_upd(Job).where(Job.id == job_id).values(progress_step=step))
+
+
+def record_checkpoint(conn: Connection | Session, job_id: int | None, step: int) -> None:
+    """Inside the caller's transaction, with the checkpoint's row: the newest checkpoint step."""
+    if job_id is not None:
+        conn.execute(_upd(Job).where(Job.id == job_id).values(last_checkpoint_step=step))
+
+
+def mark_resumed(job_id: int, step: int | None) -> None:
+    """The attempt starts from the checkpoint at `step` (None: from scratch)."""
+
+    def _mark() -> None:
+        with session_scope() as s:
+            s.execute(_upd(Job).where(Job.id == job_id).values(resumed_from_step=step))
+
+    retrying(_mark)
+
+
+def start_progress(job_id: int, total: int) -> None:
+    """The attempt knows its amount of work (evaluation: samples to generate)."""
+
+    def _start() -> None:
+        with session_scope() as s:
+            s.execute(_upd(Job).where(Job.id == job_id).values(progress_total=total, progress_step=0))
+
+    retrying(_start)
+
+
+def update_params(job_id: int, params: dict) -> None:
+    """The worker completed the job's parameters (e.g. the size label of the loaded model)."""
+
+    def _update() -> None:
+        with session_scope() as s:
+            s.execute(_upd(Job).where(Job.id == job_id).values(params=params))
+
+    retrying(_update)
 
 
 def _finish_in_session(s: Session, job: Job, status: str, *, error: str | None,
@@ -243,25 +323,37 @@ class TransitionError(Exception):
     """The requested change does not fit the job's state (→ HTTP 409)."""
 
 
-def request_cancel(session: Session, run: Run) -> Run:
-    """Cooperative cancel: queued jobs end at once; running ones stop after the current step."""
-    job = latest_job(session, run.id)
-    if job is None or job.status not in ACTIVE_STATUSES:
-        raise TransitionError(f"run {run.id} is {run.status}; only pending, queued or running runs can be cancelled")
+def request_cancel(session: Session, job: Job) -> None:
+    """Cooperative cancel: a pending or queued job ends at once (with its run, or its unfinished
+    benchmarks); a running one gets the flag, which its worker reads between steps.
+    TransitionError if the job already ended. The caller commits."""
+    if job.status not in ACTIVE_STATUSES:
+        raise TransitionError(f"job {job.id} is {job.status}")
     now = utcnow()
     res = session.execute(_upd(Job).where(Job.id == job.id, Job.status.in_([JobStatus.PENDING.value,
                                                                            JobStatus.QUEUED.value]))
                           .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now))
-    if res.rowcount:
-        session.execute(_upd(Run).where(Run.id == run.id).values(status=JobStatus.CANCELLED.value,
-                                                                  cancel_requested=True, finished_at=now,
-                                                                  updated_at=now))
-    else:  # running (or it just started): the worker sees the flag between steps
+    ended = bool(res.rowcount)
+    if not ended:  # running (or it just started): the worker sees the flag between steps
         session.execute(_upd(Job).where(Job.id == job.id).values(cancel_requested=True))
-        session.execute(_upd(Run).where(Run.id == run.id).values(cancel_requested=True, updated_at=now))
+    if job.run_id is not None:
+        values: dict[str, Any] = {"cancel_requested": True, "updated_at": now}
+        if ended:
+            values.update(status=JobStatus.CANCELLED.value, finished_at=now)
+        session.execute(_upd(Run).where(Run.id == job.run_id).values(**values))
+    if ended and job.kind == JobKind.EVAL.value:
+        session.execute(_upd(Evaluation).where(Evaluation.job_id == job.id,
+                                               Evaluation.status != JobStatus.SUCCEEDED.value)
+                        .values(status=JobStatus.CANCELLED.value, finished_at=now))
     session.flush()
-    session.refresh(run)
-    return run
+
+
+def delete_run(session: Session, run: Run) -> None:
+    """Delete a finished run with its jobs, metrics, rollouts, checkpoints (ON DELETE CASCADE);
+    TransitionError while it is active. The caller commits and removes the artefacts."""
+    if run.status in ACTIVE_STATUSES:
+        raise TransitionError(f"run {run.id} is {run.status}")
+    session.delete(run)
 
 
 def latest_job(session: Session, run_id: int) -> Job | None:
@@ -305,9 +397,3 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
                                            WorkerNode.last_seen_at < now - timedelta(days=1))
                   .execution_options(synchronize_session=False))
     return counts
-
-
-def engine_ok() -> bool:
-    with get_engine().connect() as conn:
-        conn.execute(select(1))
-    return True

@@ -1,0 +1,106 @@
+"""Engine and session helpers shared by the API, the worker and the CLI.
+
+SQLite (the embedded default) gets WAL mode, a busy timeout and foreign keys on every connection,
+so the API can read while the worker writes and cascading deletes work like on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, create_engine
+
+from studio.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -> Engine:
+    """A new engine for `url` (SQLAlchemy form). Prefer `get_engine()` for the shared one."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    settings = settings or get_settings()
+    url = settings.sqlalchemy_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        return engine
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine or get_engine(), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Lock contention (SQLite) or a dropped connection: worth retrying."""
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc).lower()
+    return any(s in text for s in ("database is locked", "database table is locked", "busy",
+                                   "server closed the connection", "connection", "deadlock detected"))
+
+
+def retrying(fn: Callable[[], T], *, attempts: int = 5, delay_s: float = 0.2) -> T:
+    """Run `fn` (one whole transaction) again on transient database errors."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except OperationalError as exc:
+            if i == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(delay_s * (2**i))
+    raise AssertionError("unreachable")
+
+
+def retry_transient(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return retrying(lambda: fn(*args, **kwargs))
+
+    return wrapper

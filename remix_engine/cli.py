@@ -90,8 +90,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from remix_engine.data import BENCHMARKS
-    from remix_engine.evaluate import EvaluationError, JsonlSampleSink, evaluate, format_table, write_results
+    from remix_engine.benchmarks import BENCHMARKS, EvaluationError
+    from remix_engine.eval_report import JsonlSampleSink, format_table, write_results
+    from remix_engine.evaluate import evaluate
 
     names = [b.strip() for item in (args.benchmarks or BENCHMARKS) for b in item.split(",") if b.strip()]
     out = Path(args.output)

@@ -11,7 +11,8 @@ Sources (`load_problems`):
   correct;
 * a benchmark name — ``aime24``, ``amc23``, ``math500``, ``minerva``, ``olympiadbench`` (or any
   ``<name>.jsonl``) in the directory named by ``$REMIX_BENCHMARKS_DIR``, by default
-  ``../shared/data/benchmarks`` next to the repository when it exists;
+  ``../shared/data/benchmarks`` next to the repository when it exists (the lookup is
+  benchmarks.py's; `load_benchmark` loads one for evaluation, with its file's version stamp);
 * ``"hf:<dataset id>[:split]"`` — a Hugging Face dataset through the optional `datasets` package.
 
 Prompts (`render_prompt`, `encode_prompts`, `tokenize_problems`) follow remix_algorithm.md §6.1: the problem plus the
@@ -29,40 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from remix_engine.problem import Problem
+from remix_engine.benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    EvaluationError,
+    file_sha,
+    resolve_benchmark,
+    resolve_benchmark_spec,
+)
+from remix_engine.problem import DataError, Problem
+from remix_engine.prompts import render_user_turn
 from remix_engine.reward.grader import last_boxed_content
 
-BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
 TOY_DEFAULT_SIZE = {"train": 10_000, "heldout": 500}
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class DataError(ValueError):
-    """A data source could not be loaded; the message names the source (and line)."""
-
-
-def benchmark_search_dirs() -> list[Path]:
-    """Folders searched for ``<name>.jsonl``: $REMIX_BENCHMARKS_DIR (if set), then ../shared/data/benchmarks.
-
-    (Not REMIX_DATA_DIR: that is the studio's folder for its database and runs.)
-    """
-    dirs = [Path(env).expanduser()] if (env := os.environ.get("REMIX_BENCHMARKS_DIR")) else []
-    return dirs + [_REPO_ROOT.parent / "shared" / "data" / "benchmarks"]
-
-
-def resolve_benchmark(name: str) -> Path:
-    """The JSONL file of benchmark `name` (e.g. 'math500'); DataError if it is not there."""
-    searched = benchmark_search_dirs()
-    for directory in searched:
-        if (directory / f"{name}.jsonl").is_file():
-            return directory / f"{name}.jsonl"
-    have = sorted({p.stem for d in searched if d.is_dir() for p in d.glob("*.jsonl")})
-    raise DataError(
-        f"benchmark '{name}': no {name}.jsonl in {', '.join(map(str, searched))}"
-        + (f" (available: {', '.join(have)})" if have else "; set REMIX_BENCHMARKS_DIR to the folder holding it")
-    )
-
 
 def _answer_from_row(row: dict[str, Any], where: str) -> str | list[str]:
     meta = row.get("meta")
@@ -263,24 +243,28 @@ def load_problems(source: str, split: str = "train", limit: int | None = None, s
                     f"({', '.join(BENCHMARKS)}) or hf:<dataset id>[:split]")
 
 
+def load_benchmark(spec: str, limit: int | None = None) -> Benchmark:
+    """Problems of one benchmark (the first `limit` in file order)."""
+    name, source = resolve_benchmark_spec(spec)
+    try:
+        if source.startswith("hf:"):
+            _, dataset_id, split = source.split(":", 2)
+            problems = load_hf(f"hf:{dataset_id}", split=split, limit=limit)
+            return Benchmark(name, source, problems, None)
+        problems = load_file(source, limit)
+    except DataError as exc:
+        raise EvaluationError(f"benchmark '{spec}': {exc}") from None
+    return Benchmark(name, source, problems, file_sha(Path(source)))
+
+
 # --------------------------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------------------------
 
 
 def render_prompt(tokenizer, problem_text: str, data_cfg, use_chat_template: bool) -> str:
-    """The prompt text: problem + ``data_cfg.prompt_suffix`` as one user turn.
-
-    With `use_chat_template` and a tokenizer that has a chat template, the turn is rendered with
-    ``add_generation_prompt=True`` (R1-distill: ``<｜begin▁of▁sentence｜><｜User｜>…<｜Assistant｜><think>\\n``;
-    toy: ``<s>…\\n<think>``). Otherwise the bare text is returned.
-    """
-    content = problem_text + (data_cfg.prompt_suffix or "")
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-    return content
+    """The prompt text: problem + ``data_cfg.prompt_suffix`` as one user turn (prompts.render_user_turn)."""
+    return render_user_turn(tokenizer, problem_text + (data_cfg.prompt_suffix or ""), use_chat_template)
 
 
 class PromptTooLongError(DataError):

@@ -2,10 +2,9 @@
 
     evaluate("runs/demo/checkpoints/step_000100/policy", ["aime24", "math500"], mode="greedy")
 
-* **Prompt**: one user turn ``"{problem} Let's think step by step and output the final answer
-  within \\boxed{}."`` rendered with the tokenizer's chat template (add_generation_prompt=True), as
-  in training (§6.1). Configurable through ``prompt_template`` (must contain ``{problem}``; filled
-  by plain replacement, so LaTeX braces need no escaping) and ``use_chat_template``.
+* **Prompt**: the training prompt (prompts.py: the problem plus the DeepScaleR instruction as one
+  user turn in the chat template, §6.1). Configurable through ``prompt_template`` (must contain
+  ``{problem}``) and ``use_chat_template``.
 * **Decoding** (§8.2): ``mode="greedy"`` is temperature 0 with one sample per problem (the
   headline Pass@1). ``mode="sample"`` defaults to temperature 0.1, top_p 1, and — unless
   ``samples`` is given — the paper's sample counts: 32 for AIME 2024 and AMC 2023 (avg@32), one
@@ -19,49 +18,44 @@
   of its k samples is correct), ``mathverify``, format/truncation rates, mean response length,
   problem and sample counts, and the benchmark file's sha256. ``average`` is the unweighted mean
   over the benchmarks (§8.1).
-* **Benchmarks**: a name (``aime24``, ``amc23``, ``math500``, ``minerva``, ``olympiadbench`` or any
-  ``<name>.jsonl``) looked up in ``$REMIX_BENCHMARKS_DIR``, else in ``../shared/data/benchmarks``
-  next to the repository; a JSONL path
-  (``{"problem", "answer"}`` rows); or a Hugging Face dataset (``hf:<id>[:split]`` or a bare
-  ``owner/name`` that is not a local path; split ``test`` by default).
+* **Benchmarks**: names, paths or hub ids, looked up by benchmarks.py and loaded by
+  data.load_benchmark.
 
 Greedy evaluation is deterministic; sampled evaluation is seeded (``seed``) per benchmark and batch.
 
 `evaluate_policy` is the small variant the trainer calls during training (scheduled benchmark
 evaluation): it reuses the trainer's model, tokenizer, rollout backend and grader pool and returns
-flat ``eval/<benchmark>/pass@1`` metrics.
+flat ``eval/<benchmark>/pass@1`` metrics. What `remix eval` writes: eval_report.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from remix_engine.data import BENCHMARKS, DataError, Problem, benchmark_search_dirs, load_file, load_hf
+from remix_engine.benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    EvaluationError,
+    unique_names,
+)
+from remix_engine.data import load_benchmark
+from remix_engine.prompts import DEFAULT_TEMPLATE, fill_template, render_user_turn
 from remix_engine.reward.grader import GRADER_TAG
 
 log = logging.getLogger("remix.evaluate")
 
-PROMPT_INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
-DEFAULT_PROMPT_TEMPLATE = "{problem}" + PROMPT_INSTRUCTION
 # §8.2: T=0.1 numbers are avg@32 for AIME and AMC, one run for the others.
 PAPER_SAMPLES = {"aime24": 32, "amc23": 32}
 PAPER_SAMPLE_TEMPERATURE = 0.1
 PAPER_MAX_NEW_TOKENS = 8192
 
-
-
-class EvaluationError(ValueError):
-    """Bad evaluation input (benchmark, model, option); the message names it."""
 
 
 class EvaluationCancelled(RuntimeError):
@@ -71,78 +65,6 @@ class EvaluationCancelled(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Benchmarks
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Benchmark:
-    name: str  # short name used as the metric key (file stem or dataset id)
-    source: str  # resolved path or hf:<id>:<split>
-    problems: list[Problem]
-    sha256: str | None = None  # first 16 hex digits of the file (version stamp), None for hub data
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def resolve_benchmark_spec(spec: str) -> tuple[str, str]:
-    """``spec`` -> (short name, source): a JSONL path or ``hf:<id>:<split>``. Raises EvaluationError."""
-    spec = spec.strip()
-    if not spec:
-        raise EvaluationError("benchmark: empty name")
-    if spec.startswith("hf:"):
-        body = spec[3:]
-        dataset_id, _, split = body.partition(":")
-        if not dataset_id:
-            raise EvaluationError(f"benchmark '{spec}': expected hf:<dataset id>[:split]")
-        return dataset_id.rsplit("/", 1)[-1], f"hf:{dataset_id}:{split or 'test'}"
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path.stem, str(path.resolve())
-    if spec.endswith(".jsonl") or spec.startswith((".", "/", "~")):
-        raise EvaluationError(f"benchmark '{spec}': file not found")
-    if re.fullmatch(r"[A-Za-z0-9_.\-]+", spec):
-        searched = benchmark_search_dirs()
-        for d in searched:
-            candidate = d / f"{spec}.jsonl"
-            if candidate.is_file():
-                return spec, str(candidate.resolve())
-        where = ", ".join(str(d) for d in searched)
-        raise EvaluationError(f"benchmark '{spec}': no {spec}.jsonl in {where} (set REMIX_BENCHMARKS_DIR, "
-                              f"pass a .jsonl path or hf:<dataset id>; known names: {', '.join(BENCHMARKS)})")
-    if re.fullmatch(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+", spec):  # owner/name: a hub dataset id
-        return spec.rsplit("/", 1)[-1], f"hf:{spec}:test"
-    raise EvaluationError(f"benchmark '{spec}': not a benchmark name, .jsonl path or Hugging Face dataset id")
-
-
-def load_benchmark(spec: str, limit: int | None = None) -> Benchmark:
-    """Problems of one benchmark (the first `limit` in file order)."""
-    name, source = resolve_benchmark_spec(spec)
-    try:
-        if source.startswith("hf:"):
-            _, dataset_id, split = source.split(":", 2)
-            problems = load_hf(f"hf:{dataset_id}", split=split, limit=limit)
-            return Benchmark(name, source, problems, None)
-        problems = load_file(source, limit)
-    except DataError as exc:
-        raise EvaluationError(f"benchmark '{spec}': {exc}") from None
-    return Benchmark(name, source, problems, _file_sha(Path(source)))
-
-
-def unique_names(specs: Sequence[str]) -> list[str]:
-    """Short names of `specs`, made unique (``name``, ``name_2``, ...) for metric keys."""
-    out: list[str] = []
-    for spec in specs:
-        base = resolve_benchmark_spec(spec)[0]
-        name, i = base, 2
-        while name in out:
-            name, i = f"{base}_{i}", i + 1
-        out.append(name)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +123,7 @@ class EvalOptions:
     top_p: float = 1.0
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     max_prompt_tokens: int | None = None  # None: whatever the model's context leaves
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_template: str = DEFAULT_TEMPLATE
     use_chat_template: bool = True
     require_think: bool = False  # False: correctness regardless of </think> (the paper's Pass@1)
     mathverify: bool = True
@@ -245,14 +167,6 @@ class EvalOptions:
     def mode_label(self) -> str:
         """'greedy' or 't<temperature>' (e.g. 't0.1'), the leaderboard's mode names."""
         return "greedy" if self.mode == "greedy" else f"t{self.temperature:g}"
-
-
-def render_eval_prompt(tokenizer, problem_text: str, template: str, use_chat_template: bool) -> str:
-    content = template.replace("{problem}", problem_text)
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    return content
 
 
 def _context_limits(model, max_new_tokens: int, max_prompt_tokens: int | None) -> tuple[int, int | None]:
@@ -338,7 +252,7 @@ def run_benchmark(
         if should_stop is not None and should_stop():
             raise EvaluationCancelled(f"stopped during {name} after {done} of {total} samples")
         chunk = problems[lo: lo + per_call]
-        texts = [render_eval_prompt(tokenizer, p.problem, options.prompt_template, options.use_chat_template)
+        texts = [render_user_turn(tokenizer, fill_template(options.prompt_template, p.problem), options.use_chat_template)
                  for p in chunk]
         prompt_ids, cut = _encode(tokenizer, texts, prompt_cap)
         seed = None if options.mode == "greedy" else options.seed + 1_000_003 * seed_offset + 7919 * b
@@ -519,7 +433,7 @@ def evaluate(
     if prompt_template is not None and prompt_suffix is not None:
         raise EvaluationError("prompt_template and prompt_suffix: give one of them")
     template = prompt_template if prompt_template is not None else (
-        "{problem}" + prompt_suffix if prompt_suffix is not None else DEFAULT_PROMPT_TEMPLATE)
+        "{problem}" + prompt_suffix if prompt_suffix is not None else DEFAULT_TEMPLATE)
     if limit is not None and limit < 1:
         raise EvaluationError("limit: must be at least 1")
     if not benchmarks:
@@ -582,7 +496,7 @@ def evaluate_policy(
     limit: int | None = None,
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS,
     *,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str = DEFAULT_TEMPLATE,
     use_chat_template: bool = True,
     max_prompt_tokens: int | None = None,
     require_think: bool = False,
@@ -642,55 +556,3 @@ def _mathverify_version() -> str | None:
         return version("math-verify")
     except Exception:  # noqa: BLE001 - not installed
         return None
-
-
-# --------------------------------------------------------------------------------------------
-# Output files and the console table (used by `remix eval`)
-# --------------------------------------------------------------------------------------------
-
-
-class JsonlSampleSink(EvalSink):
-    """Streams per-sample rows to DIR/samples.jsonl as they are graded."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("w", encoding="utf-8")
-
-    def on_samples(self, name, rows):
-        for row in rows:
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
-    """DIR/results.json (everything except the per-sample rows)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2, default=_json_default))
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """A plain-text summary: one line per benchmark plus the average (percentages)."""
-    def pct(v: Any) -> str:
-        return f"{100 * v:6.2f}" if isinstance(v, (int, float)) else "     -"
-
-    lines = [f"{'benchmark':<16} {'n':>5} {'k':>3} {'pass@1':>7} {'pass@k':>7} {'mv':>7} {'format':>7} {'len':>7}"]
-    for name, m in results["benchmarks"].items():
-        lines.append(f"{name:<16} {m['n_problems']:>5} {m['k']:>3} {pct(m['pass@1']):>7} {pct(m['pass@k']):>7} "
-                     f"{pct(m['mathverify']):>7} {pct(m['format_ok']):>7} {m['response_length'] or 0:7.1f}")
-    avg = results["average"]
-    lines.append(f"{'average':<16} {'':>5} {'':>3} {pct(avg['pass@1']):>7} {pct(avg['pass@k']):>7} "
-                 f"{pct(avg['mathverify']):>7}")
-    return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""`Problem`: one prompt source item (id, problem text, reference answer(s)). Its own module so that
-the loaders (data.py) and the task generators (toy.py) both import it without importing each other."""
+"""`Problem` (one prompt: id, problem text, reference answer(s)) and `DataError` (a source could not
+be loaded). Their own module so that the loaders (data.py), the task generator (toy.py) and the
+benchmark lookup (benchmarks.py) share them without importing each other."""
 
 from __future__ import annotations
 
@@ -17,3 +18,7 @@ class Problem:
     @property
     def answers(self) -> list[str]:
         return [self.answer] if isinstance(self.answer, str) else list(self.answer)
+
+
+class DataError(ValueError):
+    """A data source could not be loaded; the message names the source (and line)."""

@@ -33,14 +33,15 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
+from remix_engine.benchmarks import BENCHMARKS
+from remix_engine.benchmarks import LABELS as BENCHMARK_LABELS
 from studio.models import Evaluation, Job, JobStatus, LeaderboardEntry, Metric, as_utc, utcnow
 
 log = logging.getLogger("remix.leaderboard")
 
-STANDARD_BENCHMARKS = ("aime24", "amc23", "math500", "minerva", "olympiadbench")
+STANDARD_BENCHMARKS = BENCHMARKS  # the engine's list: one list for the engine, the store and the dashboard
 AVERAGE = "average"
-LABELS = {"aime24": "AIME24", "amc23": "AMC23", "math500": "MATH500", "minerva": "Minerva",
-          "olympiadbench": "Olympiad", AVERAGE: "Avg"}
+LABELS = {**BENCHMARK_LABELS, AVERAGE: "Avg"}
 PUBLISHED = "published"
 MEASURED = "measured"
 SHIPPED_DATASET = "remix-readme-v3"

@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
-from remix_engine.evaluate import EvalOptions, EvaluationCancelled, EvaluationError, Evaluator, load_benchmark
+from remix_engine.benchmarks import EvaluationError
+from remix_engine.data import load_benchmark
+from remix_engine.evaluate import EvalOptions, EvaluationCancelled, Evaluator
 from remix_engine.jsonsafe import json_safe
 from remix_engine.models import n_parameters
 from studio import jobs

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from backend.api.deps import SessionDep
 from backend.api.schemas import JobOut
 from backend.auth import require_read, require_write
-from remix_engine.data import BENCHMARKS
+from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
 from remix_engine.reward.grader import GRADER_TAG
 from studio import jobs
 from studio.leaderboard import cost_at_step, mode_label, size_label
@@ -153,8 +153,6 @@ def _unprocessable(field: str, msg: str) -> HTTPException:
 
 def _check_benchmarks(names: list[str]) -> None:
     """Standard names, paths and hub ids pass (the worker resolves them); other bare names must exist here."""
-    from remix_engine.evaluate import EvaluationError, resolve_benchmark_spec
-
     for i, spec in enumerate(names):
         if not spec.strip():
             raise _unprocessable("benchmarks", f"benchmarks[{i}]: empty name")
@@ -196,7 +194,7 @@ def _eval_job_or_404(session: Session, eval_id: int) -> Job:
              responses={401: {"description": "no or invalid token"}, 403: {"description": "read-only token"},
                         422: {"description": "invalid request (names the field)"}})
 def create_evaluation(body: EvaluationCreate, session: SessionDep) -> EvaluationOut:
-    from remix_engine.evaluate import EvalOptions, EvaluationError, resolve_benchmark_spec
+    from remix_engine.evaluate import EvalOptions
 
     if (body.model is None) == (body.run_id is None):
         raise _unprocessable("model", "give either model (a checkpoint path or hub id) or run_id, not both")

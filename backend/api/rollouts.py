@@ -28,6 +28,7 @@ from backend.api.schemas import (
     StalenessCell,
 )
 from backend.auth import require_read
+from remix_engine.jsonsafe import finite_or_none
 from studio.models import Rollout, RolloutText, RolloutUse
 
 router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)])
@@ -187,7 +188,7 @@ def get_offpolicy(run_id: int, session: SessionDep, step_min: int | None = None,
                                      func.max(RolloutUse.ratio_max), func.avg(RolloutUse.clipfrac),
                                      func.avg(RolloutUse.kl_to_behavior))
                               .where(*cond).group_by(RolloutUse.age).order_by(RolloutUse.age)).all()
-    by_age = [AgeBucket(age=a, count=n, ratio_mean=_f(rm), ratio_max=_f(rx), clipfrac=_f(cf), kl_to_behavior=_f(kl))
+    by_age = [AgeBucket(age=a, count=n, ratio_mean=finite_or_none(rm), ratio_max=finite_or_none(rx), clipfrac=finite_or_none(cf), kl_to_behavior=finite_or_none(kl))
               for a, n, rm, rx, cf, kl in per_age]
     cells = session.execute(select(RolloutUse.step, RolloutUse.age, func.count()).where(*cond)
                             .group_by(RolloutUse.step, RolloutUse.age)
@@ -213,13 +214,3 @@ def get_offpolicy(run_id: int, session: SessionDep, step_min: int | None = None,
                         staleness_by_step=[StalenessCell(step=s, age=a, count=n) for s, a, n in cells],
                         rollout_reuse_histogram=[ReuseCountBin(reuse_count=rc, rollouts=n) for rc, n in reuse_hist],
                         totals=totals)
-
-
-def _f(v) -> float | None:  # noqa: ANN001
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-

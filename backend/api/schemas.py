@@ -252,6 +252,11 @@ class OffPolicyOut(BaseModel):
     totals: dict[str, float]
 
 
+class BenchmarkOut(BaseModel):
+    name: str = Field(description="the name to pass in an evaluation's `benchmarks`")
+    label: str = Field(description="column label in the leaderboard")
+
+
 class HealthOut(BaseModel):
     status: str
     database: dict[str, Any]

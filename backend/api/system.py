@@ -1,4 +1,4 @@
-"""/api/v1/jobs and /api/v1/health."""
+"""/api/v1/jobs, /api/v1/health and /api/v1/benchmarks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import func, select
 
 from backend.api.deps import SessionDep
-from backend.api.schemas import HealthOut, JobList, JobOut
+from backend.api.schemas import BenchmarkOut, HealthOut, JobList, JobOut
 from backend.auth import require_read
+from remix_engine.benchmarks import BENCHMARKS, LABELS
 from studio.migrate import current_revision, head_revision
 from studio.models import Job, WorkerNode, as_utc, utcnow
 from studio.settings import get_settings, redact_url
@@ -43,6 +44,12 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
     if job is None:
         raise HTTPException(404, detail=f"job {job_id} not found")
     return JobOut.of(job)
+
+
+@router.get("/benchmarks", response_model=list[BenchmarkOut],
+            summary="The standard benchmarks (the leaderboard's columns and the evaluation form's default)")
+def list_benchmarks() -> list[BenchmarkOut]:
+    return [BenchmarkOut(name=name, label=LABELS[name]) for name in BENCHMARKS]
 
 
 def _probe_broker() -> dict:

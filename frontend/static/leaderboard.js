@@ -9,7 +9,6 @@ import {
 } from "./ui.js";
 
 const API_BASE = document.documentElement.dataset.apiBase || "/api/v1";
-const STANDARD = ["aime24", "amc23", "math500", "minerva", "olympiadbench"];
 const MODE_NAMES = { greedy: "Greedy", "t0.1": "T = 0.1" };
 
 const state = { size: "all", mode: "greedy", source: "all", sortKey: "average", sortDir: "desc", table: null };
@@ -375,9 +374,18 @@ async function fillRuns() {
   } catch { /* the form still accepts a path */ }
 }
 
+// The standard benchmarks come from the API (remix_engine/benchmarks.py holds the one list).
+async function fillBenchmarks() {
+  try {
+    const benchmarks = await request("/benchmarks");
+    replace($("#ev-benchmarks"), benchmarks.map((b) => h("label", { class: "chip", title: b.label },
+      h("input", { type: "checkbox", value: b.name, checked: true }), b.name)));
+  } catch (err) {
+    replace($("#ev-benchmarks"), errorState(err, fillBenchmarks, "Could not load the benchmark list"));
+  }
+}
+
 function initForms() {
-  replace($("#ev-benchmarks"), STANDARD.map((b) => h("label", { class: "chip" },
-    h("input", { type: "checkbox", value: b, checked: true }), b)));
   const syncTarget = () => {
     const target = $("#ev-form input[name=target]:checked").value;
     for (const el of $$("#ev-form [data-for=run]")) el.hidden = target !== "run";
@@ -396,6 +404,7 @@ function initForms() {
 
 initChrome("leaderboard");
 initForms();
+fillBenchmarks();
 fillRuns();
 load();
 poll(refreshEvals, 3000);

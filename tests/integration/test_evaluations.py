@@ -201,3 +201,12 @@ def test_import_published_rows(deployment: Deployment) -> None:
     assert c.delete("/leaderboard/entries", params={"key": imp[0]["key"]}, headers=h).status_code == 204
     assert all(r["model"] != "Imported-Model" for r in c.get("/leaderboard", params={"size": "7B"}).json()["rows"])
     assert c.delete("/leaderboard/entries", params={"key": imp[0]["key"]}, headers=h).status_code == 404
+
+
+def test_the_benchmark_list_is_served_for_the_dashboard(deployment: Deployment) -> None:
+    # one list (remix_engine/benchmarks.py): the evaluation form's chips and the leaderboard's columns
+    served = deployment.client.get("/benchmarks").json()
+    assert [b["name"] for b in served] == BENCHMARKS
+    table = deployment.client.get("/leaderboard").json()
+    assert table["benchmarks"][:5] == BENCHMARKS and [table["labels"][b["name"]] for b in served] == [
+        b["label"] for b in served]

@@ -16,19 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from remix_engine.data import BENCHMARKS
+from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
 from remix_engine.evaluate import (
-    DEFAULT_PROMPT_TEMPLATE,
     EvalOptions,
-    EvaluationError,
     evaluate,
     evaluate_policy,
     load_eval_model,
-    render_eval_prompt,
-    resolve_benchmark_spec,
     resolve_model_path,
 )
 from remix_engine.models import build_toy_model, build_toy_tokenizer
+from remix_engine.prompts import DEFAULT_TEMPLATE, fill_template, render_user_turn
 from remix_engine.reward.mathverify import mathverify_available
 from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import make_backend
@@ -54,7 +51,7 @@ def train_constant_answer_checkpoint(out: Path, steps: int = 40) -> Path:
         idx = torch.randint(len(texts), (8,), generator=gen).tolist()
         rows = []
         for i in idx:
-            prompt = render_eval_prompt(tok, texts[i], DEFAULT_PROMPT_TEMPLATE, True)
+            prompt = render_user_turn(tok, fill_template(DEFAULT_TEMPLATE, texts[i]), True)
             ids = tok(prompt, add_special_tokens=False, verbose=False)["input_ids"][-120:]
             rows.append((ids, target))
         width = max(len(p) + len(t) for p, t in rows)
@@ -127,7 +124,7 @@ def test_options_follow_the_paper_protocol():
     assert sample.temperature == 0.1 and sample.mode_label == "t0.1"
     assert [sample.k_for(b) for b in BENCHMARKS] == [32, 32, 1, 1, 1]
     assert EvalOptions(mode="sample", samples=4).k_for("math500") == 4
-    assert DEFAULT_PROMPT_TEMPLATE.replace("{problem}", "P") == \
+    assert fill_template(DEFAULT_TEMPLATE, "P") == \
         "P Let's think step by step and output the final answer within \\boxed{}."
     for bad, field in (({"mode": "greedy", "temperature": 0.5}, "temperature"), ({"mode": "sample", "temperature": 0},
                        "temperature"), ({"samples": 4}, "samples"), ({"prompt_template": "no slot"}, "prompt_template"),

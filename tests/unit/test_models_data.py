@@ -11,13 +11,12 @@ import torch
 from transformers import AutoTokenizer
 
 from remix_engine import warmstart
+from remix_engine.benchmarks import BENCHMARKS, benchmark_search_dirs
 from remix_engine.config import DataConfig, ModelConfig, WarmStartConfig
 from remix_engine.data import (
-    BENCHMARKS,
     DataError,
     Problem,
     PromptTooLongError,
-    benchmark_search_dirs,
     encode_prompts,
     load_file,
     load_problems,

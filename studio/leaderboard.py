@@ -35,7 +35,7 @@ from sqlmodel import Session
 
 from remix_engine.benchmarks import BENCHMARKS
 from remix_engine.benchmarks import LABELS as BENCHMARK_LABELS
-from studio.models import Evaluation, Job, JobStatus, LeaderboardEntry, Metric, as_utc, utcnow
+from studio.models import Evaluation, Job, JobStatus, LeaderboardEntry, as_utc, utcnow
 
 log = logging.getLogger("remix.leaderboard")
 
@@ -341,17 +341,6 @@ def size_label(model_name: str, n_params: int | None = None) -> str | None:
 
 def mode_label(mode: str, temperature: float | None) -> str:
     return "greedy" if mode == "greedy" else f"t{float(temperature or 0):g}"
-
-
-def cost_at_step(session: Session, run_id: int, step: int) -> int | None:
-    """The run's cumulative `cost/rollouts` at `step` (the metrics table), if recorded."""
-    value = session.execute(select(Metric.value).where(Metric.run_id == run_id, Metric.key == "cost/rollouts",
-                                                       Metric.step == step)).scalar_one_or_none()
-    if value is not None:
-        return int(value)
-    rollouts = session.execute(select(func.max(Metric.rollouts)).where(Metric.run_id == run_id,
-                                                                       Metric.step == step)).scalar_one_or_none()
-    return int(rollouts) if rollouts is not None else None
 
 
 def measured_entries(job: Job, evaluations: list[Evaluation]) -> list[dict[str, Any]]:

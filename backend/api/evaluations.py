@@ -21,7 +21,7 @@ from backend.auth import require_read, require_write
 from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
 from remix_engine.reward.grader import GRADER_TAG
 from studio import jobs
-from studio.leaderboard import cost_at_step, mode_label, size_label
+from studio.leaderboard import mode_label, size_label
 from studio.models import (
     Checkpoint,
     EvalSample,
@@ -31,6 +31,7 @@ from studio.models import (
     Run,
     as_utc,
 )
+from studio.queries import cost_at_step
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)])
 

@@ -10,25 +10,20 @@ import math
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from sqlalchemy import case, func, or_, select, tuple_
+from sqlalchemy import func, or_, select, tuple_
 from sqlmodel import Session
 
 from backend.api.deps import SessionDep, get_run_or_404
 from backend.api.schemas import (
-    AgeBucket,
-    AgeCount,
     GroupOut,
     OffPolicyOut,
-    ReuseByStep,
-    ReuseCountBin,
     RolloutDetail,
     RolloutOut,
     RolloutPage,
     RolloutUseOut,
-    StalenessCell,
 )
 from backend.auth import require_read
-from remix_engine.jsonsafe import finite_or_none
+from studio import queries
 from studio.models import Rollout, RolloutText, RolloutUse
 
 router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)])
@@ -174,43 +169,4 @@ def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
 def get_offpolicy(run_id: int, session: SessionDep, step_min: int | None = None,
                   step_max: int | None = None) -> OffPolicyOut:
     get_run_or_404(session, run_id)
-    cond = [RolloutUse.run_id == run_id]
-    if step_min is not None:
-        cond.append(RolloutUse.step >= step_min)
-    if step_max is not None:
-        cond.append(RolloutUse.step <= step_max)
-    replayed = func.sum(case((RolloutUse.age > 0, 1), else_=0))
-    per_step = session.execute(select(RolloutUse.step, func.count(), replayed).where(*cond)
-                               .group_by(RolloutUse.step).order_by(RolloutUse.step)).all()
-    reuse_by_step = [ReuseByStep(step=s, uses=n, fresh=n - int(rep or 0), replayed=int(rep or 0),
-                                 reuse_ratio=(int(rep or 0) / n) if n else 0.0) for s, n, rep in per_step]
-    per_age = session.execute(select(RolloutUse.age, func.count(), func.avg(RolloutUse.ratio_mean),
-                                     func.max(RolloutUse.ratio_max), func.avg(RolloutUse.clipfrac),
-                                     func.avg(RolloutUse.kl_to_behavior))
-                              .where(*cond).group_by(RolloutUse.age).order_by(RolloutUse.age)).all()
-    by_age = [AgeBucket(age=a, count=n, ratio_mean=finite_or_none(rm), ratio_max=finite_or_none(rx), clipfrac=finite_or_none(cf), kl_to_behavior=finite_or_none(kl))
-              for a, n, rm, rx, cf, kl in per_age]
-    cells = session.execute(select(RolloutUse.step, RolloutUse.age, func.count()).where(*cond)
-                            .group_by(RolloutUse.step, RolloutUse.age)
-                            .order_by(RolloutUse.step, RolloutUse.age)).all()
-    rcond = [Rollout.run_id == run_id]
-    if step_min is not None:
-        rcond.append(Rollout.step >= step_min)
-    if step_max is not None:
-        rcond.append(Rollout.step <= step_max)
-    reuse_hist = session.execute(select(Rollout.reuse_count, func.count()).where(*rcond)
-                                 .group_by(Rollout.reuse_count).order_by(Rollout.reuse_count)).all()
-    total_uses = sum(b.uses for b in reuse_by_step)
-    total_replayed = sum(b.replayed for b in reuse_by_step)
-    ages_weighted = sum(b.age * b.count for b in by_age)
-    totals = {"uses": float(total_uses), "replayed_uses": float(total_replayed),
-              "reuse_ratio": (total_replayed / total_uses) if total_uses else 0.0,
-              "mean_age": (ages_weighted / total_uses) if total_uses else 0.0,
-              "max_age": float(max((b.age for b in by_age), default=0)),
-              "rollouts": float(sum(n for _, n in reuse_hist)),
-              "rollouts_replayed": float(sum(n for rc, n in reuse_hist if rc > 0))}
-    return OffPolicyOut(run_id=run_id, reuse_by_step=reuse_by_step,
-                        staleness_histogram=[AgeCount(age=b.age, count=b.count) for b in by_age], by_age=by_age,
-                        staleness_by_step=[StalenessCell(step=s, age=a, count=n) for s, a, n in cells],
-                        rollout_reuse_histogram=[ReuseCountBin(reuse_count=rc, rollouts=n) for rc, n in reuse_hist],
-                        totals=totals)
+    return OffPolicyOut(run_id=run_id, **queries.offpolicy(session, run_id, step_min, step_max))

@@ -24,8 +24,8 @@ from backend.api.schemas import (
 )
 from backend.auth import require_read, require_write
 from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
-from studio import jobs
-from studio.models import ACTIVE_STATUSES, Checkpoint, LatestMetric, Metric, Run, as_utc
+from studio import jobs, queries
+from studio.models import ACTIVE_STATUSES, Checkpoint, LatestMetric, Run, as_utc
 from studio.settings import get_settings
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
@@ -184,9 +184,6 @@ def delete_run(run_id: int, session: SessionDep) -> Response:
 
 
 # ----------------------------------------------------------------------------------- metrics
-_X_COLUMNS = {"step": Metric.step, "rollouts": Metric.rollouts, "time": Metric.elapsed_s}
-
-
 @router.get("/{run_id}/metrics/keys", response_model=list[str], summary="Metric keys recorded for a run")
 def metric_keys(run_id: int, session: SessionDep) -> list[str]:
     get_run_or_404(session, run_id)
@@ -208,47 +205,6 @@ def get_metrics(run_id: int, session: SessionDep,
     else:
         wanted = list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)
                                       .order_by(LatestMetric.key)).scalars())
-    series = downsample_metrics(session, run_id, wanted, x, max_points, step_min, step_max)
+    series = [MetricSeries(**s) for s in queries.downsample_metrics(session, run_id, wanted, x, max_points,
+                                                                          step_min, step_max)]
     return MetricsOut(run_id=run_id, x=x, max_points=max_points, keys=wanted, series=series)
-
-
-def downsample_metrics(session: Session, run_id: int, keys: list[str], x: str, max_points: int,
-                       step_min: int | None = None, step_max: int | None = None) -> list[MetricSeries]:
-    """Per key: if it has more than `max_points` points, split it (ordered by step) into
-    (max_points − 2) / 2 equal-count buckets (NTILE) and keep each bucket's minimum and maximum,
-    plus the first and last point of the series: spikes survive, the line spans the whole range."""
-    if not keys:
-        return []
-    xcol = _X_COLUMNS[x]
-    buckets = max(1, (max_points - 2) // 2)
-    cond = [Metric.run_id == run_id, Metric.key.in_(keys), Metric.value.is_not(None), xcol.is_not(None)]
-    if step_min is not None:
-        cond.append(Metric.step >= step_min)
-    if step_max is not None:
-        cond.append(Metric.step <= step_max)
-    by_key = Metric.key
-    pts = select(
-        Metric.key.label("key"), Metric.step.label("step"), Metric.value.label("value"), xcol.label("x"),
-        func.ntile(buckets).over(partition_by=by_key, order_by=Metric.step).label("bucket"),
-        func.count().over(partition_by=by_key).label("total"),
-        func.row_number().over(partition_by=by_key, order_by=Metric.step).label("rn"),
-    ).where(*cond).subquery("pts")
-    ranked = select(
-        pts.c.key, pts.c.step, pts.c.value, pts.c.x, pts.c.total, pts.c.rn,
-        func.row_number().over(partition_by=(pts.c.key, pts.c.bucket), order_by=(pts.c.value.asc(), pts.c.step)).label("rmin"),
-        func.row_number().over(partition_by=(pts.c.key, pts.c.bucket), order_by=(pts.c.value.desc(), pts.c.step)).label("rmax"),
-    ).subquery("ranked")
-    rows = session.execute(
-        select(ranked.c.key, ranked.c.step, ranked.c.value, ranked.c.x, ranked.c.total)
-        .where((ranked.c.total <= max_points) | (ranked.c.rmin == 1) | (ranked.c.rmax == 1) | (ranked.c.rn == 1)
-               | (ranked.c.rn == ranked.c.total))
-        .order_by(ranked.c.key, ranked.c.step)).all()
-    out: dict[str, MetricSeries] = {k: MetricSeries(key=k, total=0, downsampled=False, x=[], y=[], step=[]) for k in keys}
-    for key, step, value, xv, total in rows:
-        ser = out[key]
-        ser.total = int(total)
-        ser.downsampled = int(total) > max_points
-        ser.x.append(float(xv))
-        ser.y.append(float(value))
-        ser.step.append(int(step))
-    return [out[k] for k in keys]

@@ -63,6 +63,7 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from backend.api.config import router as config_router
     from backend.api.evaluations import router as evaluations_router
     from backend.api.leaderboard import router as leaderboard_router
     from backend.api.rollouts import router as rollouts_router
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(system_router)
     api.include_router(evaluations_router)
     api.include_router(leaderboard_router)
+    api.include_router(config_router)
     app.include_router(api)
     _mount_frontend(app, settings.frontend_dir)
     return app

@@ -55,24 +55,6 @@ __all__ = [
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 KL_KINDS = ("k1", "k2", "k3")
 
-# Accepted spellings (verl / TRL style) mapped to the canonical names above.
-_AGG_ALIASES = {
-    "token-mean": "token-mean",
-    "token_mean": "token-mean",
-    "seq-mean-token-mean": "seq-mean-token-mean",
-    "seq_mean_token_mean": "seq-mean-token-mean",
-    "seq-mean-token-sum": "seq-mean-token-sum",
-    "seq_mean_token_sum": "seq-mean-token-sum",
-}
-_KL_ALIASES = {
-    "k1": "k1",
-    "kl": "k1",
-    "k2": "k2",
-    "mse": "k2",
-    "k3": "k3",
-    "low_var_kl": "k3",
-}
-
 # Smallest divisor used for masked means: a count of zero gives 0 instead of NaN, and any
 # real count (>= 1 for 0/1 masks) is left untouched, so results stay exact.
 _TINY = 1e-12
@@ -83,20 +65,16 @@ _LOG_RATIO_BOUND = 20.0
 _K3_BOUND = 10.0
 
 
-def _canonical_agg(mode: str) -> str:
-    try:
-        return _AGG_ALIASES[mode]
-    except KeyError:
-        raise ValueError(
-            f"unknown loss aggregation mode '{mode}' (choose from {', '.join(AGG_MODES)})"
-        ) from None
+def _checked_agg(mode: str) -> str:
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode '{mode}' (choose from {', '.join(AGG_MODES)})")
+    return mode
 
 
-def _canonical_kl(kind: str) -> str:
-    try:
-        return _KL_ALIASES[kind]
-    except KeyError:
-        raise ValueError(f"unknown KL estimator '{kind}' (choose from {', '.join(KL_KINDS)})") from None
+def _checked_kl(kind: str) -> str:
+    if kind not in KL_KINDS:
+        raise ValueError(f"unknown KL estimator '{kind}' (choose from {', '.join(KL_KINDS)})")
+    return kind
 
 
 def _float(x: Tensor) -> float:
@@ -175,7 +153,7 @@ def agg_loss(
     An empty mask gives a zero loss (still attached to the graph). TRL-style underscore spellings
     (``token_mean`` ...) are accepted.
     """
-    mode = _canonical_agg(mode)
+    mode = _checked_agg(mode)
     mask = mask.to(loss_mat.dtype)
     if mode == "token-mean":
         total = masked_sum(loss_mat, mask)
@@ -348,7 +326,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
 
     Aliases: "kl" = k1, "mse" = k2, "low_var_kl" = k3.
     """
-    kind = _canonical_kl(kind)
+    kind = _checked_kl(kind)
     diff = logp - ref_logp
     if kind == "k1":
         return diff

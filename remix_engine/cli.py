@@ -128,6 +128,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Every setting with its value in the chosen preset/algorithm, its default and its help text."""
+    import json
+
+    from remix_engine.config import config_fields, config_to_dict
+
+    cfg = config_to_dict(build_config(args.preset, args.algorithm))
+    for field in config_fields():
+        key = field["key"]
+        if args.keys and not any(key.startswith(k) for k in args.keys):
+            continue
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        shown = json.dumps(value)
+        note = "" if value == field["default"] else f"   (default {json.dumps(field['default'])})"
+        print(f"{key} = {shown}{note}\n    {field['type']}: {field['description']}")
+    return 0
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     """Build the preset's policy once so later runs start at once (the toy warm start is cached)."""
     import time
@@ -164,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="remix", description="ReMix off-policy RL fine-tuning engine and studio")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    tr = sub.add_parser("train", help="train a policy with grpo / remix-grpo / ppo / remix-ppo")
+    tr = sub.add_parser("train", help="train a policy with grpo / remix-grpo / ppo / remix-ppo",
+                        epilog="Every setting, its default and its meaning: remix config [--preset P] [--algorithm A]")
     tr.add_argument("--preset", default="toy", help=f"one of: {', '.join(PRESETS)}")
     tr.add_argument("--algorithm", choices=ALGORITHMS, default=None)
     tr.add_argument("--steps", type=int, default=None)
@@ -174,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     tr.add_argument("--resume", default=None, metavar="DIR", help="resume the run in DIR from its last checkpoint")
     tr.set_defaults(func=_cmd_train)
+
+    co = sub.add_parser("config", help="list every setting of a run config: value, default and help text")
+    co.add_argument("--preset", default="toy", help=f"one of: {', '.join(PRESETS)}")
+    co.add_argument("--algorithm", choices=ALGORITHMS, default=None)
+    co.add_argument("keys", nargs="*", metavar="KEY", help="only settings starting with these (e.g. remix actor.lr)")
+    co.set_defaults(func=_cmd_config)
 
     pr = sub.add_parser("prepare", help="build and cache the preset's starting policy (the toy warm start)")
     pr.add_argument("--preset", default="toy", help=f"one of: {', '.join(PRESETS)}")

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from remix_engine.prompts import INSTRUCTION
+
 ALGORITHMS = ("grpo", "remix-grpo", "ppo", "remix-ppo")
 
 
@@ -29,8 +31,8 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    # "toy" builds the tiny offline Qwen2 model; anything else is a local path or a hub id.
-    name_or_path: str = "toy"
+    name_or_path: str = Field("toy", description="'toy' builds the tiny offline Qwen2 model; anything else is a "
+                                                 "local checkpoint directory or a Hugging Face hub id.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the inference-only weights: the anchor and precedent copies, the vLLM "
                                "engine and the exported checkpoint. The trainable policy and critic always keep "
@@ -39,50 +41,59 @@ class ModelConfig(_Section):
         "no", description="Compute precision of the trainer's forward passes: 'bf16' runs them under bf16 "
                           "autocast over the float32 master weights (the optimizer state stays float32); "
                           "'no' computes in float32.")
-    # Apply the tokenizer's chat template when it has one (R1-distill models do).
-    use_chat_template: bool = True
-    trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
+    use_chat_template: bool = Field(True, description="Render prompts with the tokenizer's chat template when it "
+                                                      "has one (R1-distill models do).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (transformers' "
+                                                       "trust_remote_code).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less "
+                                                            "memory, about a third more compute.")
 
 
 class DataConfig(_Section):
-    # "toy" (the synthetic arithmetic task), a .jsonl / .json (array) / .parquet file of
-    # {"id","problem","answer"} rows, a benchmark name, or "hf:<dataset id>[:split]".
-    train: str = "toy"
-    heldout: str = "toy"
-    heldout_size: int = Field(200, ge=1)
-    # The DeepScaleR instruction appended to each problem (remix_algorithm.md §6.1).
-    prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
-    max_prompt_tokens: int = Field(766, ge=1)  # longer prompts are dropped (and counted) at load time
-    require_think: bool = True  # reward needs </think> before the boxed answer (DeepScaleR)
+    train: str = Field("toy", description="Training prompts: 'toy' (the synthetic arithmetic task), a .jsonl / "
+                                          ".json (array) / .parquet file of {id, problem, answer} rows, a benchmark "
+                                          "name, or hf:<dataset id>[:split].")
+    heldout: str = Field("toy", description="Held-out prompts evaluated every trainer.eval_every steps (same "
+                                            "kinds of source as data.train).")
+    heldout_size: int = Field(200, ge=1, description="Held-out problems evaluated (the first N).")
+    prompt_suffix: str = Field(INSTRUCTION, description="Appended to each problem: the DeepScaleR instruction "
+                                                        "(remix_algorithm.md §6.1).")
+    max_prompt_tokens: int = Field(766, ge=1, description="Longer prompts are dropped (and counted) at load time.")
+    require_think: bool = Field(True, description="The reward needs </think> before the boxed answer "
+                                                  "(DeepScaleR); false grades the last box wherever it is.")
 
 
 VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams rejects hotter sampling
 
 
 class RolloutConfig(_Section):
-    backend: Literal["hf", "vllm"] = "hf"
-    prompts_per_step: int = Field(16, ge=1)  # prompts per training batch (fresh + replayed)
-    group_size: int = Field(8, ge=1)  # responses per prompt (GRPO's G; 1 for PPO)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(64, ge=1)
-    # Which behaviour log-probs the buffer stores: the trainer's recomputation (verl's default)
-    # or what the rollout engine reported.
-    behavior_logprobs: Literal["recompute", "engine"] = "recompute"
-    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: 'hf' (transformers generate) or "
+                                                             "'vllm' (the vllm extra).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per training batch (fresh + replayed).")
+    group_size: int = Field(8, ge=1, description="Responses per prompt (GRPO's G; 1 for PPO).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the rollouts (1 = off).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest response; longer ones are cut (truncated).")
+    behavior_logprobs: Literal["recompute", "engine"] = Field(
+        "recompute", description="Behaviour log-probs stored with each rollout: the trainer's recomputation "
+                                 "('recompute', verl's default) or what the rollout engine reported ('engine').")
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Share of GPU memory vLLM may take "
+                                                                            "(vllm backend).")
 
 
 class ActorConfig(_Section):
-    lr: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    clip_eps: float = Field(0.2, gt=0)  # ε (ε_low when clip_eps_high is set)
-    clip_eps_high: float | None = Field(None, gt=0)  # DAPO clip-higher
-    dual_clip_c: float | None = Field(None, gt=1)  # dual-clip bound for negative advantages
-    kl_coef: float = Field(0.001, ge=0)  # β
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = Field(0.001, ge=0)  # c
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    lr: float = Field(1e-6, gt=0, description="Policy learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy.")
+    clip_eps: float = Field(0.2, gt=0, description="ε of the clipped objective (ε_low when clip_eps_high is set).")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip bound (DAPO clip-higher); null = "
+                                                                "clip_eps.")
+    dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip bound for negative advantages; null = off.")
+    kl_coef: float = Field(0.001, ge=0, description="β, the weight of the KL term.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator (k3: the low-variance "
+                                                                      "one, clamped to ±10).")
+    entropy_coef: float = Field(0.001, ge=0, description="c, the weight of the entropy bonus.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
+        "token-mean", description="How per-token losses are averaged into the batch loss.")
     mini_batch_size: int = Field(
         8, ge=1, description="Prompts per optimizer step; each brings its rollout.group_size responses "
                              "(verl's ppo_mini_batch_size, counted before × n).")
@@ -94,18 +105,21 @@ class ActorConfig(_Section):
     logprob_max_tokens_per_microbatch: int | None = Field(
         None, ge=1, description="Padded-token budget of the no-grad log-prob passes (π_k, anchor, precedent); "
                                 "null = 64 responses at a time.")
-    grad_clip: float = Field(1.0, gt=0)
-    advantage: Literal["grpo", "rloo", "drgrpo", "gae"] = "grpo"
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip of the policy update.")
+    advantage: Literal["grpo", "rloo", "drgrpo", "gae"] = Field(
+        "grpo", description="Advantage estimator: group-relative (grpo, rloo, drgrpo) or the critic's GAE "
+                            "(ppo/remix-ppo).")
 
 
 class CriticConfig(_Section):
-    lr: float = Field(1e-5, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(1.0, ge=0, le=1)
-    cliprange_value: float = Field(0.5, gt=0)
-    whiten_advantages: bool = True
-    # Replayed samples get advantages from the current critic ("recompute") or keep the stored ones.
-    replay_advantages: Literal["recompute", "stored"] = "recompute"
+    lr: float = Field(1e-5, gt=0, description="Critic learning rate (PPO only).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount γ of GAE.")
+    lam: float = Field(1.0, ge=0, le=1, description="λ of GAE (bias-variance trade-off).")
+    cliprange_value: float = Field(0.5, gt=0, description="Clip range of the value loss.")
+    whiten_advantages: bool = Field(True, description="Normalise GAE advantages over the batch.")
+    replay_advantages: Literal["recompute", "stored"] = Field(
+        "recompute", description="Replayed samples get advantages from the current critic ('recompute') or keep "
+                                 "the ones stored when they were generated ('stored').")
     max_tokens_per_microbatch: int | None = Field(
         None, ge=1, description="Padded-token budget of the critic's micro-batches (value passes and updates); "
                                 "null = one micro-batch per mini-batch.")
@@ -114,21 +128,34 @@ class CriticConfig(_Section):
 class KLConvexSchedule(_Section):
     """λ(t) = max(1 − decay·ceil(max(t − start, 0)/interval), floor)."""
 
-    start: int = Field(50, ge=0)
-    interval: int = Field(10, ge=1)
-    decay: float = Field(0.1, ge=0, le=1)
-    floor: float = Field(0.5, ge=0, le=1)
+    start: int = Field(50, ge=0, description="Step at which λ starts to decay.")
+    interval: int = Field(10, ge=1, description="Steps between two decays of λ.")
+    decay: float = Field(0.1, ge=0, le=1, description="How much λ drops at each decay.")
+    floor: float = Field(0.5, ge=0, le=1, description="The lowest λ.")
 
 
 class RemixConfig(_Section):
-    replay_share: float = Field(0.4, ge=0, lt=1)  # p
-    window: int = Field(2, ge=1)  # N past policies kept in the buffer
-    utd: int = Field(2, ge=1)  # m update epochs per batch (Phase 1)
-    kl_convex: bool = True  # off = plain KL to the anchor (λ ≡ 1)
-    schedule: KLConvexSchedule = Field(default_factory=KLConvexSchedule)
-    reincarnate_at: int | None = Field(50, ge=1)  # T, or null for never
-    precedent: Literal["previous", "current"] = "previous"  # π_{k−1} (paper) or π_k (cheaper)
-    lag_sampling: Literal["uniform"] = "uniform"  # ν over lags 1..N
+    replay_share: float = Field(0.4, ge=0, lt=1, description="p, the share of each batch replayed from earlier "
+                                                             "policies' rollouts.")
+    window: int = Field(2, ge=1, description="N, how many past policies' rollouts the buffer keeps (replayed "
+                                             "uniformly over the lags present).")
+    utd: int = Field(2, ge=1, description="m, update epochs over each batch (the update-to-data ratio).")
+    kl_convex: bool = Field(True, description="KL-Convex: KL to a λ(t)-mix of the anchor and the precedent policy; "
+                                              "off = plain KL to the anchor (λ ≡ 1).")
+    schedule: KLConvexSchedule = Field(default_factory=KLConvexSchedule, description="λ(t) of KL-Convex.")
+    reincarnate_at: int | None = Field(50, ge=1, description="T: the anchor becomes π_T, the buffer is dropped, "
+                                                             "p → 0 and m → 1; null = never.")
+    precedent: Literal["previous", "current"] = Field(
+        "previous", description="The precedent policy of KL-Convex: π_{k−1} ('previous', the paper) or π_k "
+                                "('current', cheaper).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_fields(cls, data: Any) -> Any:
+        # Configs saved before `lag_sampling` was removed (it had one value, uniform) still load.
+        if isinstance(data, dict) and data.get("lag_sampling", "uniform") == "uniform":
+            data = {k: v for k, v in data.items() if k != "lag_sampling"}
+        return data
 
     @classmethod
     def off(cls) -> RemixConfig:
@@ -137,47 +164,54 @@ class RemixConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    steps: int = Field(100, ge=1)
-    # Stop early once this many rollouts were generated (compare methods at an equal rollout budget).
-    max_rollouts: int | None = Field(None, ge=1)
-    seed: int = 0
-    eval_every: int = Field(10, ge=1)
-    eval_greedy: bool = True
-    # Real benchmarks (names or JSONL paths) evaluated greedily at every eval step, so that
-    # accuracy-vs-rollouts curves can use them: logged as eval/<benchmark>/pass@1.
-    eval_benchmarks: list[str] = Field(default_factory=list)
-    eval_benchmark_limit: int | None = Field(None, ge=1)
-    checkpoint_every: int = Field(25, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    steps: int = Field(100, ge=1, description="Training steps (one batch of rollouts each).")
+    max_rollouts: int | None = Field(None, ge=1, description="Stop early once this many rollouts were generated "
+                                                             "(compare methods at an equal rollout budget).")
+    seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
+    eval_every: int = Field(10, ge=1, description="Evaluate on the held-out set every this many steps.")
+    eval_greedy: bool = Field(True, description="Held-out evaluation decodes greedily (else at "
+                                                "rollout.temperature).")
+    eval_benchmarks: list[str] = Field(default_factory=list, description="Benchmarks (names or JSONL paths) also "
+                                       "evaluated greedily at every eval step, logged as eval/<benchmark>/pass@1.")
+    eval_benchmark_limit: int | None = Field(None, ge=1, description="First N problems of each eval benchmark; "
+                                                                     "null = all.")
+    checkpoint_every: int = Field(25, ge=1, description="Save a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
     async_checkpoint: bool | None = Field(
         None, description="Write checkpoints on a background thread from a host-memory snapshot, so training "
                           "goes on during the write (the snapshot costs one host copy of the state). None: "
                           "only when training on an accelerator, where the copy to the host is needed "
                           "anyway; on CPU the write is synchronous and copies nothing.")
-    log_rollouts: bool = True
-    torch_threads: int | None = Field(None, ge=1)
+    log_rollouts: bool = Field(True, description="Emit every rollout and rollout use to the sinks (the traces and "
+                                                 "off-policy views need them).")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default.")
 
 
 class WarmStartConfig(_Section):
     """Supervised warm start of the toy model (cached on disk by its settings)."""
 
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    cache_dir: str | None = None
+    steps: int = Field(300, ge=0, description="Supervised steps on the toy task's demonstrations (0 = none).")
+    batch_size: int = Field(64, ge=1, description="Demonstrations per warm-start step.")
+    lr: float = Field(3e-3, gt=0, description="Warm-start learning rate.")
+    cache_dir: str | None = Field(None, description="Where the warm-started weights are cached when "
+                                                    "$REMIX_CACHE_DIR is not set; null = "
+                                                    "~/.cache/remix-studio/warmstart.")
 
 
 class RunConfig(_Section):
-    preset: str = "toy"
-    algorithm: Literal["grpo", "remix-grpo", "ppo", "remix-ppo"] = "remix-grpo"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    actor: ActorConfig = Field(default_factory=ActorConfig)
-    critic: CriticConfig = Field(default_factory=CriticConfig)
-    remix: RemixConfig = Field(default_factory=RemixConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    preset: str = Field("toy", description="The preset the run started from (toy, r1-distill-1.5b, r1-distill-7b).")
+    algorithm: Literal["grpo", "remix-grpo", "ppo", "remix-ppo"] = Field(
+        "remix-grpo", description="grpo / ppo: the on-policy baselines; remix-*: the same code with replay, "
+                                  "UTD, KL-Convex and reincarnation on.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Prompt sources and prompts.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Generation of the rollouts.")
+    actor: ActorConfig = Field(default_factory=ActorConfig, description="The policy update.")
+    critic: CriticConfig = Field(default_factory=CriticConfig, description="The value model (ppo/remix-ppo).")
+    remix: RemixConfig = Field(default_factory=RemixConfig, description="The ReMix components (remix-* only).")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop, evaluation and checkpoints.")
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig, description="The toy's supervised warm "
+                                                                                     "start.")
 
     @property
     def family(self) -> str:
@@ -210,47 +244,44 @@ class RunConfig(_Section):
 
 
 # --------------------------------------------------------------------------------------------
-# Presets. Paper values from remix_algorithm.md §6.2; toy values measured on 2 CPU cores.
+# Presets: only where they differ from the field defaults (the defaults are the paper's values,
+# remix_algorithm.md §6.2, unless a field says otherwise); toy values measured on 2 CPU cores.
 # --------------------------------------------------------------------------------------------
 
 _PAPER_COMMON: dict[str, Any] = {
     "model": {"dtype": "bfloat16", "mixed_precision": "bf16", "gradient_checkpointing": True},
-    "data": {"train": "hf:agentica-org/DeepScaleR-Preview-Dataset", "heldout": "math500", "max_prompt_tokens": 766},
-    "rollout": {"backend": "vllm", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8192},
+    "data": {"train": "hf:agentica-org/DeepScaleR-Preview-Dataset", "heldout": "math500"},
+    "rollout": {"backend": "vllm", "max_new_tokens": 8192},
     # mini-batch 32 prompts (x n responses) and 17,408-token micro-batches: the paper's verl scripts
-    # (remix_algorithm.md §6.2; docs/algorithm.md "Batches").
-    "actor": {"lr": 1e-6, "clip_eps": 0.2, "kl_coef": 0.001, "kl_estimator": "k3", "entropy_coef": 0.001,
-              "loss_agg": "token-mean", "mini_batch_size": 32, "grad_clip": 1.0,
-              "max_tokens_per_microbatch": 17408, "logprob_max_tokens_per_microbatch": 17408},
-    "critic": {"lr": 1e-5, "gamma": 1.0, "lam": 1.0, "max_tokens_per_microbatch": 17408},
-    "remix": {"replay_share": 0.4, "window": 2, "utd": 2, "kl_convex": True, "reincarnate_at": 100},
+    # (remix_algorithm.md §6.2; docs/algorithm.md "Batches"). The other paper values are the defaults.
+    "actor": {"mini_batch_size": 32, "max_tokens_per_microbatch": 17408, "logprob_max_tokens_per_microbatch": 17408},
+    "critic": {"max_tokens_per_microbatch": 17408},
+    "remix": {"reincarnate_at": 100},
     "trainer": {"steps": 500, "eval_every": 25, "checkpoint_every": 50},
     "warm_start": {"steps": 0},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": {
-        "model": {"name_or_path": "toy", "dtype": "float32"},
-        "data": {"train": "toy", "heldout": "toy", "heldout_size": 200, "prompt_suffix": "", "max_prompt_tokens": 64},
-        "rollout": {"backend": "hf", "prompts_per_step": 16, "group_size": 8, "temperature": 1.0, "max_new_tokens": 96},
+        "data": {"prompt_suffix": "", "max_prompt_tokens": 64},
+        "rollout": {"max_new_tokens": 96},
         # lr 1e-5: the climb spans ~100 steps (3e-5 saturates in ~20; 3e-4 was unstable) — measured by
         # benchmarks/toy_calibration.py; warm start 700 x 32 puts greedy pass@1 at 30-40%, pass@8 ~90%.
-        "actor": {"lr": 1e-5, "clip_eps": 0.2, "kl_coef": 0.001, "entropy_coef": 0.0},
+        "actor": {"lr": 1e-5, "entropy_coef": 0.0},
         "critic": {"lr": 1e-3},
-        "remix": {"replay_share": 0.4, "window": 2, "utd": 2, "kl_convex": True, "reincarnate_at": 50,
-                  "schedule": {"start": 20, "interval": 5, "decay": 0.1, "floor": 0.5}},
+        "remix": {"schedule": {"start": 20, "interval": 5}},
         # One thread: the ~1M-parameter model gains nothing from more, and on 2 shared cores a second
         # thread made generation 20x slower (measured: 0.7 s vs 16.7 s for 128 responses under load).
-        "trainer": {"steps": 100, "eval_every": 10, "checkpoint_every": 25, "torch_threads": 1},
-        "warm_start": {"steps": 700, "batch_size": 32, "lr": 3e-3},
+        "trainer": {"torch_threads": 1},
+        "warm_start": {"steps": 700, "batch_size": 32},
     },
     "r1-distill-1.5b": _PAPER_COMMON | {
         "model": _PAPER_COMMON["model"] | {"name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-        "rollout": _PAPER_COMMON["rollout"] | {"prompts_per_step": 256, "group_size": 8},
+        "rollout": _PAPER_COMMON["rollout"] | {"prompts_per_step": 256},
     },
     "r1-distill-7b": _PAPER_COMMON | {
         "model": _PAPER_COMMON["model"] | {"name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-        "rollout": _PAPER_COMMON["rollout"] | {"prompts_per_step": 128, "group_size": 8},
+        "rollout": _PAPER_COMMON["rollout"] | {"prompts_per_step": 128},
     },
 }
 
@@ -259,12 +290,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # batch is 256 prompts x 1; its GRPO batch 2048 responses).
 _FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     # Toy mini-batches: 64 responses (8 prompts x 8 for GRPO, 64 prompts x 1 for PPO).
-    "toy": {"grpo": {"actor": {"advantage": "grpo", "mini_batch_size": 8}},
+    "toy": {"grpo": {},
             "ppo": {"actor": {"advantage": "gae", "mini_batch_size": 64},
                     "rollout": {"group_size": 1, "prompts_per_step": 128}}},
-    "r1-distill-1.5b": {"grpo": {"actor": {"advantage": "grpo"}},
+    "r1-distill-1.5b": {"grpo": {},
                         "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 256}}},
-    "r1-distill-7b": {"grpo": {"actor": {"advantage": "grpo"}},
+    "r1-distill-7b": {"grpo": {},
                       "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 256}}},
 }
 
@@ -384,6 +415,27 @@ def build_config(
         return RunConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+
+
+def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[dict[str, Any]]:
+    """Every setting as {key (dotted), type, default, description}: the one source of the help text
+    that `remix config`, the OpenAPI schema and the New-run page show."""
+    out: list[dict[str, Any]] = []
+    for name, field in model.model_fields.items():
+        key = prefix + name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += config_fields(annotation, key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        out.append({"key": key, "type": _type_name(annotation), "default": default,
+                    "description": field.description or ""})
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    return annotation.__name__ if isinstance(annotation, type) else text
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

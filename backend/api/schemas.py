@@ -21,7 +21,8 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Same schema as the CLI: preset, algorithm, steps, seed, overrides ({dotted key: value} "
-                    "or ['key=value', ...]) and optionally nested sections such as {\"remix\": {\"utd\": 3}}.")
+                    "or ['key=value', ...]) and optionally nested sections such as {\"remix\": {\"utd\": 3}}. "
+                    "Every setting and its meaning: GET /api/v1/config/fields (schema: RunConfig).")
 
 
 class JobOut(BaseModel):

@@ -70,6 +70,33 @@ function updateRemixFieldset() {
   form.elements["remix.reincarnate_at"].disabled = form.never.checked;
 }
 
+// ------------------------------------------------------------------------------------ help text
+// The help text of every setting comes from the server (remix_engine/config.py Field descriptions):
+// the hints next to the inputs and the "All settings" reference list, with the chosen preset's values.
+async function loadHelp() {
+  let fields;
+  try {
+    fields = await api.request("/config/fields");
+  } catch {
+    return; // the form works without help text
+  }
+  const byKey = Object.fromEntries(fields.map((f) => [f.key, f]));
+  for (const el of $$("[data-help]")) el.textContent = byKey[el.dataset.help]?.description || "";
+  let preset = {};
+  try {
+    preset = await api.request(`/config/presets/${encodeURIComponent(form.preset.value)}`,
+      { params: { algorithm: form.algorithm.value } });
+  } catch { /* show the defaults only */ }
+  const valueOf = (key) => key.split(".").reduce((node, part) => (node == null ? undefined : node[part]), preset);
+  const rows = fields.map((f) => h("tr", {},
+    h("td", {}, h("code", {}, f.key)),
+    h("td", {}, h("code", {}, JSON.stringify(valueOf(f.key) ?? f.default))),
+    h("td", {}, f.description)));
+  replace($("#settings-list"), h("table", { class: "table" },
+    h("thead", {}, h("tr", {}, h("th", {}, "setting"), h("th", {}, "value"), h("th", {}, "meaning"))),
+    h("tbody", {}, rows)));
+}
+
 // ------------------------------------------------------------------------------------ errors
 function clearErrors() {
   for (const el of $$("[aria-invalid]", form)) el.removeAttribute("aria-invalid");
@@ -199,7 +226,10 @@ $("#quick-demo").addEventListener("click", () => {
   if (!form.steps.value || Number(form.steps.value) > 30) form.steps.value = 20;
   updatePreview();
 });
+form.preset.addEventListener("change", loadHelp);
+form.algorithm.addEventListener("change", loadHelp);
 updateRemixFieldset();
 updatePreview();
+loadHelp();
 const from = new URLSearchParams(location.search).get("from");
 if (from && /^\d+$/.test(from)) prefillFrom(Number(from));

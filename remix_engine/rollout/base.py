@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -27,7 +27,6 @@ class RolloutResult:
     texts: list[str]  # decoded responses (special tokens skipped)
     truncated: list[bool]  # hit max_new_tokens without EOS
     timing_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.response_ids)

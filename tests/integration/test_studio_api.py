@@ -329,3 +329,12 @@ def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:
     workers = {w["pid"]: w for w in deployment.client.get("/health").json()["workers"]["items"]}
     assert workers[victim.pid]["status"] == "lost"
     assert any(w["status"] == "online" for w in workers.values())
+
+
+def test_config_help_is_served_for_the_new_run_page(deployment: Deployment) -> None:
+    c = deployment.client
+    fields = {f["key"]: f for f in c.get("/config/fields").json()}
+    assert fields["remix.window"]["default"] == 2 and "past policies" in fields["remix.window"]["description"]
+    toy = c.get("/config/presets/toy", params={"algorithm": "ppo"}).json()
+    assert toy["preset"] == "toy" and toy["actor"]["advantage"] == "gae" and toy["remix"]["replay_share"] == 0
+    assert c.get("/config/presets/nosuch").status_code == 404

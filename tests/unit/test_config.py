@@ -64,3 +64,59 @@ def test_yaml_file_and_round_trip(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         build_config("toy", file="/nonexistent.yaml")
+
+
+# ------------------------------------------------------------------- the config documents itself
+def test_every_setting_has_help_text():
+    from remix_engine.config import config_fields
+
+    fields = config_fields()
+    assert len(fields) > 60
+    missing = [f["key"] for f in fields if len(f["description"]) < 10]
+    assert not missing, f"settings without a description: {missing}"
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_presets_list_only_their_differences_from_the_defaults():
+    from remix_engine.config import _FAMILY_DEFAULTS, PRESETS, config_fields
+
+    defaults = {f["key"]: f["default"] for f in config_fields()}
+    restated = [(name, key) for name, preset in PRESETS.items() for key, value in _leaves(preset)
+                if defaults[key] == value]
+    restated += [(f"{name}/{family}", key) for name, families in _FAMILY_DEFAULTS.items()
+                 for family, tree in families.items() for key, value in _leaves(tree) if defaults[key] == value]
+    assert not restated, f"preset values equal to the field default: {restated}"
+
+
+def test_the_help_text_reaches_the_openapi_schema_and_remix_config(tmp_path, capsys):
+    from backend.app import create_app
+    from remix_engine.cli import main
+    from remix_engine.config import config_fields
+    from studio.settings import Settings
+
+    schemas = create_app(Settings(data_dir=tmp_path)).openapi()["components"]["schemas"]
+    assert main(["config"]) == 0
+    listing = capsys.readouterr().out
+    for field in config_fields():
+        *sections, name = field["key"].split(".")
+        schema = schemas["RunConfig"]
+        for section in sections:
+            ref = schema["properties"][section].get("$ref") or schema["properties"][section]["allOf"][0]["$ref"]
+            schema = schemas[ref.rsplit("/", 1)[-1]]
+        assert schema["properties"][name]["description"] == field["description"], field["key"]
+        assert f"{field['key']} = " in listing and field["description"] in listing
+
+
+def test_a_config_saved_before_lag_sampling_was_removed_still_loads():
+    from remix_engine.config import RunConfig, build_config, config_to_dict
+
+    saved = config_to_dict(build_config("toy", "remix-grpo"))
+    saved["remix"]["lag_sampling"] = "uniform"
+    assert RunConfig.model_validate(saved) == build_config("toy", "remix-grpo")

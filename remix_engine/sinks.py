@@ -1,14 +1,18 @@
 """Where the trainer's events go. The CLI writes JSONL files; the studio worker writes SQL.
 
-A sink receives plain dicts (JSON-serialisable), so the engine never imports web or SQL code.
-Rollout records carry a stable `uid` (unique within a run) so a re-delivered job can upsert.
+A sink receives the typed records of remix_engine/events.py (rollouts, rollout uses, checkpoints)
+and each step's metrics dict, so the engine never imports web or SQL code. Rollout records carry a
+stable `uid` (unique within a run) so a re-delivered job can upsert.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord
 
 
 class Sink:
@@ -18,11 +22,11 @@ class Sink:
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
-    def on_rollouts(self, step: int, rollouts: list[dict[str, Any]]) -> None: ...
+    def on_rollouts(self, step: int, rollouts: list[RolloutRecord]) -> None: ...
 
-    def on_rollout_uses(self, step: int, uses: list[dict[str, Any]]) -> None: ...
+    def on_rollout_uses(self, step: int, uses: list[RolloutUseRecord]) -> None: ...
 
-    def on_checkpoint(self, step: int, path: str, info: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, step: int, path: str, info: CheckpointRecord) -> None: ...
 
     def on_end(self, summary: dict[str, Any]) -> None: ...
 
@@ -89,10 +93,10 @@ class JsonlSink(Sink):
         self._append("metrics", [{"step": step, **metrics}])
 
     def on_rollouts(self, step, rollouts):
-        self._append("rollouts", rollouts)
+        self._append("rollouts", [asdict(r) for r in rollouts])
 
     def on_rollout_uses(self, step, uses):
-        self._append("rollout_uses", uses)
+        self._append("rollout_uses", [asdict(u) for u in uses])
 
     def on_end(self, summary):
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -30,6 +30,14 @@ from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
 from remix_engine.critic import ValueModel
 from remix_engine.data import Problem, TokenizedProblems, load_problems, tokenize_problems
+from remix_engine.events import (
+    COST_ROLLOUTS,
+    COST_TOKENS,
+    ELAPSED_S,
+    CheckpointRecord,
+    RolloutRecord,
+    RolloutUseRecord,
+)
 from remix_engine.logprobs import (
     autocast,
     forward_response,
@@ -180,7 +188,7 @@ class Trainer:
                 metrics.update(last_eval)
             self.state.elapsed_s += time.perf_counter() - started
             metrics["timing_s/step"] = time.perf_counter() - started
-            metrics["timing_s/elapsed"] = self.state.elapsed_s
+            metrics[ELAPSED_S] = self.state.elapsed_s
             metrics.update(self._cost_metrics())
             self.sink.on_step(t, metrics)
             if t % cfg.trainer.checkpoint_every == 0 or last_step:
@@ -195,8 +203,8 @@ class Trainer:
             "status": status,
             "algorithm": cfg.algorithm,
             "steps": self.state.step,
-            "cost/rollouts": self.state.cost_rollouts,
-            "cost/tokens": self.state.cost_tokens,
+            COST_ROLLOUTS: self.state.cost_rollouts,
+            COST_TOKENS: self.state.cost_tokens,
             "elapsed_s": round(self.state.elapsed_s, 3),
             "reincarnated_at": self.state.reincarnated_at,
             "final_eval": last_eval,
@@ -563,7 +571,7 @@ class Trainer:
         return metrics
 
     def _cost_metrics(self) -> dict[str, float]:
-        return {"cost/rollouts": float(self.state.cost_rollouts), "cost/tokens": float(self.state.cost_tokens)}
+        return {COST_ROLLOUTS: float(self.state.cost_rollouts), COST_TOKENS: float(self.state.cost_tokens)}
 
     def _rollout_metrics(self, fresh, result, grades, rewards, groups) -> dict[str, float]:
         lengths = torch.tensor([float(len(s.response_ids)) for s in fresh])
@@ -618,23 +626,23 @@ class Trainer:
         rows = []
         for i, (s, g) in enumerate(zip(fresh, grades, strict=True)):
             problem = problems[i // group_size]
-            rows.append({
-                "uid": s.uid, "step": t, "policy_version": s.policy_version, "group_id": s.group_id,
-                "prompt_id": problem.id, "prompt": problem.problem, "response": result.texts[i],
-                "extracted": g.extracted, "reference": problem.answer, "reward": s.reward, "correct": g.correct,
-                "format_ok": g.format_ok, "reason": g.reason, "length": len(s.response_ids),
-                "truncated": s.truncated, "advantage": s.advantage,
-            })
+            rows.append(RolloutRecord(
+                uid=s.uid, step=t, policy_version=s.policy_version, group_id=s.group_id,
+                prompt_id=problem.id, prompt=problem.problem, response=result.texts[i],
+                extracted=g.extracted, reference=problem.answer, reward=s.reward, correct=g.correct,
+                format_ok=g.format_ok, reason=g.reason, length=len(s.response_ids),
+                truncated=s.truncated, advantage=s.advantage,
+            ))
         self.sink.on_rollouts(t, rows)
 
     def _emit_uses(self, t, batch, per_sample) -> None:
         if not self.cfg.trainer.log_rollouts:
             return
-        rows = [{
-            "rollout_uid": s.uid, "step": t, "age": t - s.policy_version,
-            "ratio_mean": float(per_sample["ratio_mean"][i]), "ratio_max": float(per_sample["ratio_max"][i]),
-            "clipfrac": float(per_sample["clipfrac"][i]), "kl_to_behavior": float(per_sample["kl_to_behavior"][i]),
-        } for i, s in enumerate(batch)]
+        rows = [RolloutUseRecord(
+            rollout_uid=s.uid, step=t, age=t - s.policy_version,
+            ratio_mean=float(per_sample["ratio_mean"][i]), ratio_max=float(per_sample["ratio_max"][i]),
+            clipfrac=float(per_sample["clipfrac"][i]), kl_to_behavior=float(per_sample["kl_to_behavior"][i]),
+        ) for i, s in enumerate(batch)]
         self.sink.on_rollout_uses(t, rows)
 
     # ------------------------------------------------------------------ checkpoints
@@ -705,8 +713,8 @@ class Trainer:
             raise RuntimeError(f"writing checkpoint {write.final} failed: {write.error}") from write.error
         if emit:
             step, final = write.step, write.final
-            self.sink.on_checkpoint(step, str(final), {"step": step, "policy_version": step + 1, "path": str(final),
-                                                       "policy_path": str(final / "policy")})
+            self.sink.on_checkpoint(step, str(final), CheckpointRecord(
+                step=step, policy_version=step + 1, path=str(final), policy_path=str(final / "policy")))
 
     def _load_checkpoint(self, path: Path) -> None:
         # map_location="cpu": a checkpoint written on a GPU resumes on a CPU and the reverse;

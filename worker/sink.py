@@ -24,12 +24,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import ARRAY, String, Table, any_, case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord, StepMetrics
 from remix_engine.jsonsafe import finite_or_none
 from remix_engine.sinks import Sink
 from studio import jobs
@@ -100,19 +102,20 @@ class SqlSink(Sink):
         self._put(("truncate", self.resumed_from if self.resumed_from is not None else -1, None, time.time()))
         self.flush()
 
+    # Records may also come as dicts holding exactly their fields (benchmarks/ingest.py builds them).
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        self._put(("step", int(step), dict(metrics), time.time()))
+        self._put(("step", int(step), StepMetrics(int(step), dict(metrics)), time.time()))
 
-    def on_rollouts(self, step: int, rollouts: list[dict[str, Any]]) -> None:
+    def on_rollouts(self, step: int, rollouts: list[RolloutRecord]) -> None:
         if rollouts:
-            self._put(("rollouts", int(step), list(rollouts), time.time()))
+            self._put(("rollouts", int(step), [RolloutRecord.coerce(r) for r in rollouts], time.time()))
 
-    def on_rollout_uses(self, step: int, uses: list[dict[str, Any]]) -> None:
+    def on_rollout_uses(self, step: int, uses: list[RolloutUseRecord]) -> None:
         if uses:
-            self._put(("uses", int(step), list(uses), time.time()))
+            self._put(("uses", int(step), [RolloutUseRecord.coerce(u) for u in uses], time.time()))
 
-    def on_checkpoint(self, step: int, path: str, info: dict[str, Any]) -> None:
-        self._put(("checkpoint", int(step), {"path": str(path), **info}, time.time()))
+    def on_checkpoint(self, step: int, path: str, info: CheckpointRecord) -> None:
+        self._put(("checkpoint", int(step), CheckpointRecord.coerce(info), time.time()))
         self.flush()
 
     def on_end(self, summary: dict[str, Any]) -> None:
@@ -176,7 +179,7 @@ class SqlSink(Sink):
                     steps = [e for e in events if e[0] == "step"]
                     if steps:
                         try:
-                            self._on_progress(steps[-1][1], steps[-1][2])
+                            self._on_progress(steps[-1][1], dict(steps[-1][2].values))
                         except Exception:  # progress reporting is best effort
                             log.debug("progress callback failed", exc_info=True)
             for b in batch:
@@ -195,7 +198,7 @@ class SqlSink(Sink):
                             self.job_id, self.attempt)
                 return
             written = 0
-            last_step: tuple[int, dict] | None = None
+            last_step: StepMetrics | None = None
             use_steps: set[int] = set()
             for kind, step, payload, wall in events:
                 if kind == "truncate":
@@ -206,8 +209,8 @@ class SqlSink(Sink):
                     written += self._write_uses(conn, payload)
                     use_steps.add(step)
                 elif kind == "step":
-                    written += self._write_metrics(conn, step, payload, wall)
-                    last_step = (step, payload)
+                    written += self._write_metrics(conn, payload, wall)
+                    last_step = payload
                 elif kind == "checkpoint":
                     self._write_checkpoint(conn, step, payload)
                     written += 1
@@ -216,7 +219,7 @@ class SqlSink(Sink):
                                                         _USES.c.rollout_id.is_not(None))
                 self._refresh_use_stats(conn, used)
             if last_step is not None:
-                self._update_counters(conn, *last_step)
+                self._update_counters(conn, last_step)
             conn.commit()
             self.rows_written += written
 
@@ -270,24 +273,20 @@ class SqlSink(Sink):
                 {"run_id": rid, "key": k, "step": st, "value": v, "wall_time": w} for k, st, v, w in rows])
         jobs.record_progress(conn, run_id=rid, job_id=None, step=max(after_step, 0))
 
-    def _write_rollouts(self, conn: Connection, rows: list[dict[str, Any]], wall: float) -> int:
+    def _write_rollouts(self, conn: Connection, rows: list[RolloutRecord], wall: float) -> int:
         values = []
         texts: dict[str, tuple[str, str]] = {}
         for r in rows:
-            uid = str(r["uid"])
             values.append({
-                "run_id": self.run_id, "uid": uid, "step": int(r.get("step", 0)),
-                "policy_version": int(r.get("policy_version", r.get("step", 0))),
-                "group_id": str(r.get("group_id", "")), "prompt_id": str(r.get("prompt_id", "")),
-                "extracted": None if r.get("extracted") is None else str(r["extracted"]),
-                "reference": None if r.get("reference") is None else str(r["reference"]),
-                "reward": finite_or_none(r.get("reward")), "correct": bool(r.get("correct", False)),
-                "format_ok": bool(r.get("format_ok", False)),
-                "reason": None if r.get("reason") is None else str(r["reason"]),
-                "length": int(r.get("length", 0) or 0), "truncated": bool(r.get("truncated", False)),
-                "advantage": finite_or_none(r.get("advantage")), "use_count": 0, "reuse_count": 0, "wall_time": wall,
+                "run_id": self.run_id, "uid": r.uid, "step": r.step, "policy_version": r.policy_version,
+                "group_id": r.group_id, "prompt_id": r.prompt_id, "extracted": r.extracted,
+                # several accepted answers are stored as their list's text
+                "reference": r.reference if isinstance(r.reference, str) else str(r.reference),
+                "reward": finite_or_none(r.reward), "correct": r.correct, "format_ok": r.format_ok,
+                "reason": r.reason, "length": r.length, "truncated": r.truncated,
+                "advantage": finite_or_none(r.advantage), "use_count": 0, "reuse_count": 0, "wall_time": wall,
             })
-            texts[uid] = (str(r.get("prompt", "") or ""), str(r.get("response", "") or ""))
+            texts[r.uid] = (r.prompt, r.response)
         stmt = self._insert(_ROLLOUTS)
         updatable = ("step", "policy_version", "group_id", "prompt_id", "extracted", "reference", "reward", "correct",
                      "format_ok", "reason", "length", "truncated", "advantage", "wall_time")
@@ -305,14 +304,14 @@ class SqlSink(Sink):
             conn.execute(tstmt, text_rows)
         return len(values)
 
-    def _write_uses(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        id_of = self._ids_of(conn, sorted({str(r["rollout_uid"]) for r in rows}))
+    def _write_uses(self, conn: Connection, rows: list[RolloutUseRecord]) -> int:
+        id_of = self._ids_of(conn, sorted({u.rollout_uid for u in rows}))
         values = [{
-            "run_id": self.run_id, "rollout_id": id_of.get(str(r["rollout_uid"])), "rollout_uid": str(r["rollout_uid"]),
-            "step": int(r["step"]), "age": int(r.get("age", 0)), "ratio_mean": finite_or_none(r.get("ratio_mean")),
-            "ratio_max": finite_or_none(r.get("ratio_max")), "clipfrac": finite_or_none(r.get("clipfrac")),
-            "kl_to_behavior": finite_or_none(r.get("kl_to_behavior")),
-        } for r in rows]
+            "run_id": self.run_id, "rollout_id": id_of.get(u.rollout_uid), "rollout_uid": u.rollout_uid,
+            "step": u.step, "age": u.age, "ratio_mean": finite_or_none(u.ratio_mean),
+            "ratio_max": finite_or_none(u.ratio_max), "clipfrac": finite_or_none(u.clipfrac),
+            "kl_to_behavior": finite_or_none(u.kl_to_behavior),
+        } for u in rows]
         stmt = self._insert(_USES)
         stmt = stmt.on_conflict_do_update(
             index_elements=["run_id", "rollout_uid", "step"],
@@ -336,14 +335,11 @@ class SqlSink(Sink):
             use_count=agg.c.n, reuse_count=agg.c.reused, max_age=agg.c.max_age, ratio_mean=agg.c.rmean,
             ratio_max=agg.c.rmax, clipfrac=agg.c.clip, kl_to_behavior=agg.c.kl))
 
-    def _write_metrics(self, conn: Connection, step: int, metrics: dict[str, Any], wall: float) -> int:
-        rollouts = finite_or_none(metrics.get("cost/rollouts"))
-        elapsed = finite_or_none(metrics.get("timing_s/elapsed"))
-        if elapsed is None and step == 0:
-            elapsed = 0.0
+    def _write_metrics(self, conn: Connection, metrics: StepMetrics, wall: float) -> int:
+        step, rollouts = metrics.step, metrics.rollouts
         values = [{"run_id": self.run_id, "step": step, "key": str(k)[:250], "value": finite_or_none(v),
-                   "rollouts": int(rollouts) if rollouts is not None else None, "elapsed_s": elapsed,
-                   "wall_time": wall} for k, v in metrics.items()]
+                   "rollouts": int(rollouts) if rollouts is not None else None, "elapsed_s": metrics.elapsed_s,
+                   "wall_time": wall} for k, v in metrics.values.items()]
         if not values:
             return 0
         stmt = self._insert(_METRICS)
@@ -360,29 +356,25 @@ class SqlSink(Sink):
                               "wall_time": wall} for v in values])
         return len(values)
 
-    def _write_checkpoint(self, conn: Connection, step: int, info: dict[str, Any]) -> None:
-        path = str(info.get("path", ""))
+    def _write_checkpoint(self, conn: Connection, step: int, ckpt: CheckpointRecord) -> None:
         stmt = self._insert(_CKPTS)
-        values = {"run_id": self.run_id, "step": step, "policy_version": int(info.get("policy_version", step)),
-                  "path": path, "policy_path": info.get("policy_path"),
-                  "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))},
-                  "created_at": utcnow()}
+        values = {"run_id": self.run_id, "step": step, "policy_version": ckpt.policy_version, "path": ckpt.path,
+                  "policy_path": ckpt.policy_path, "info": asdict(ckpt), "created_at": utcnow()}
         stmt = stmt.on_conflict_do_update(index_elements=["run_id", "step"],
                                           set_={c: stmt.excluded[c] for c in ("policy_version", "path", "policy_path",
                                                                               "info", "created_at")})
         conn.execute(stmt, values)
         jobs.record_checkpoint(conn, self.job_id, step)
 
-    def _update_counters(self, conn: Connection, step: int, metrics: dict[str, Any]) -> None:
+    def _update_counters(self, conn: Connection, metrics: StepMetrics) -> None:
         values: dict[str, Any] = {}
-        for key, col in (("cost/rollouts", "rollouts_generated"), ("cost/tokens", "tokens_generated")):
-            v = finite_or_none(metrics.get(key))
-            if v is not None:
-                values[col] = int(v)
-        elapsed = finite_or_none(metrics.get("timing_s/elapsed"))
-        if elapsed is not None:
-            values["elapsed_s"] = elapsed
-        jobs.record_progress(conn, run_id=self.run_id, job_id=self.job_id, step=step, counters=values)
+        if metrics.rollouts is not None:
+            values["rollouts_generated"] = int(metrics.rollouts)
+        if metrics.tokens is not None:
+            values["tokens_generated"] = int(metrics.tokens)
+        if metrics.elapsed_s is not None:
+            values["elapsed_s"] = metrics.elapsed_s
+        jobs.record_progress(conn, run_id=self.run_id, job_id=self.job_id, step=metrics.step, counters=values)
 
 
 def _rows_in(item: tuple) -> int:
@@ -390,6 +382,6 @@ def _rows_in(item: tuple) -> int:
     if kind in ("rollouts", "uses"):
         return len(payload)
     if kind == "step":
-        return len(payload)
+        return len(payload.values)
     return 1
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -18,3 +20,25 @@ def _no_caller_environment(monkeypatch):
     # failed because REMIX_CACHE_DIR was set); tests that need them set them explicitly.
     for name in ("REMIX_CACHE_DIR", "REMIX_BENCHMARKS_DIR", "REMIX_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def studio_env(tmp_path, monkeypatch):
+    """A fresh SQLite studio in tmp_path; no REMIX_* variable or .env of the caller leaks in."""
+    for key in list(os.environ):
+        if key.startswith("REMIX_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no .env from the caller's directory
+    monkeypatch.setenv("REMIX_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("REMIX_MAX_ATTEMPTS", "2")
+    from studio.db import dispose_engines
+    from studio.migrate import upgrade_database
+    from studio.settings import get_settings, reset_settings_cache
+
+    reset_settings_cache()
+    dispose_engines()
+    settings = get_settings()
+    upgrade_database(settings)
+    yield settings
+    dispose_engines()
+    reset_settings_cache()

@@ -10,7 +10,6 @@ through the API and real workers.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pytest
@@ -18,28 +17,9 @@ from sqlalchemy import select, update
 from sqlmodel import Session
 
 from studio import jobs
-from studio.db import dispose_engines, get_engine, session_scope
-from studio.migrate import upgrade_database
+from studio.db import get_engine, session_scope
 from studio.models import Evaluation, Job, JobKind, JobStatus, Run, utcnow
 from studio.settings import get_settings, reset_settings_cache
-
-
-@pytest.fixture
-def studio_env(tmp_path, monkeypatch):
-    """A fresh SQLite studio in tmp_path; no REMIX_* variable or .env of the caller leaks in."""
-    for key in list(os.environ):
-        if key.startswith("REMIX_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no .env from the caller's directory
-    monkeypatch.setenv("REMIX_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("REMIX_MAX_ATTEMPTS", "2")
-    reset_settings_cache()
-    dispose_engines()
-    settings = get_settings()
-    upgrade_database(settings)
-    yield settings
-    dispose_engines()
-    reset_settings_cache()
 
 
 def _new_run(settings, steps: int = 3) -> tuple[int, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session
 
+from remix_engine.events import RolloutRecord, RolloutUseRecord
 from studio import jobs, queries
 from studio.db import make_engine, session_scope
 from studio.migrate import upgrade_database
@@ -29,16 +30,16 @@ def _run(engine) -> int:
         return run.id
 
 
-def _rollout(uid: str, step: int, reward: float = 1.0) -> dict:
-    return {"uid": uid, "step": step, "policy_version": step, "group_id": f"g{step}", "prompt_id": "p",
-            "prompt": "Compute 1+1.", "response": "</think> \\boxed{2}", "extracted": "2", "reference": "2",
-            "reward": reward, "correct": reward > 0, "format_ok": True, "reason": "correct", "length": 5,
-            "truncated": False, "advantage": 0.5}
+def _rollout(uid: str, step: int, reward: float = 1.0) -> RolloutRecord:
+    return RolloutRecord(uid=uid, step=step, policy_version=step, group_id=f"g{step}", prompt_id="p",
+                         prompt="Compute 1+1.", response="</think> \\boxed{2}", extracted="2", reference="2",
+                         reward=reward, correct=reward > 0, format_ok=True, reason="correct", length=5,
+                         truncated=False, advantage=0.5)
 
 
-def _use(uid: str, step: int, age: int, ratio: float, clip: float) -> dict:
-    return {"rollout_uid": uid, "step": step, "age": age, "ratio_mean": ratio, "ratio_max": ratio + 0.1,
-            "clipfrac": clip, "kl_to_behavior": 0.01 * age}
+def _use(uid: str, step: int, age: int, ratio: float, clip: float) -> RolloutUseRecord:
+    return RolloutUseRecord(rollout_uid=uid, step=step, age=age, ratio_mean=ratio, ratio_max=ratio + 0.1,
+                            clipfrac=clip, kl_to_behavior=0.01 * age)
 
 
 def _write(engine, run_id: int, steps: int) -> None:

@@ -1,0 +1,114 @@
+"""SqlSink (worker/sink.py): the trainer's typed events become SQL rows, idempotently and fenced.
+Real SQLite database (migrations), real job rows (studio.jobs), the sink's real writer thread,
+the real filesystem broker for the re-queue."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord
+from studio import jobs
+from studio.db import get_engine, session_scope
+from studio.models import Checkpoint, Job, LatestMetric, Metric, Rollout, RolloutUse, Run
+from worker.sink import SqlSink
+
+
+@pytest.fixture
+def engine(studio_env):
+    return get_engine()
+
+
+def _job() -> jobs.Claim:
+    with session_scope() as s:
+        _, job = jobs.create_run_with_job(s, name="sink", cfg_dict={"trainer": {"steps": 5}}, request={})
+        job_id, token = job.id, job.dispatch_token
+    return jobs.claim(job_id, token, "w1")
+
+
+def _rollout(uid: str, step: int, response: str = "</think> \\boxed{2}") -> RolloutRecord:
+    return RolloutRecord(uid=uid, step=step, policy_version=step, group_id=f"g{step}", prompt_id="p",
+                         prompt="Compute 1+1.", response=response, extracted="2", reference=["2", "two"],
+                         reward=1.0, correct=True, format_ok=True, reason="correct", length=4, truncated=False,
+                         advantage=float("nan"))
+
+
+def _emit_steps(sink: SqlSink, steps: range, response: str = "</think> \\boxed{2}") -> None:
+    for t in steps:
+        sink.on_rollouts(t, [_rollout(f"r{t}", t, response)])
+        sink.on_rollout_uses(t, [RolloutUseRecord(f"r{t}", t, 0, 1.0, 1.0, 0.0, 0.0)])
+        sink.on_step(t, {"critic/score/mean": 1.0, "cost/rollouts": 4.0 * t, "cost/tokens": 10.0 * t,
+                         "timing_s/elapsed": float(t)})
+        if t % 2 == 0:
+            sink.on_checkpoint(t, f"/ck/{t}", CheckpointRecord(step=t, policy_version=t + 1, path=f"/ck/{t}",
+                                                               policy_path=f"/ck/{t}/policy"))
+
+
+def _count(engine, model, run_id: int) -> int:
+    with Session(engine) as s:
+        return s.execute(select(func.count()).select_from(model).where(model.run_id == run_id)).scalar_one()
+
+
+def test_events_become_rows_and_run_counters(engine):
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=claim.attempt)
+    sink.on_start({"resumed_from": None})
+    _emit_steps(sink, range(1, 5))
+    sink.on_end({})
+    sink.close()
+    with Session(engine) as s:
+        run, job = s.get(Run, claim.run_id), s.get(Job, claim.job_id)
+        r4 = s.execute(select(Rollout).where(Rollout.uid == "r4")).scalar_one()
+        ck = s.execute(select(Checkpoint).where(Checkpoint.step == 4)).scalar_one()
+        latest = s.execute(select(LatestMetric.value).where(LatestMetric.key == "cost/rollouts")).scalar_one()
+    assert (run.steps_done, run.rollouts_generated, run.tokens_generated, run.elapsed_s) == (4, 16, 40, 4.0)
+    assert (job.progress_step, job.last_checkpoint_step) == (4, 4)
+    assert r4.reference == "['2', 'two']" and r4.advantage is None and r4.use_count == 1, "NaN stored as NULL"
+    assert (ck.policy_version, ck.policy_path, ck.info["path"]) == (5, "/ck/4/policy", "/ck/4")
+    assert latest == 16.0 and _count(engine, Metric, claim.run_id) == 16
+
+
+def test_a_resumed_attempt_replaces_everything_after_its_checkpoint(engine):
+    claim = _job()
+    first = SqlSink(claim.run_id, engine=engine)
+    first.on_start({"resumed_from": None})
+    _emit_steps(first, range(1, 4))  # steps 1-3 written; the worker dies after step 3
+    first.close()
+    again = SqlSink(claim.run_id, engine=engine)
+    again.on_start({"resumed_from": 2})  # resumes from the checkpoint at step 2: step 3 comes again
+    _emit_steps(again, range(3, 5), response="second attempt")
+    again.close()
+    assert _count(engine, Rollout, claim.run_id) == 4 and _count(engine, RolloutUse, claim.run_id) == 4
+    assert _count(engine, Metric, claim.run_id) == 16, "exactly one row per step and key"
+    with Session(engine) as s:
+        assert s.get(Run, claim.run_id).steps_done == 4
+        texts = {r.uid: r.step for r in s.execute(select(Rollout)).scalars()}
+    assert texts == {"r1": 1, "r2": 2, "r3": 3, "r4": 4}
+
+
+def test_a_sink_whose_job_was_taken_drops_its_events_and_asks_to_stop(engine):
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=claim.attempt)
+    sink.on_start({"resumed_from": None})
+    _emit_steps(sink, range(1, 2))
+    sink.flush()
+    # the reaper gave the job to another worker: it now runs as attempt 2
+    assert jobs.requeue(claim.job_id, claim.attempt, reason="lost") == "requeued"
+    with Session(engine) as s:
+        token = s.get(Job, claim.job_id).dispatch_token
+    assert jobs.claim(claim.job_id, token, "w2").attempt == 2
+    sink.on_step(2, {"cost/rollouts": 8.0})
+    sink.flush()
+    assert sink.fenced and sink.should_stop()
+    sink.close()
+    with Session(engine) as s:
+        assert s.execute(select(func.max(Metric.step)).where(Metric.run_id == claim.run_id)).scalar_one() == 1
+
+
+def test_dict_events_must_hold_exactly_the_record_fields(engine):
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine)
+    with pytest.raises(TypeError):
+        sink.on_rollout_uses(1, [{"rollout_uid": "r1", "step": 1}])  # no silent defaults
+    sink.close()

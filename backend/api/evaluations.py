@@ -2,7 +2,8 @@
 
 An evaluation is one job (its id is the job id) over one or more benchmarks; each benchmark gets an
 `evaluations` row with its scores, and every generated response an `eval_samples` row. A finished
-evaluation adds a measured line to the leaderboard (backend/leaderboard.py).
+evaluation adds a measured line to the leaderboard (studio/leaderboard.py). The job rows are
+studio.jobs'; the work happens on a worker (worker/evaluation.py).
 """
 
 from __future__ import annotations

@@ -339,10 +339,6 @@ def size_label(model_name: str, n_params: int | None = None) -> str | None:
     return None
 
 
-def mode_label(mode: str, temperature: float | None) -> str:
-    return "greedy" if mode == "greedy" else f"t{float(temperature or 0):g}"
-
-
 def measured_entries(job: Job, evaluations: list[Evaluation]) -> list[dict[str, Any]]:
     """Leaderboard rows of a finished evaluation job: one per benchmark plus the average."""
     params = job.params or {}
@@ -350,7 +346,7 @@ def measured_entries(job: Job, evaluations: list[Evaluation]) -> list[dict[str, 
     if not done:
         return []
     key = f"eval:{job.id}"
-    mode = params.get("mode_label") or mode_label(params.get("mode", "greedy"), params.get("temperature"))
+    mode = params["mode_label"]  # EvalOptions.mode_label, recorded when the job was created
     limit = params.get("limit")
     notes = [f"evaluation job {job.id}"]
     if limit:

@@ -22,7 +22,7 @@ from backend.auth import require_read, require_write
 from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
 from remix_engine.reward.grader import GRADER_TAG
 from studio import jobs
-from studio.leaderboard import mode_label, size_label
+from studio.leaderboard import size_label
 from studio.models import (
     Checkpoint,
     EvalSample,
@@ -246,7 +246,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep) -> Evaluation
             short, i = f"{base}_{i}", i + 1
         names.append(short)
     params.update(name=name, method=method, cost_rollouts=cost, temperature=options.temperature,
-                  mode_label=mode_label(options.mode, options.temperature),
+                  mode_label=options.mode_label,
                   size=body.size or size_label(name) or size_label(str(params["model_path"])),
                   grader=GRADER_TAG, benchmark_names=names)
     job = jobs.create_eval_job(

@@ -131,3 +131,17 @@ def test_no_upward_imports_between_layers():
 def test_no_import_cycles():
     cycles = _cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_api_process_never_imports_torch(tmp_path):
+    # The API imports the engine's light modules only (config, benchmarks, the evaluation options
+    # it validates); torch and transformers load in workers. A fresh interpreter shows what loads.
+    import subprocess
+    import sys
+
+    code = ("import sys; from backend.app import create_app; from studio.settings import Settings; "
+            f"create_app(Settings(data_dir={str(tmp_path)!r})); import remix_engine.evaluate; "
+            "print(sorted(m for m in ('torch', 'transformers', 'worker') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -35,11 +35,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.db import make_engine, session_scope  # noqa: E402
-from backend.migrate import upgrade_database  # noqa: E402
-from backend.models import Run  # noqa: E402
-from backend.settings import Settings  # noqa: E402
 from remix_engine.sinks import MultiSink, Sink  # noqa: E402
+from studio.db import make_engine, session_scope  # noqa: E402
+from studio.migrate import upgrade_database  # noqa: E402
+from studio.models import Run  # noqa: E402
+from studio.settings import Settings  # noqa: E402
 from worker.sink import SqlSink  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("REMIX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -18,9 +18,10 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import sqlalchemy.exc
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 
 from studio.settings import Settings, get_settings
@@ -62,6 +63,13 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
+async def _integer_out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
+    # An integer beyond int64 (an id like 2**64 in a path, query or body) is the client's input, not
+    # a server fault: SQLite refuses to bind it (OverflowError), PostgreSQL to compare it (DataError).
+    return JSONResponse({"detail": "an integer in the request is out of range (ids and counts are at most 2^63-1)"},
+                        status_code=422)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     from backend.api.config import router as config_router
     from backend.api.evaluations import router as evaluations_router
@@ -99,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["*"], allow_headers=["*"])
+    app.add_exception_handler(OverflowError, _integer_out_of_range)
+    app.add_exception_handler(sqlalchemy.exc.DataError, _integer_out_of_range)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(runs_router)
     api.include_router(rollouts_router)

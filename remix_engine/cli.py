@@ -144,7 +144,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
             value = value[part]
         shown = json.dumps(value)
         note = "" if value == field["default"] else f"   (default {json.dumps(field['default'])})"
-        print(f"{key} = {shown}{note}\n    {field['type']}: {field['description']}")
+        limits = ", ".join(f"{name.replace('_', ' ')} {field[name]}" for name in
+                           ("minimum", "exclusive_minimum", "maximum", "exclusive_maximum") if name in field)
+        print(f"{key} = {shown}{note}\n    {field['type']}{f' ({limits})' if limits else ''}: {field['description']}")
     return 0
 
 

@@ -26,8 +26,14 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the user (names the field)."""
 
 
+# Upper bounds keep a typo (or a hostile request) from asking for a run no machine can hold.
+MAX_STEPS = 10_000_000
+MAX_TOKENS = 131_072  # the longest context of the supported model families
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Infinity and NaN are not settings (and are not valid JSON): reject them up front.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -55,10 +61,10 @@ class DataConfig(_Section):
                                           "name, or hf:<dataset id>[:split].")
     heldout: str = Field("toy", description="Held-out prompts evaluated every trainer.eval_every steps (same "
                                             "kinds of source as data.train).")
-    heldout_size: int = Field(200, ge=1, description="Held-out problems evaluated (the first N).")
+    heldout_size: int = Field(200, ge=1, le=100_000, description="Held-out problems evaluated (the first N).")
     prompt_suffix: str = Field(INSTRUCTION, description="Appended to each problem: the DeepScaleR instruction "
                                                         "(remix_algorithm.md §6.1).")
-    max_prompt_tokens: int = Field(766, ge=1, description="Longer prompts are dropped (and counted) at load time.")
+    max_prompt_tokens: int = Field(766, ge=1, le=MAX_TOKENS, description="Longer prompts are dropped (and counted) at load time.")
     require_think: bool = Field(True, description="The reward needs </think> before the boxed answer "
                                                   "(DeepScaleR); false grades the last box wherever it is.")
 
@@ -69,11 +75,11 @@ VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams rejects hotter sampling
 class RolloutConfig(_Section):
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: 'hf' (transformers generate) or "
                                                              "'vllm' (the vllm extra).")
-    prompts_per_step: int = Field(16, ge=1, description="Prompts per training batch (fresh + replayed).")
-    group_size: int = Field(8, ge=1, description="Responses per prompt (GRPO's G; 1 for PPO).")
+    prompts_per_step: int = Field(16, ge=1, le=65_536, description="Prompts per training batch (fresh + replayed).")
+    group_size: int = Field(8, ge=1, le=1024, description="Responses per prompt (GRPO's G; 1 for PPO).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the rollouts (1 = off).")
-    max_new_tokens: int = Field(64, ge=1, description="Longest response; longer ones are cut (truncated).")
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS, description="Longest response; longer ones are cut (truncated).")
     behavior_logprobs: Literal["recompute", "engine"] = Field(
         "recompute", description="Behaviour log-probs stored with each rollout: the trainer's recomputation "
                                  "('recompute', verl's default) or what the rollout engine reported ('engine').")
@@ -82,28 +88,28 @@ class RolloutConfig(_Section):
 
 
 class ActorConfig(_Section):
-    lr: float = Field(1e-6, gt=0, description="Policy learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy.")
+    lr: float = Field(1e-6, gt=0, le=1, description="Policy learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay of the policy.")
     clip_eps: float = Field(0.2, gt=0, description="ε of the clipped objective (ε_low when clip_eps_high is set).")
     clip_eps_high: float | None = Field(None, gt=0, description="Upper clip bound (DAPO clip-higher); null = "
                                                                 "clip_eps.")
     dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip bound for negative advantages; null = off.")
-    kl_coef: float = Field(0.001, ge=0, description="β, the weight of the KL term.")
+    kl_coef: float = Field(0.001, ge=0, le=1000, description="β, the weight of the KL term.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator (k3: the low-variance "
                                                                       "one, clamped to ±10).")
-    entropy_coef: float = Field(0.001, ge=0, description="c, the weight of the entropy bonus.")
+    entropy_coef: float = Field(0.001, ge=0, le=1000, description="c, the weight of the entropy bonus.")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
         "token-mean", description="How per-token losses are averaged into the batch loss.")
     mini_batch_size: int = Field(
-        8, ge=1, description="Prompts per optimizer step; each brings its rollout.group_size responses "
+        8, ge=1, le=65_536, description="Prompts per optimizer step; each brings its rollout.group_size responses "
                              "(verl's ppo_mini_batch_size, counted before × n).")
     max_tokens_per_microbatch: int | None = Field(
-        None, ge=1, description="Split each mini-batch into micro-batches of at most this many padded tokens "
+        None, ge=1, le=100 * MAX_TOKENS, description="Split each mini-batch into micro-batches of at most this many padded tokens "
                                 "(prompt + response) and accumulate gradients; null = one micro-batch. The loss is "
                                 "normalised by the whole mini-batch's token/sequence count, so the split does not "
                                 "change the update.")
     logprob_max_tokens_per_microbatch: int | None = Field(
-        None, ge=1, description="Padded-token budget of the no-grad log-prob passes (π_k, anchor, precedent); "
+        None, ge=1, le=100 * MAX_TOKENS, description="Padded-token budget of the no-grad log-prob passes (π_k, anchor, precedent); "
                                 "null = 64 responses at a time.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip of the policy update.")
     advantage: Literal["grpo", "rloo", "drgrpo", "gae"] = Field(
@@ -112,7 +118,7 @@ class ActorConfig(_Section):
 
 
 class CriticConfig(_Section):
-    lr: float = Field(1e-5, gt=0, description="Critic learning rate (PPO only).")
+    lr: float = Field(1e-5, gt=0, le=1, description="Critic learning rate (PPO only).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount γ of GAE.")
     lam: float = Field(1.0, ge=0, le=1, description="λ of GAE (bias-variance trade-off).")
     cliprange_value: float = Field(0.5, gt=0, description="Clip range of the value loss.")
@@ -121,15 +127,15 @@ class CriticConfig(_Section):
         "recompute", description="Replayed samples get advantages from the current critic ('recompute') or keep "
                                  "the ones stored when they were generated ('stored').")
     max_tokens_per_microbatch: int | None = Field(
-        None, ge=1, description="Padded-token budget of the critic's micro-batches (value passes and updates); "
+        None, ge=1, le=100 * MAX_TOKENS, description="Padded-token budget of the critic's micro-batches (value passes and updates); "
                                 "null = one micro-batch per mini-batch.")
 
 
 class KLConvexSchedule(_Section):
     """λ(t) = max(1 − decay·ceil(max(t − start, 0)/interval), floor)."""
 
-    start: int = Field(50, ge=0, description="Step at which λ starts to decay.")
-    interval: int = Field(10, ge=1, description="Steps between two decays of λ.")
+    start: int = Field(50, ge=0, le=MAX_STEPS, description="Step at which λ starts to decay.")
+    interval: int = Field(10, ge=1, le=MAX_STEPS, description="Steps between two decays of λ.")
     decay: float = Field(0.1, ge=0, le=1, description="How much λ drops at each decay.")
     floor: float = Field(0.5, ge=0, le=1, description="The lowest λ.")
 
@@ -137,13 +143,13 @@ class KLConvexSchedule(_Section):
 class RemixConfig(_Section):
     replay_share: float = Field(0.4, ge=0, lt=1, description="p, the share of each batch replayed from earlier "
                                                              "policies' rollouts.")
-    window: int = Field(2, ge=1, description="N, how many past policies' rollouts the buffer keeps (replayed "
+    window: int = Field(2, ge=1, le=1000, description="N, how many past policies' rollouts the buffer keeps (replayed "
                                              "uniformly over the lags present).")
-    utd: int = Field(2, ge=1, description="m, update epochs over each batch (the update-to-data ratio).")
+    utd: int = Field(2, ge=1, le=100, description="m, update epochs over each batch (the update-to-data ratio).")
     kl_convex: bool = Field(True, description="KL-Convex: KL to a λ(t)-mix of the anchor and the precedent policy; "
                                               "off = plain KL to the anchor (λ ≡ 1).")
     schedule: KLConvexSchedule = Field(default_factory=KLConvexSchedule, description="λ(t) of KL-Convex.")
-    reincarnate_at: int | None = Field(50, ge=1, description="T: the anchor becomes π_T, the buffer is dropped, "
+    reincarnate_at: int | None = Field(50, ge=1, le=MAX_STEPS, description="T: the anchor becomes π_T, the buffer is dropped, "
                                                              "p → 0 and m → 1; null = never.")
     precedent: Literal["previous", "current"] = Field(
         "previous", description="The precedent policy of KL-Convex: π_{k−1} ('previous', the paper) or π_k "
@@ -164,19 +170,19 @@ class RemixConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    steps: int = Field(100, ge=1, description="Training steps (one batch of rollouts each).")
-    max_rollouts: int | None = Field(None, ge=1, description="Stop early once this many rollouts were generated "
+    steps: int = Field(100, ge=1, le=MAX_STEPS, description="Training steps (one batch of rollouts each).")
+    max_rollouts: int | None = Field(None, ge=1, le=10**12, description="Stop early once this many rollouts were generated "
                                                              "(compare methods at an equal rollout budget).")
-    seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
-    eval_every: int = Field(10, ge=1, description="Evaluate on the held-out set every this many steps.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of data order, sampling and initialisation.")
+    eval_every: int = Field(10, ge=1, le=MAX_STEPS, description="Evaluate on the held-out set every this many steps.")
     eval_greedy: bool = Field(True, description="Held-out evaluation decodes greedily (else at "
                                                 "rollout.temperature).")
     eval_benchmarks: list[str] = Field(default_factory=list, description="Benchmarks (names or JSONL paths) also "
                                        "evaluated greedily at every eval step, logged as eval/<benchmark>/pass@1.")
-    eval_benchmark_limit: int | None = Field(None, ge=1, description="First N problems of each eval benchmark; "
+    eval_benchmark_limit: int | None = Field(None, ge=1, le=100_000, description="First N problems of each eval benchmark; "
                                                                      "null = all.")
-    checkpoint_every: int = Field(25, ge=1, description="Save a checkpoint every this many steps (and at the end).")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
+    checkpoint_every: int = Field(25, ge=1, le=MAX_STEPS, description="Save a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Checkpoints kept on disk (older ones are deleted).")
     async_checkpoint: bool | None = Field(
         None, description="Write checkpoints on a background thread from a host-memory snapshot, so training "
                           "goes on during the write (the snapshot costs one host copy of the state). None: "
@@ -184,15 +190,15 @@ class TrainerConfig(_Section):
                           "anyway; on CPU the write is synchronous and copies nothing.")
     log_rollouts: bool = Field(True, description="Emit every rollout and rollout use to the sinks (the traces and "
                                                  "off-policy views need them).")
-    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default.")
+    torch_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch's default.")
 
 
 class WarmStartConfig(_Section):
     """Supervised warm start of the toy model (cached on disk by its settings)."""
 
-    steps: int = Field(300, ge=0, description="Supervised steps on the toy task's demonstrations (0 = none).")
-    batch_size: int = Field(64, ge=1, description="Demonstrations per warm-start step.")
-    lr: float = Field(3e-3, gt=0, description="Warm-start learning rate.")
+    steps: int = Field(300, ge=0, le=1_000_000, description="Supervised steps on the toy task's demonstrations (0 = none).")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Demonstrations per warm-start step.")
+    lr: float = Field(3e-3, gt=0, le=1, description="Warm-start learning rate.")
     cache_dir: str | None = Field(None, description="Where the warm-started weights are cached when "
                                                     "$REMIX_CACHE_DIR is not set; null = "
                                                     "~/.cache/remix-studio/warmstart.")
@@ -429,8 +435,14 @@ def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[
             continue
         default = field.get_default(call_default_factory=True)
         out.append({"key": key, "type": _type_name(annotation), "default": default,
-                    "description": field.description or ""})
+                    "description": field.description or "", **_bounds(field)})
     return out
+
+
+def _bounds(field) -> dict[str, float]:
+    """The field's numeric limits as {minimum, exclusive_minimum, maximum, exclusive_maximum} (JSON-schema names)."""
+    names = {"ge": "minimum", "gt": "exclusive_minimum", "le": "maximum", "lt": "exclusive_maximum"}
+    return {names[attr]: getattr(m, attr) for m in field.metadata for attr in names if hasattr(m, attr)}
 
 
 def _type_name(annotation: Any) -> str:

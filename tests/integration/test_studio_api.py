@@ -56,6 +56,19 @@ def test_invalid_inputs(deployment: Deployment) -> None:
     problem({"overrides": "remix.utd=2"}, "overrides")
     problem({"algorithm": "grpo", "remix": {"utd": 3}}, "remix.utd")
     problem({"remix": {"replay_share": 1.5}}, "remix.replay_share")
+    # upper bounds and non-finite numbers: refused at submission, never in the worker
+    problem({"steps": 10**12}, "steps")
+    problem({"seed": 10**30}, "seed")
+    problem({"overrides": {"rollout.max_new_tokens": 10**9}}, "rollout.max_new_tokens")
+    problem({"overrides": {"rollout.prompts_per_step": 10**9}}, "rollout.prompts_per_step")
+    r = c.post("/runs", content=b'{"config": {"overrides": {"actor.lr": 1e999}}}',
+               headers={**h, "content-type": "application/json"})
+    assert r.status_code == 422 and "actor.lr" in r.text and "finite" in r.text, r.text
+    before = c.get("/runs").json()["count"]
+    for path in (f"/runs/{2**64}", f"/runs/{2**63}/metrics", f"/jobs/{2**70}"):
+        r = c.get(path)
+        assert r.status_code == 422 and "out of range" in r.text, (path, r.text)
+    assert c.get("/runs").json()["count"] == before  # nothing stored by any of the refused requests
     r = c.post("/runs", json={"config": []}, headers=h)
     assert r.status_code == 422 and "config" in r.text
     r = c.post("/runs", json={"name": "x" * 300, "config": {}}, headers=h)

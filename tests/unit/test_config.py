@@ -1,6 +1,6 @@
 import pytest
 
-from remix_engine.config import ConfigError, RemixConfig, build_config, load_saved_config, save_config
+from remix_engine.config import ConfigError, RemixConfig, build_config, config_fields, load_saved_config, save_config
 
 
 def test_toy_preset_defaults_follow_the_paper_for_remix_switches():
@@ -120,3 +120,22 @@ def test_a_config_saved_before_lag_sampling_was_removed_still_loads():
     saved = config_to_dict(build_config("toy", "remix-grpo"))
     saved["remix"]["lag_sampling"] = "uniform"
     assert RunConfig.model_validate(saved) == build_config("toy", "remix-grpo")
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ({"trainer.seed": 2**32}, "trainer.seed"), ({"trainer.seed": -1}, "trainer.seed"),
+    ({"trainer.steps": 10**12}, "trainer.steps"), ({"rollout.max_new_tokens": 10**9}, "rollout.max_new_tokens"),
+    ({"rollout.prompts_per_step": 10**9}, "rollout.prompts_per_step"),
+    ({"actor.lr": float("inf")}, "actor.lr"), ({"critic.lr": float("nan")}, "critic.lr"),
+])
+def test_every_number_has_bounds_and_is_finite(override, field):
+    with pytest.raises(ConfigError, match=field):
+        build_config("toy", "remix-ppo", overrides=override)
+
+
+def test_field_listing_carries_the_bounds():
+    fields = {f["key"]: f for f in config_fields()}
+    assert fields["trainer.seed"]["minimum"] == 0 and fields["trainer.seed"]["maximum"] == 2**32 - 1
+    assert fields["rollout.top_p"]["exclusive_minimum"] == 0 and fields["rollout.top_p"]["maximum"] == 1
+    unbounded = [k for k, f in fields.items() if f["type"] in ("int", "int | None") and "maximum" not in f]
+    assert unbounded == [], unbounded

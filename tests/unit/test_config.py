@@ -1,6 +1,13 @@
 import pytest
 
-from remix_engine.config import ConfigError, RemixConfig, build_config, config_fields, load_saved_config, save_config
+from remix_engine.config import (
+    ConfigError,
+    RemixConfig,
+    build_config,
+    config_fields,
+    load_saved_config,
+    save_config,
+)
 
 
 def test_toy_preset_defaults_follow_the_paper_for_remix_switches():

@@ -9,7 +9,7 @@ import io
 import json
 from typing import Any
 
-from studio.leaderboard import AVERAGE, LeaderboardError
+from studio.leaderboard import AVERAGE, CSV_FORMULA_STARTS, LeaderboardError
 
 FORMATS = ("json", "csv", "md", "latex")
 
@@ -28,12 +28,19 @@ def to_csv(table: dict[str, Any]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for e in table["rows"]:
-        w.writerow([e["size"] or "", e["model"], e["source"],
+        w.writerow([_csv_text(e["size"] or ""), _csv_text(e["model"]), _csv_text(e["source"]),
                     *[_repr(e["scores"].get(b)) for b in table["benchmarks"]], _repr(e["average"]),
-                    e["cost_text"], "" if e["cost_rollouts"] is None else e["cost_rollouts"],
+                    _csv_text(e["cost_text"]), "" if e["cost_rollouts"] is None else e["cost_rollouts"],
                     "" if e["run_id"] is None else e["run_id"],
-                    "" if e["checkpoint_step"] is None else e["checkpoint_step"], e["reference"] or ""])
+                    "" if e["checkpoint_step"] is None else e["checkpoint_step"], _csv_text(e["reference"] or "")])
     return buf.getvalue()
+
+
+def _csv_text(text: Any) -> str:
+    """A text cell that a spreadsheet will not run as a formula (OWASP CSV injection): a leading
+    = + - @ (or tab / CR) gets a "'" in front; the leaderboard import removes it again."""
+    text = "" if text is None else str(text)
+    return "'" + text if text.startswith(CSV_FORMULA_STARTS) else text
 
 
 def _repr(v: float | None) -> str:

@@ -191,11 +191,21 @@ def parse_import(body: bytes | str, content_type: str | None, *, reference: str 
         reader = csv.DictReader(lines)
         if not reader.fieldnames or "model" not in reader.fieldnames or "size" not in reader.fieldnames:
             raise LeaderboardError("CSV: the header must have 'size' and 'model' columns")
-        rows, where = list(reader), "CSV data row"
+        rows, where = [{k: _csv_unescape(v) for k, v in row.items()} for row in reader], "CSV data row"
     dataset = _slug(dataset or reference or "imported")
     if dataset == SHIPPED_DATASET:
         raise LeaderboardError(f"dataset '{SHIPPED_DATASET}' is the shipped table; choose another name")
     return wide_rows_to_entries(rows, dataset=dataset, reference=reference, where=where)
+
+
+# Cells a spreadsheet would run as a formula; exports put a "'" in front of them (OWASP).
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_unescape(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(CSV_FORMULA_STARTS):
+        return value[1:]
+    return value
 
 
 def shipped_entries() -> list[dict[str, Any]]:

@@ -195,6 +195,16 @@ def test_import_published_rows(deployment: Deployment) -> None:
     js = {"reference": "J", "rows": [{"size": "7B", "model": "Json-Model", "math500_t0.1": 70, "avg_t0.1": 50}]}
     assert c.post("/leaderboard/import", json=js, headers=h).status_code == 201
     assert any(r["model"] == "Json-Model" for r in c.get("/leaderboard", params={"mode": "t0.1"}).json()["rows"])
+    # formula-looking cells: stored as given, exported with a "'" in front, and an exported
+    # ("'"-escaped) cell imports back to the original text
+    body = 'size,model,aime24_greedy,avg_greedy\n7B,"=HYPERLINK(""http://x"")",1,1\n7B,\'@SUM(1),2,2\n'
+    assert c.post("/leaderboard/import", content=body, params={"reference": "formulas"},
+                  headers={**h, "content-type": "text/csv"}).status_code == 201
+    models = {r["model"] for r in c.get("/leaderboard", params={"size": "7B"}).json()["rows"]}
+    assert {'=HYPERLINK("http://x")', "@SUM(1)"} <= models
+    exported = list(csv.DictReader(io.StringIO(c.get("/leaderboard", params={"format": "csv"}).text)))
+    cells = {row["model"] for row in exported}
+    assert {"'=HYPERLINK(\"http://x\")", "'@SUM(1)"} <= cells and not any(m.startswith(("=", "@")) for m in cells)
     r = c.post("/leaderboard/import", content="size,model,aime24_greedy\n7B,X,abc\n",
                headers={**h, "content-type": "text/csv"}, params={"reference": "r"})
     assert r.status_code == 422 and "not a number" in r.text

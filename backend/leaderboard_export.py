@@ -37,10 +37,17 @@ def to_csv(table: dict[str, Any]) -> str:
 
 
 def _csv_text(text: Any) -> str:
-    """A text cell that a spreadsheet will not run as a formula (OWASP CSV injection): a leading
-    = + - @ (or tab / CR) gets a "'" in front; the leaderboard import removes it again."""
+    """A text cell that a spreadsheet will not run as a formula (OWASP CSV injection): text led by
+    = + - @ (or tab / CR) gets a "'" in front, unless it is a lone sign or a plain number; the
+    leaderboard import removes the "'" again."""
     text = "" if text is None else str(text)
-    return "'" + text if text.startswith(CSV_FORMULA_STARTS) else text
+    if len(text) < 2 or not text.startswith(CSV_FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
 
 
 def _repr(v: float | None) -> str:

@@ -7,6 +7,7 @@ so the API can read while the worker writes and cascading deletes work like on P
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,9 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Runs, rollouts and token hashes are the owner's: 0600 (SQLite gives -wal/-shm the same mode).
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(path, 0o600)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
 
         @event.listens_for(engine, "connect")

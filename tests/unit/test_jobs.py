@@ -289,3 +289,18 @@ def test_cancel_of_a_queued_evaluation_cancels_its_benchmarks(studio_env):
     with Session(get_engine()) as s:
         statuses = s.execute(select(Evaluation.status).where(Evaluation.job_id == job_id)).scalars().all()
     assert _job(job_id).status == "cancelled" and statuses == ["cancelled", "cancelled"]
+
+
+def test_the_sqlite_store_is_private_to_its_owner(tmp_path):
+    import stat
+
+    from sqlalchemy import text
+
+    from studio.db import make_engine
+
+    path = tmp_path / "data" / "studio.db"
+    with make_engine(f"sqlite:///{path}").begin() as conn:
+        conn.execute(text("CREATE TABLE t (a INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+    assert modes and set(modes.values()) == {0o600}, modes

@@ -52,8 +52,31 @@ def new_token() -> str:
 
 
 # ------------------------------------------------------------------------------------ creation
+@dataclass(frozen=True)
+class Idempotency:
+    """A request's Idempotency-Key header and the sha256 of its body."""
+
+    key: str
+    request_hash: str
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before for a different request."""
+
+
+def job_for_idempotency_key(session: Session, idem: Idempotency, kind: JobKind) -> Job | None:
+    """The job an earlier request with this key created (None if none did); IdempotencyConflict when
+    that request had another body or created another kind of job."""
+    job = session.execute(select(Job).where(Job.idempotency_key == idem.key)).scalar_one_or_none()
+    if job is not None and (job.kind != kind.value or job.request_hash != idem.request_hash):
+        raise IdempotencyConflict(f"Idempotency-Key '{idem.key}' was already used for a different request "
+                                  f"({job.kind} job {job.id}); use a new key for a new request")
+    return job
+
+
 def create_run_with_job(session: Session, *, name: str | None, cfg_dict: dict, request: dict,
-                        parent_run_id: int | None = None, settings: Settings | None = None) -> tuple[Run, Job]:
+                        parent_run_id: int | None = None, settings: Settings | None = None,
+                        idempotency: Idempotency | None = None) -> tuple[Run, Job]:
     """Insert a run and its training job (status pending). The caller commits, then dispatches.
     Without a name the run is called '<algorithm> <preset> #<id>'."""
     settings = settings or get_settings()
@@ -65,16 +88,16 @@ def create_run_with_job(session: Session, *, name: str | None, cfg_dict: dict, r
     run.output_dir = str(settings.runs_path / str(run.id))
     if not name:
         run.name = f"{run.algorithm} {run.preset} #{run.id}"
-    job = _new_job(session, JobKind.TRAIN, settings, run_id=run.id, progress_total=run.steps_total)
+    job = _new_job(session, JobKind.TRAIN, settings, idempotency, run_id=run.id, progress_total=run.steps_total)
     return run, job
 
 
 def create_eval_job(session: Session, *, params: dict, benchmarks: list[tuple[str, str, int]], run_id: int | None,
                     model: str, mode: str, temperature: float, cost_rollouts: int | None, grader: str,
-                    settings: Settings | None = None) -> Job:
+                    settings: Settings | None = None, idempotency: Idempotency | None = None) -> Job:
     """Insert an evaluation job (status pending) and one pending `evaluations` row per benchmark,
     given as (spec, short name, k). The caller commits, then dispatches."""
-    job = _new_job(session, JobKind.EVAL, settings or get_settings(), params=params)
+    job = _new_job(session, JobKind.EVAL, settings or get_settings(), idempotency, params=params)
     for spec, name, k in benchmarks:
         session.add(Evaluation(run_id=run_id, job_id=job.id, checkpoint_step=params.get("step"), model=model,
                                benchmark=name, status=JobStatus.PENDING.value, k=k, temperature=temperature,
@@ -83,11 +106,14 @@ def create_eval_job(session: Session, *, params: dict, benchmarks: list[tuple[st
     return job
 
 
-def _new_job(session: Session, kind: JobKind, settings: Settings, **fields: Any) -> Job:
+def _new_job(session: Session, kind: JobKind, settings: Settings, idempotency: Idempotency | None,
+             **fields: Any) -> Job:
     job = Job(kind=kind.value, status=JobStatus.PENDING.value, dispatch_token=new_token(), queue=settings.gpu_queue,
-              max_attempts=settings.max_attempts, queued_at=utcnow(), **fields)
+              max_attempts=settings.max_attempts, queued_at=utcnow(),
+              idempotency_key=idempotency.key if idempotency else None,
+              request_hash=idempotency.request_hash if idempotency else None, **fields)
     session.add(job)
-    session.flush()
+    session.flush()  # a concurrent request with the same Idempotency-Key fails here (IntegrityError)
     return job
 
 

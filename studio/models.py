@@ -105,6 +105,7 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
         Index("ix_jobs_created", "created_at"),
+        Index("uq_jobs_idempotency_key", "idempotency_key", unique=True),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -130,6 +131,10 @@ class Job(SQLModel, table=True):
     last_checkpoint_step: int | None = Field(default=None)
     error: str | None = Field(default=None, sa_type=Text)
     params: dict = Field(default_factory=dict, sa_type=JsonType)
+    # The Idempotency-Key of the POST that created the job and the sha256 of its body: a retry
+    # with the same key gets this job back instead of a duplicate (NULL without the header).
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     queued_at: datetime | None = _ts()
     started_at: datetime | None = _ts()

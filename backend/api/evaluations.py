@@ -11,12 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
 from backend.api.deps import SessionDep
+from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
+from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import JobOut
 from backend.auth import require_read, require_write
 from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
@@ -194,8 +196,9 @@ def _eval_job_or_404(session: Session, eval_id: int) -> Job:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EvaluationOut,
              dependencies=[Depends(require_write)], summary="Queue a benchmark evaluation of a checkpoint or model",
              responses={401: {"description": "no or invalid token"}, 403: {"description": "read-only token"},
-                        422: {"description": "invalid request (names the field)"}})
-def create_evaluation(body: EvaluationCreate, session: SessionDep) -> EvaluationOut:
+                        422: {"description": "invalid request (names the field)"}, **IDEMPOTENCY_RESPONSES})
+def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Response,
+                      idempotency_key: IdempotencyKeyHeader = None) -> EvaluationOut:
     from remix_engine.evaluate import EvalOptions
 
     if (body.model is None) == (body.run_id is None):
@@ -211,6 +214,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep) -> Evaluation
         field = str(exc).split(":", 1)[0].strip()
         raise _unprocessable(field if field in EvaluationCreate.model_fields else "mode", str(exc)) from None
     _check_benchmarks(body.benchmarks)
+    idem = idempotency_of(idempotency_key, body)
 
     params: dict[str, Any] = body.model_dump()
     method = ""
@@ -249,12 +253,20 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep) -> Evaluation
                   mode_label=options.mode_label,
                   size=body.size or size_label(name) or size_label(str(params["model_path"])),
                   grader=GRADER_TAG, benchmark_names=names)
-    job = jobs.create_eval_job(
-        session, params=params, run_id=body.run_id, model=name, mode=options.mode, temperature=options.temperature,
-        cost_rollouts=cost, grader=GRADER_TAG,
-        benchmarks=[(spec, short, options.k_for(short)) for spec, short in zip(body.benchmarks, names, strict=True)])
-    session.commit()
-    jobs.dispatch(job.id)
+
+    def create() -> Job:
+        job = jobs.create_eval_job(
+            session, params=params, run_id=body.run_id, model=name, mode=options.mode,
+            temperature=options.temperature, cost_rollouts=cost, grader=GRADER_TAG, idempotency=idem,
+            benchmarks=[(spec, short, options.k_for(short)) for spec, short in zip(body.benchmarks, names, strict=True)])
+        session.commit()
+        return job
+
+    job, created = submit_once(session, idem, JobKind.EVAL, create)
+    if created:
+        jobs.dispatch(job.id)
+    else:
+        response.status_code = status.HTTP_200_OK
     session.expire_all()
     return evaluation_out(session, session.get(Job, job.id))
 

@@ -12,6 +12,8 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from backend.api.deps import SessionDep, get_run_or_404
+from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
+from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import (
     CheckpointOut,
     JobOut,
@@ -25,7 +27,7 @@ from backend.api.schemas import (
 from backend.auth import require_read, require_write
 from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
 from studio import jobs, queries
-from studio.models import ACTIVE_STATUSES, Checkpoint, LatestMetric, Run, as_utc
+from studio.models import ACTIVE_STATUSES, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
 from studio.settings import get_settings
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
@@ -91,23 +93,34 @@ def run_detail(session: Session, run: Run) -> RunDetail:
                      checkpoints=ckpts, child_run_ids=children)
 
 
-def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict, parent_run_id: int | None) -> RunDetail:
-    run, job = jobs.create_run_with_job(session, name=name, cfg_dict=config_to_dict(cfg), request=request,
-                                        parent_run_id=parent_run_id)
-    session.commit()
-    jobs.dispatch(job.id)
+def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict, parent_run_id: int | None,
+            idem: jobs.Idempotency | None = None, response: Response | None = None) -> RunDetail:
+    def create() -> Job:
+        _, job = jobs.create_run_with_job(session, name=name, cfg_dict=config_to_dict(cfg), request=request,
+                                          parent_run_id=parent_run_id, idempotency=idem)
+        session.commit()
+        return job
+
+    job, created = submit_once(session, idem, JobKind.TRAIN, create)
+    if created:
+        jobs.dispatch(job.id)
+    elif response is not None:
+        response.status_code = status.HTTP_200_OK
     session.expire_all()
-    return run_detail(session, session.get(Run, run.id))
+    return run_detail(session, session.get(Run, job.run_id))
 
 
 # ----------------------------------------------------------------------------------- routes
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=[Depends(require_write)],
              summary="Submit a training run", responses={401: {"description": "no or invalid token"},
                                                          403: {"description": "read-only token"},
-                                                         422: {"description": "invalid config (names the field)"}})
-def create_run(body: RunCreate, session: SessionDep) -> RunDetail:
+                                                         422: {"description": "invalid config (names the field)"},
+                                                         **IDEMPOTENCY_RESPONSES})
+def create_run(body: RunCreate, session: SessionDep, response: Response,
+               idempotency_key: IdempotencyKeyHeader = None) -> RunDetail:
     cfg = parse_run_config(body.config)
-    return _submit(session, name=body.name, cfg=cfg, request=body.config, parent_run_id=None)
+    return _submit(session, name=body.name, cfg=cfg, request=body.config, parent_run_id=None,
+                   idem=idempotency_of(idempotency_key, body), response=response)
 
 
 @router.get("", response_model=RunList, summary="List runs (newest first)")

@@ -351,3 +351,31 @@ def test_config_help_is_served_for_the_new_run_page(deployment: Deployment) -> N
     toy = c.get("/config/presets/toy", params={"algorithm": "ppo"}).json()
     assert toy["preset"] == "toy" and toy["actor"]["advantage"] == "gae" and toy["remix"]["replay_share"] == 0
     assert c.get("/config/presets/nosuch").status_code == 404
+
+
+def test_idempotent_submission(deployment: Deployment) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    c, h = deployment.client, deployment.write_headers
+    body = {"name": "once", "config": fast_config(1)}
+    before = c.get("/runs").json()["count"]
+    first = c.post("/runs", json=body, headers={**h, "Idempotency-Key": "k-1"})
+    assert first.status_code == 201, first.text
+    again = c.post("/runs", json=body, headers={**h, "Idempotency-Key": "k-1"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = c.post("/runs", json={**body, "name": "other"}, headers={**h, "Idempotency-Key": "k-1"})
+    assert other.status_code == 409 and "Idempotency-Key" in other.text
+    assert c.post("/runs", json=body, headers={**h, "Idempotency-Key": "k" * 256}).status_code == 422
+    # eight clients racing with one key: one run, every client gets it
+    with ThreadPoolExecutor(8) as pool:
+        racing = list(pool.map(lambda _: c.post("/runs", json=body, headers={**h, "Idempotency-Key": "k-2"}),
+                               range(8)))
+    assert sorted(r.status_code for r in racing) == [200] * 7 + [201], [r.text for r in racing]
+    assert len({r.json()["id"] for r in racing}) == 1
+    assert c.get("/runs").json()["count"] == before + 2
+    # the key space is shared: a training key cannot be replayed as an evaluation
+    ev = c.post("/evaluations", json={"model": "toy", "benchmarks": ["aime24"], "limit": 1},
+                headers={**h, "Idempotency-Key": "k-1"})
+    assert ev.status_code == 409, ev.text
+    for rid in {first.json()["id"], racing[0].json()["id"]}:
+        c.post(f"/runs/{rid}/cancel", headers=h)

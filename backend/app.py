@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
+from starlette.datastructures import MutableHeaders
 
 from studio.settings import Settings, get_settings
 
@@ -61,6 +62,39 @@ class Reaper:
 def _operation_id(route: APIRoute) -> str:
     tag = route.tags[0] if route.tags else "default"
     return f"{tag}-{route.name}"
+
+
+# Pages load scripts, styles and data from this origin only (plotly is served from /vendor);
+# Plotly and the pages set inline style attributes, hence 'unsafe-inline' for styles alone.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+
+
+class SecurityHeaders:
+    """Security headers on every response, and a content security policy on the studio's own pages
+    (not on /docs and /redoc, which load Swagger UI / ReDoc from a CDN). A plain ASGI wrapper: it
+    adds headers without buffering bodies the way BaseHTTPMiddleware does."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        own_page = not scope["path"].startswith(("/docs", "/redoc"))
+
+        async def send_with_headers(message) -> None:  # noqa: ANN001
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if own_page and headers.get("content-type", "").startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", PAGE_CSP)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def _integer_out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
@@ -107,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(OverflowError, _integer_out_of_range)
     app.add_exception_handler(sqlalchemy.exc.DataError, _integer_out_of_range)
     api = APIRouter(prefix=API_PREFIX)

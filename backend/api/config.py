@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
+from backend.api.deps import SessionReleasingRoute
 from backend.auth import require_read
 from remix_engine.config import ALGORITHMS, ConfigError, RunConfig, build_config, config_fields
 
-router = APIRouter(prefix="/config", tags=["config"], dependencies=[Depends(require_read)])
+router = APIRouter(route_class=SessionReleasingRoute, prefix="/config", tags=["config"], dependencies=[Depends(require_read)])
 
 
 class ConfigField(BaseModel):

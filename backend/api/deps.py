@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException
+from fastapi.routing import APIRoute
 from sqlmodel import Session
 
 from studio.db import get_engine
 from studio.models import Run
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
+    # The routes close it themselves (SessionReleasingRoute); this closes it on any other path,
+    # on the event loop rather than on a thread the routes may be waiting for.
     with Session(get_engine(), expire_on_commit=False) as session:
         yield session
+
+
+class SessionReleasingRoute(APIRoute):
+    """Closes a route's database session as soon as its (sync) function returns.
+
+    Without this the connection stays checked out until FastAPI's dependency teardown, which
+    comes after the response model is validated -- and for a sync route that validation waits
+    for a thread of the same pool the routes run on. Under load every thread then waited for a
+    connection held by a request that waited for a thread: the API deadlocked at about 55
+    concurrent requests (15 connections + 40 threads). Every route builds its response from
+    plain values before returning, so nothing needs the session after that.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _closing_sessions(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__
+    def run_then_close(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return run_then_close
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

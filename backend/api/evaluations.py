@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep
+from backend.api.deps import SessionDep, SessionReleasingRoute
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import JobOut
@@ -36,7 +36,7 @@ from studio.models import (
 )
 from studio.queries import cost_at_step
 
-router = APIRouter(prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)])
+router = APIRouter(route_class=SessionReleasingRoute, prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)])
 
 
 class EvaluationCreate(BaseModel):

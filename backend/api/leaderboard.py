@@ -6,12 +6,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
-from backend.api.deps import SessionDep
+from backend.api.deps import SessionDep, SessionReleasingRoute
 from backend.auth import require_read, require_write
 from backend.leaderboard_export import FORMATS, render
 from studio.leaderboard import LeaderboardError, delete_entry, leaderboard, parse_import, store_entries
 
-router = APIRouter(prefix="/leaderboard", tags=["leaderboard"], dependencies=[Depends(require_read)])
+router = APIRouter(route_class=SessionReleasingRoute, prefix="/leaderboard", tags=["leaderboard"], dependencies=[Depends(require_read)])
 
 _EXT = {"json": "json", "csv": "csv", "md": "md", "latex": "tex"}
 _MAX_IMPORT_BYTES = 2 * 1024 * 1024

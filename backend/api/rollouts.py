@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import func, or_, select, tuple_
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep, get_run_or_404
+from backend.api.deps import SessionDep, SessionReleasingRoute, get_run_or_404
 from backend.api.schemas import (
     GroupOut,
     OffPolicyOut,
@@ -26,7 +26,7 @@ from backend.auth import require_read
 from studio import queries
 from studio.models import Rollout, RolloutText, RolloutUse
 
-router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)])
+router = APIRouter(route_class=SessionReleasingRoute, tags=["rollouts"], dependencies=[Depends(require_read)])
 
 PREVIEW_CHARS = 240
 

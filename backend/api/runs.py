@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep, get_run_or_404
+from backend.api.deps import SessionDep, SessionReleasingRoute, get_run_or_404
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import (
@@ -30,7 +30,7 @@ from studio import jobs, queries
 from studio.models import ACTIVE_STATUSES, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
 from studio.settings import get_settings
 
-router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
+router = APIRouter(route_class=SessionReleasingRoute, prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
 
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*)\s*:\s*(.*)$", re.S)
 

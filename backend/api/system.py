@@ -8,7 +8,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import func, select
 
-from backend.api.deps import SessionDep
+from backend.api.deps import SessionDep, SessionReleasingRoute
 from backend.api.schemas import BenchmarkOut, HealthOut, JobList, JobOut
 from backend.auth import require_read
 from remix_engine.benchmarks import BENCHMARKS, LABELS
@@ -16,7 +16,7 @@ from studio.migrate import current_revision, head_revision
 from studio.models import Job, WorkerNode, as_utc, utcnow
 from studio.settings import get_settings, redact_url
 
-router = APIRouter(tags=["system"], dependencies=[Depends(require_read)])
+router = APIRouter(route_class=SessionReleasingRoute, tags=["system"], dependencies=[Depends(require_read)])
 
 _probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-probe")
 

@@ -379,3 +379,15 @@ def test_idempotent_submission(deployment: Deployment) -> None:
     assert ev.status_code == 409, ev.text
     for rid in {first.json()["id"], racing[0].json()["id"]}:
         c.post(f"/runs/{rid}/cancel", headers=h)
+
+
+def test_security_headers(deployment: Deployment) -> None:
+    import httpx
+
+    api = deployment.client.get("/runs")
+    assert api.headers["x-content-type-options"] == "nosniff" and api.headers["x-frame-options"] == "DENY"
+    page = httpx.get(deployment.base_url + "/", timeout=30)
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    docs = httpx.get(deployment.base_url + "/docs", timeout=30)  # Swagger UI comes from a CDN: no CSP there
+    assert docs.status_code == 200 and "content-security-policy" not in docs.headers

@@ -43,7 +43,7 @@ def token_role(token: str, settings: Settings) -> str | None:
     return None
 
 
-def require_write(creds: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str:
+async def require_write(creds: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str:
     settings = get_settings()
     if creds is None or not creds.credentials:
         raise _unauthorized("this endpoint needs an API token: send 'Authorization: Bearer <token>'")
@@ -55,7 +55,7 @@ def require_write(creds: HTTPAuthorizationCredentials | None = Depends(bearer_sc
     raise _unauthorized("invalid API token")
 
 
-def require_read(creds: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
+async def require_read(creds: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
     settings = get_settings()
     if not settings.auth_reads:
         return None

@@ -150,8 +150,10 @@ def run_studio(args: argparse.Namespace) -> int:
     if not args.no_worker:
         worker = WorkerProcess(f"studio-{os.getpid()}@{socket.gethostname()}", loglevel=args.log_level.upper())
         worker.start()
+    # Keep-alive of 30 s (uvicorn's default is 5): a client's pooled connection closing under it
+    # is the commonest connection reset under load.
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                                           log_level=args.log_level))
+                                           log_level=args.log_level, timeout_keep_alive=30))
     code = 0
 
     def _terminate(signum, _frame):  # noqa: ANN001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
+from backend.auth import require_write
 from studio.db import get_engine
 from studio.models import Run
 
@@ -20,6 +22,24 @@ async def get_session() -> AsyncIterator[Session]:
     # on the event loop rather than on a thread the routes may be waiting for.
     with Session(get_engine(), expire_on_commit=False) as session:
         yield session
+
+
+# Writes (submit, cancel, retry, delete, import) wait for one of a few slots on the event loop
+# before they take an API thread: a burst of submissions, which serialise on the database's write
+# lock anyway, then cannot occupy every thread and starve the dashboard's reads.
+WRITE_SLOTS = 4
+_write_slots: asyncio.Semaphore | None = None
+
+
+async def write_slot() -> AsyncIterator[None]:
+    global _write_slots  # noqa: PLW0603 - created on the running loop
+    if _write_slots is None:
+        _write_slots = asyncio.Semaphore(WRITE_SLOTS)
+    async with _write_slots:
+        yield
+
+
+WRITE = [Depends(require_write), Depends(write_slot)]
 
 
 class SessionReleasingRoute(APIRoute):

@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep, SessionReleasingRoute
+from backend.api.deps import WRITE, SessionDep, SessionReleasingRoute
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import JobOut
-from backend.auth import require_read, require_write
+from backend.auth import require_read
 from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
 from remix_engine.reward.grader import GRADER_TAG
 from studio import jobs
@@ -194,7 +194,7 @@ def _eval_job_or_404(session: Session, eval_id: int) -> Job:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EvaluationOut,
-             dependencies=[Depends(require_write)], summary="Queue a benchmark evaluation of a checkpoint or model",
+             dependencies=WRITE, summary="Queue a benchmark evaluation of a checkpoint or model",
              responses={401: {"description": "no or invalid token"}, 403: {"description": "read-only token"},
                         422: {"description": "invalid request (names the field)"}, **IDEMPOTENCY_RESPONSES})
 def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Response,
@@ -315,7 +315,7 @@ def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None
 
 
 @router.post("/{eval_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=EvaluationOut,
-             dependencies=[Depends(require_write)],
+             dependencies=WRITE,
              summary="Cancel: a queued evaluation ends now; a running one stops after its current batch")
 def cancel_evaluation(eval_id: int, session: SessionDep) -> EvaluationOut:
     job = _eval_job_or_404(session, eval_id)

@@ -6,8 +6,8 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
-from backend.api.deps import SessionDep, SessionReleasingRoute
-from backend.auth import require_read, require_write
+from backend.api.deps import WRITE, SessionDep, SessionReleasingRoute
+from backend.auth import require_read
 from backend.leaderboard_export import FORMATS, render
 from studio.leaderboard import LeaderboardError, delete_entry, leaderboard, parse_import, store_entries
 
@@ -47,7 +47,7 @@ def get_leaderboard(session: SessionDep,
     return Response(content=body, media_type=media, headers=headers)
 
 
-@router.post("/import", status_code=status.HTTP_201_CREATED, dependencies=[Depends(require_write)],
+@router.post("/import", status_code=status.HTTP_201_CREATED, dependencies=WRITE,
              summary="Import published rows (CSV or JSON, same columns as the shipped table)",
              description="Body: CSV (`Content-Type: text/csv`) with columns size, model, <bench>_<mode> ... "
                          "(e.g. math500_greedy, avg_t0.1), cost_rollouts and optionally reference; or JSON, a list of such "
@@ -76,7 +76,7 @@ async def import_published(request: Request, session: SessionDep,
             "models": sorted({e["model"] for e in entries})}
 
 
-@router.delete("/entries", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(require_write)],
+@router.delete("/entries", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE,
                summary="Remove one leaderboard line (all its benchmarks and modes) by its key")
 def remove_entry(session: SessionDep, key: str = Query(..., min_length=1, max_length=255)) -> Response:
     if not delete_entry(session, key):

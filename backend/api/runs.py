@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep, SessionReleasingRoute, get_run_or_404
+from backend.api.deps import WRITE, SessionDep, SessionReleasingRoute, get_run_or_404
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import (
@@ -24,7 +24,7 @@ from backend.api.schemas import (
     RunList,
     RunOut,
 )
-from backend.auth import require_read, require_write
+from backend.auth import require_read
 from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
 from studio import jobs, queries
 from studio.models import ACTIVE_STATUSES, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
@@ -111,7 +111,7 @@ def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict
 
 
 # ----------------------------------------------------------------------------------- routes
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=[Depends(require_write)],
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=WRITE,
              summary="Submit a training run", responses={401: {"description": "no or invalid token"},
                                                          403: {"description": "read-only token"},
                                                          422: {"description": "invalid config (names the field)"},
@@ -148,7 +148,7 @@ def get_run(run_id: int, session: SessionDep) -> RunDetail:
 
 
 @router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunDetail,
-             dependencies=[Depends(require_write)],
+             dependencies=WRITE,
              summary="Cancel: a queued run ends now; a running one checkpoints and stops after its current step")
 def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
     run = get_run_or_404(session, run_id)
@@ -166,7 +166,7 @@ def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
 
 
 @router.post("/{run_id}/retry", status_code=status.HTTP_201_CREATED, response_model=RunDetail,
-             dependencies=[Depends(require_write)], summary="Start a new run with the same config (lineage kept)")
+             dependencies=WRITE, summary="Start a new run with the same config (lineage kept)")
 def retry_run(run_id: int, session: SessionDep) -> RunDetail:
     parent = get_run_or_404(session, run_id)
     if parent.status in ACTIVE_STATUSES:
@@ -180,7 +180,7 @@ def retry_run(run_id: int, session: SessionDep) -> RunDetail:
                    parent_run_id=parent.id)
 
 
-@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(require_write)],
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE,
                summary="Delete a finished run, its rows and its artefacts")
 def delete_run(run_id: int, session: SessionDep) -> Response:
     run = get_run_or_404(session, run_id)

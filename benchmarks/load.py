@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import socket
@@ -167,6 +168,14 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def summary(stats: Stats, stored: list[int]) -> dict:
+    given = list(stats.run_ids.values())
+    return {"outcomes": dict(stats.outcomes), "given": len(given), "created": stats.created,
+            "stored": len(set(stored)), "stored_twice": len(stored) - len(set(stored)),
+            "ghosts": len(set(stored) - set(given)), "missing": len(set(given) - set(stored)),
+            "read_p95_s": _pct(stats.latency["read"], .95), "write_p95_s": _pct(stats.latency["write"], .95)}
+
+
 def report(stats: Stats, stored: list[int], seconds: float, label: str) -> bool:
     given = list(stats.run_ids.values())
     duplicates = len(stored) - len(set(stored))
@@ -194,6 +203,7 @@ def main() -> int:
     ap.add_argument("--url", help="a running studio (default: start a throw-away one)")
     ap.add_argument("--database-url", help="PostgreSQL admin URL: a fresh database is created there and dropped")
     ap.add_argument("--broker-url")
+    ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
     proc, db_name = None, None
@@ -209,9 +219,12 @@ def main() -> int:
             started = time.monotonic()
             stats = asyncio.run(run_load(url, args.submitters, args.readers, args.seconds, args.timeout))
             elapsed = time.monotonic() - started
-            ok = report(stats, stored_run_ids(url), elapsed,
+            stored = stored_run_ids(url)
+            ok = report(stats, stored, elapsed,
                         f"{label}: {args.submitters} submitters + {args.readers} readers for {args.seconds:.0f} s "
                         f"(wall {elapsed:.0f} s), {os.cpu_count()} CPUs")
+            if args.json:
+                Path(args.json).write_text(json.dumps(summary(stats, stored), indent=2))
         finally:
             if proc is not None:
                 proc.terminate()

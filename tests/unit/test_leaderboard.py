@@ -34,7 +34,7 @@ from studio.leaderboard import (
     size_label,
     store_entries,
 )
-from studio.migrate import upgrade_database
+from studio.migrate import head_revision, upgrade_database
 from studio.models import Evaluation, Job, JobKind, JobStatus, LeaderboardEntry
 from studio.settings import Settings
 
@@ -50,7 +50,7 @@ T01_AVERAGE_MISMATCHES = {("1.5B", "R1-Distill-Qwen-1.5B (Base)"), ("1.5B", "Ope
 def engine(tmp_path):
     settings = Settings(data_dir=tmp_path)
     eng = make_engine(settings.sqlalchemy_url)
-    assert upgrade_database(settings, eng) == "0002_leaderboard_eval"
+    assert upgrade_database(settings, eng) == head_revision()
     yield eng
     eng.dispose()
 
@@ -123,7 +123,7 @@ def test_migration_seeds_published_rows_once_and_matches_the_models(engine, tmp_
         n = s.execute(select(func.count()).select_from(LeaderboardEntry)).scalar_one()
         assert n == 240
         assert set(s.execute(select(LeaderboardEntry.source).distinct()).scalars()) == {"published"}
-    assert upgrade_database(Settings(data_dir=tmp_path), engine) == "0002_leaderboard_eval"  # no-op at head
+    assert upgrade_database(Settings(data_dir=tmp_path), engine) == head_revision()  # no-op at head
     with Session(engine) as s:
         assert s.execute(select(func.count()).select_from(LeaderboardEntry)).scalar_one() == 240
 
@@ -150,7 +150,7 @@ def test_downgrade_and_upgrade_again(engine, tmp_path):
         conn.commit()
         assert current_revision(conn) == "0001_initial"
         assert conn.exec_driver_sql("SELECT count(*) FROM leaderboard_entries").scalar_one() == 0
-    assert upgrade_database(settings, engine) == "0002_leaderboard_eval"
+    assert upgrade_database(settings, engine) == head_revision()
     with Session(engine) as s:
         assert s.execute(select(func.count()).select_from(LeaderboardEntry)).scalar_one() == 240
 

@@ -16,7 +16,8 @@ from backend.api.deps import SessionReleasingRoute
 from backend.auth import require_read
 from remix_engine.config import ALGORITHMS, ConfigError, RunConfig, build_config, config_fields
 
-router = APIRouter(route_class=SessionReleasingRoute, prefix="/config", tags=["config"], dependencies=[Depends(require_read)])
+router = APIRouter(prefix="/config", tags=["config"], dependencies=[Depends(require_read)],
+                   route_class=SessionReleasingRoute)
 
 
 class ConfigField(BaseModel):

@@ -36,7 +36,8 @@ from studio.models import (
 )
 from studio.queries import cost_at_step
 
-router = APIRouter(route_class=SessionReleasingRoute, prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)])
+router = APIRouter(prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)],
+                   route_class=SessionReleasingRoute)
 
 
 class EvaluationCreate(BaseModel):

@@ -11,7 +11,8 @@ from backend.auth import require_read
 from backend.leaderboard_export import FORMATS, render
 from studio.leaderboard import LeaderboardError, delete_entry, leaderboard, parse_import, store_entries
 
-router = APIRouter(route_class=SessionReleasingRoute, prefix="/leaderboard", tags=["leaderboard"], dependencies=[Depends(require_read)])
+router = APIRouter(prefix="/leaderboard", tags=["leaderboard"], dependencies=[Depends(require_read)],
+                   route_class=SessionReleasingRoute)
 
 _EXT = {"json": "json", "csv": "csv", "md": "md", "latex": "tex"}
 _MAX_IMPORT_BYTES = 2 * 1024 * 1024

@@ -26,7 +26,7 @@ from backend.auth import require_read
 from studio import queries
 from studio.models import Rollout, RolloutText, RolloutUse
 
-router = APIRouter(route_class=SessionReleasingRoute, tags=["rollouts"], dependencies=[Depends(require_read)])
+router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)], route_class=SessionReleasingRoute)
 
 PREVIEW_CHARS = 240
 

@@ -30,7 +30,8 @@ from studio import jobs, queries
 from studio.models import ACTIVE_STATUSES, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
 from studio.settings import get_settings
 
-router = APIRouter(route_class=SessionReleasingRoute, prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)])
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)],
+                   route_class=SessionReleasingRoute)
 
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*)\s*:\s*(.*)$", re.S)
 

@@ -16,7 +16,7 @@ from studio.migrate import current_revision, head_revision
 from studio.models import Job, WorkerNode, as_utc, utcnow
 from studio.settings import get_settings, redact_url
 
-router = APIRouter(route_class=SessionReleasingRoute, tags=["system"], dependencies=[Depends(require_read)])
+router = APIRouter(tags=["system"], dependencies=[Depends(require_read)], route_class=SessionReleasingRoute)
 
 _probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-probe")
 

@@ -97,6 +97,51 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a run config is a few KB; a leaderboard import a few hundred
+
+
+class BodySizeLimit:
+    """413 for a request body over MAX_BODY_BYTES, by its Content-Length or, without one, as the
+    body streams in: an oversized request is never read into memory whole."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:  # noqa: ANN001
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            await self.app(scope, receive, send)  # the server stops at the declared length
+            return
+        # No length (chunked): read up to the limit here, then hand the body on as it came.
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay():  # noqa: ANN202
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, send) -> None:  # noqa: ANN001
+        response = JSONResponse({"detail": f"request body over {self.max_bytes // 1024 // 1024} MiB"},
+                                status_code=413)
+        await response(scope, None, send)
+
+
 async def _integer_out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
     # An integer beyond int64 (an id like 2**64 in a path, query or body) is the client's input, not
     # a server fault: SQLite refuses to bind it (OverflowError), PostgreSQL to compare it (DataError).
@@ -141,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BodySizeLimit)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(OverflowError, _integer_out_of_range)
     app.add_exception_handler(sqlalchemy.exc.DataError, _integer_out_of_range)

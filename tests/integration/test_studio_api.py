@@ -391,3 +391,19 @@ def test_security_headers(deployment: Deployment) -> None:
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     docs = httpx.get(deployment.base_url + "/docs", timeout=30)  # Swagger UI comes from a CDN: no CSP there
     assert docs.status_code == 200 and "content-security-policy" not in docs.headers
+
+
+def test_oversized_bodies_are_refused(deployment: Deployment) -> None:
+    c, h = deployment.client, deployment.write_headers
+    before = c.get("/runs").json()["count"]
+    huge = {"name": "big", "config": {"preset": "toy", "overrides": {"data.prompt_suffix": "x" * (3 * 1024 * 1024)}}}
+    r = c.post("/runs", json=huge, headers=h)
+    assert r.status_code == 413 and "MiB" in r.text, r.text
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(3 * 1024):
+            yield b"x" * 1024
+
+    r = c.post("/runs", content=chunks(), headers={**h, "content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert c.get("/runs").json()["count"] == before

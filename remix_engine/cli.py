@@ -243,10 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in entry_points(group="remix.commands"):
         try:
             register = ep.load()
-        except ImportError:  # the optional part (e.g. the studio extra) is not installed
+        except ImportError as exc:  # the optional part (the studio extra) is not installed
+            _register_missing(sub, ep.name, exc)
             continue
         register(sub)
     return parser
+
+
+def _missing_extra(command: str, exc: ImportError) -> UsageError:
+    return UsageError(f"'remix {command}' needs {exc.name or 'a package'}, which is not installed here "
+                      "(the studio extra): run `make setup`, or pip install -e '.[studio]'")
+
+
+def _register_missing(sub, name: str, exc: ImportError) -> None:  # noqa: ANN001
+    """`remix <name>` still exists and says what to install, instead of argparse's 'invalid choice'."""
+    def missing(_args: argparse.Namespace) -> int:
+        raise _missing_extra(name, exc)
+
+    cmd = sub.add_parser(name, help=f"(not installed: needs the studio extra) {name}", add_help=False)
+    cmd.add_argument("rest", nargs=argparse.REMAINDER)
+    cmd.set_defaults(func=missing)
+
+
+ENGINE_COMMANDS = (_cmd_train, _cmd_prepare, _cmd_eval, _cmd_config, _cmd_make_model)
 
 
 def _show_engine_logs() -> None:
@@ -267,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             raise UsageError("choose a command: " + ", ".join(sorted(parser._subparsers._group_actions[0].choices)))
-        if args.func in (_cmd_train, _cmd_prepare, _cmd_eval):  # plugins (the studio) configure their own
+        if args.func in ENGINE_COMMANDS:
             _show_engine_logs()
-        return args.func(args)
+            return args.func(args)
+        try:  # a plugin (the studio, the worker): configures its own logging, imports its extra lazily
+            return args.func(args)
+        except ModuleNotFoundError as exc:
+            raise _missing_extra(args.command, exc) from None
     except (UsageError, ConfigError) as exc:
         print(f"remix: error: {exc}", file=sys.stderr)
         return 2

@@ -86,3 +86,12 @@ def test_paper_preset_trains_a_local_model_on_a_json_array(tmp_path):
     assert {v.dtype for v in load_file(ckpt / "policy" / "model.safetensors").values()} == {torch.bfloat16}
     matrices = [k for k, v in before.items() if v.dim() == 2]
     assert matrices and all(not torch.equal(before[k], master[k]) for k in matrices)
+
+
+def test_a_command_of_a_missing_extra_says_what_to_install():
+    # as if the studio extra (fastapi, celery, ...) were not installed
+    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['celery'] = None; "
+            "from remix_engine.cli import main; sys.exit(main(['studio', '--port', '1']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "'remix studio' needs fastapi" in done.stderr and "make setup" in done.stderr, done.stderr

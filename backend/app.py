@@ -142,11 +142,12 @@ class BodySizeLimit:
         await response(scope, None, send)
 
 
-async def _integer_out_of_range(request: Request, exc: OverflowError) -> JSONResponse:
-    # An integer beyond int64 (an id like 2**64 in a path, query or body) is the client's input, not
-    # a server fault: SQLite refuses to bind it (OverflowError), PostgreSQL to compare it (DataError).
-    return JSONResponse({"detail": "an integer in the request is out of range (ids and counts are at most 2^63-1)"},
-                        status_code=422)
+async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    # A value the database cannot hold (an id like 2**64 in a path, query or body) is the client's
+    # input, not a server fault: SQLite refuses to bind it (OverflowError), PostgreSQL raises a
+    # DataError (for integers, numeric_value_out_of_range).
+    return JSONResponse({"detail": "a value in the request is out of range for the database "
+                                   "(ids and counts are at most 2^63-1)"}, status_code=422)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -188,8 +189,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodySizeLimit)
     app.add_middleware(SecurityHeaders)
-    app.add_exception_handler(OverflowError, _integer_out_of_range)
-    app.add_exception_handler(sqlalchemy.exc.DataError, _integer_out_of_range)
+    app.add_exception_handler(OverflowError, _value_out_of_range)
+    app.add_exception_handler(sqlalchemy.exc.DataError, _value_out_of_range)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(runs_router)
     api.include_router(rollouts_router)

@@ -204,6 +204,15 @@ class WarmStartConfig(_Section):
                                                     "~/.cache/remix-studio/warmstart.")
 
 
+class ResourcesConfig(_Section):
+    gpus: int = Field(1, ge=1, le=64, description="Training processes (one per GPU; on a CPU machine, processes "
+                                                  "joined with gloo). >1 shards the policy and critic with FSDP2 "
+                                                  "through accelerate and splits each step's prompts across them.")
+    queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                              description="Celery queue the studio sends the job to (e.g. 'gpu8' for whole-node "
+                                          "jobs); null = the worker default (REMIX_GPU_QUEUE, 'gpu').")
+
+
 class RunConfig(_Section):
     preset: str = Field("toy", description="The preset the run started from (toy, r1-distill-1.5b, r1-distill-7b).")
     algorithm: Literal["grpo", "remix-grpo", "ppo", "remix-ppo"] = Field(
@@ -218,6 +227,8 @@ class RunConfig(_Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop, evaluation and checkpoints.")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig, description="The toy's supervised warm "
                                                                                      "start.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Processes (GPUs) and queue "
+                                                                                     "of the run.")
 
     @property
     def family(self) -> str:

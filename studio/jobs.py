@@ -78,7 +78,9 @@ def create_run_with_job(session: Session, *, name: str | None, cfg_dict: dict, r
                         parent_run_id: int | None = None, settings: Settings | None = None,
                         idempotency: Idempotency | None = None) -> tuple[Run, Job]:
     """Insert a run and its training job (status pending). The caller commits, then dispatches.
-    Without a name the run is called '<algorithm> <preset> #<id>'."""
+    Without a name the run is called '<algorithm> <preset> #<id>'. The job goes to the config's
+    `resources.queue` (e.g. 'gpu8' for whole-node workers), else to REMIX_GPU_QUEUE; every
+    re-dispatch (re-queue, reaper) reads it back from the job row."""
     settings = settings or get_settings()
     run = Run(name=name or "pending", preset=cfg_dict.get("preset", ""), algorithm=cfg_dict.get("algorithm", ""),
               config=cfg_dict, request=request, status=JobStatus.PENDING.value, parent_run_id=parent_run_id,
@@ -88,7 +90,9 @@ def create_run_with_job(session: Session, *, name: str | None, cfg_dict: dict, r
     run.output_dir = str(settings.runs_path / str(run.id))
     if not name:
         run.name = f"{run.algorithm} {run.preset} #{run.id}"
-    job = _new_job(session, JobKind.TRAIN, settings, idempotency, run_id=run.id, progress_total=run.steps_total)
+    queue = (cfg_dict.get("resources") or {}).get("queue") or settings.gpu_queue
+    job = _new_job(session, JobKind.TRAIN, settings, idempotency, queue=queue, run_id=run.id,
+                   progress_total=run.steps_total)
     return run, job
 
 
@@ -107,8 +111,9 @@ def create_eval_job(session: Session, *, params: dict, benchmarks: list[tuple[st
 
 
 def _new_job(session: Session, kind: JobKind, settings: Settings, idempotency: Idempotency | None,
-             **fields: Any) -> Job:
-    job = Job(kind=kind.value, status=JobStatus.PENDING.value, dispatch_token=new_token(), queue=settings.gpu_queue,
+             queue: str | None = None, **fields: Any) -> Job:
+    job = Job(kind=kind.value, status=JobStatus.PENDING.value, dispatch_token=new_token(),
+              queue=queue or settings.gpu_queue,
               max_attempts=settings.max_attempts, queued_at=utcnow(),
               idempotency_key=idempotency.key if idempotency else None,
               request_hash=idempotency.request_hash if idempotency else None, **fields)

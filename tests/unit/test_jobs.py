@@ -248,6 +248,29 @@ def test_the_reaper_resends_a_dispatch_that_never_went_out(studio_env):
     assert job.status == "queued" and job.dispatch_token != token and _messages(studio_env) == 1
 
 
+def _queues_of_messages(settings) -> list[str]:
+    """The queue of each message waiting in the filesystem broker (file names end in .<queue>.msg)."""
+    return sorted(p.name.split(".")[-2] for p in (settings.broker_folder / "queue").glob("*.msg"))
+
+
+def test_a_run_goes_to_its_resources_queue_and_is_requeued_there(studio_env):
+    cfg = {"preset": "toy", "algorithm": "grpo", "trainer": {"steps": 3}, "resources": {"gpus": 8, "queue": "gpu8"}}
+    with session_scope() as s:
+        _, job = jobs.create_run_with_job(s, name=None, cfg_dict=cfg, request={}, settings=studio_env)
+        job_id = job.id
+    assert _job(job_id).queue == "gpu8"
+    assert jobs.dispatch(job_id, studio_env)
+    assert _queues_of_messages(studio_env) == ["gpu8"]
+    claim = jobs.claim(job_id, _job(job_id).dispatch_token, "w1")
+    assert jobs.requeue(job_id, claim.attempt, reason="lost", settings=studio_env) == "requeued"
+    assert _queues_of_messages(studio_env) == ["gpu8", "gpu8"], "the re-dispatch goes to the same queue"
+    # without resources.queue: the default queue (REMIX_GPU_QUEUE)
+    _, other = _new_run(studio_env)
+    assert jobs.dispatch(other, studio_env)
+    assert _job(other).queue == studio_env.gpu_queue == "gpu"
+    assert _queues_of_messages(studio_env) == ["gpu", "gpu8", "gpu8"]
+
+
 # ----------------------------------------------------------------------------------- evaluation jobs
 def _new_eval(settings) -> int:
     with session_scope() as s:

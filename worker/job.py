@@ -32,6 +32,10 @@ log = logging.getLogger("remix.worker")
 # Set when this worker process begins a warm shutdown: running jobs checkpoint and are re-queued.
 SHUTTING_DOWN = threading.Event()
 INTERRUPTED = "interrupted"  # an outcome, not a job status: the job goes back to the queue
+# An outcome too: the attempt crashed in a way a resume can fix (a training process died); the job
+# is re-queued, counted as a lost attempt when it made no progress (`Outcome.lost`), so a job that
+# keeps failing without progress fails after REMIX_MAX_ATTEMPTS.
+RETRY = "retry"
 
 
 class JobHeartbeat:
@@ -78,13 +82,15 @@ class JobHeartbeat:
 
 @dataclass
 class Outcome:
-    """How a job body ended: a terminal JobStatus value, "interrupted" (re-queue) or "lost" (the job
-    is no longer ours: leave it alone). `result` is added to the Celery task's return value."""
+    """How a job body ended: a terminal JobStatus value, "interrupted" (re-queue), "retry" (re-queue
+    with `error` as the reason; `lost`: count it against max_attempts) or "lost" (the job is no
+    longer ours: leave it alone). `result` is added to the Celery task's return value."""
 
     status: str
     error: str | None = None
     summary: dict | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    lost: bool = True
 
 
 @dataclass
@@ -134,6 +140,9 @@ def settle(claim: jobs.Claim, heartbeat: JobHeartbeat, outcome: Outcome) -> dict
     if outcome.status == INTERRUPTED:
         result = jobs.requeue(job_id, attempt, reason="worker shut down; resumes where it stopped", lost=False)
         return {**done, "status": f"interrupted ({result})"}
+    if outcome.status == RETRY:
+        result = jobs.requeue(job_id, attempt, reason=outcome.error or "attempt failed", lost=outcome.lost)
+        return {**done, "status": f"retry ({result})", "error": outcome.error}
     jobs.finish(job_id, attempt, outcome.status, error=outcome.error, summary=outcome.summary)
     out = {**done, "status": outcome.status, **outcome.result}
     if outcome.error is not None:

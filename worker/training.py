@@ -26,6 +26,7 @@ from studio.db import session_scope
 from studio.models import Checkpoint, JobStatus, Run
 from studio.settings import get_settings
 from worker.job import JobContext, Outcome, short_error
+from worker.ranks import supervise
 from worker.sink import SqlSink
 
 log = logging.getLogger("remix.worker")
@@ -109,6 +110,8 @@ def run_training(ctx: JobContext) -> Outcome:
         jobs.mark_resumed(job_id, resume_step)
         log.info("job %s attempt %s: run %s %s", job_id, attempt, run_id,
                  f"resuming from step {resume_step}" if resume_step is not None else "starting")
+        if cfg.resources.gpus > 1:  # a child process group, see worker/ranks.py
+            return supervise(ctx, cfg, out_dir, resume_step, progress)
         sink = SqlSink(run_id, job_id=job_id, attempt=attempt, should_stop=lambda: ctx.heartbeat.should_stop,
                        on_progress=progress, batch_rows=settings.sink_batch_rows)
         summary = train(cfg, out_dir, sink=sink, resume=True)

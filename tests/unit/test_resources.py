@@ -40,3 +40,121 @@ def test_post_runs_sends_the_job_to_resources_queue(studio_env, monkeypatch):
     assert plain["config"]["resources"] == {"gpus": 1, "queue": None} and plain["job"]["queue"] == "gpu"
     with session_scope() as s:
         assert set(s.execute(select(Job.queue)).scalars()) == {"gpu8", "gpu"}
+
+
+# ----------------------------------------------------------------------------------- the supervisor
+# A stand-in for `torch.distributed.run ... -m worker.ranks`: the same arguments and control files as
+# rank 0, without the engine (the real thing runs in tests/integration/test_multiprocess_jobs.py).
+FAKE_RANKS = r"""
+import json, os, subprocess, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+control = Path(args[args.index("--out-dir") + 1]) / "ranks"
+mode = os.environ["FAKE_RANKS_MODE"]
+def put(name, data):
+    (control / (name + ".tmp")).write_text(json.dumps(data))
+    os.replace(control / (name + ".tmp"), control / name)
+assert json.loads((control / "config.json").read_text())["resources"]["gpus"] == 2
+put("progress.json", {"step": 1, "metrics": {"critic/score/mean": 0.5}})
+if mode == "crash":  # one rank lingers in the process group after the launcher exits
+    lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    (control / "lingering.pid").write_text(str(lingering.pid))
+    sys.exit(3)
+if mode == "stop":
+    deadline = time.monotonic() + 60
+    while not (control / "stop").exists():
+        assert time.monotonic() < deadline, "no stop file"
+        time.sleep(0.05)
+put("result.json", {"summary": {"status": "cancelled" if mode == "stop" else "completed", "steps": 1}, "fenced": False})
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+class _Heartbeat:
+    def __init__(self) -> None:
+        self.cancel_requested = self.lost = False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.cancel_requested or self.lost
+
+
+def _supervised(studio_env, monkeypatch, tmp_path, mode: str, *, cancel: bool = False, checkpoint: int | None = None,
+                resume_step: int | None = None):
+    """Run worker.ranks.supervise against FAKE_RANKS; returns (outcome, progress reports, control dir)."""
+    import sys
+
+    from remix_engine.config import build_config
+    from studio import jobs
+    from worker import ranks
+    from worker.job import JobContext
+
+    monkeypatch.setenv("FAKE_RANKS_MODE", mode)
+    monkeypatch.setattr(ranks, "launch_command", lambda n, argv: [sys.executable, "-c", FAKE_RANKS, *argv[2:]])
+    cfg = build_config("toy", overrides={"resources.gpus": 2})
+    with session_scope() as s:
+        run, job = jobs.create_run_with_job(s, name=None, cfg_dict={"trainer": {"steps": 1}}, request={})
+        run_id, job_id = run.id, job.id
+    if checkpoint is not None:
+        with session_scope() as s:
+            jobs.record_checkpoint(s, job_id, checkpoint)
+    heartbeat = _Heartbeat()
+    heartbeat.cancel_requested = cancel
+    reports: list[tuple[int, dict]] = []
+    ctx = JobContext(jobs.Claim(job_id, run_id, 1, "train", {}), heartbeat)
+    out = ranks.supervise(ctx, cfg, tmp_path / "attempt-01", resume_step, lambda step, m: reports.append((step, m)))
+    return out, reports, tmp_path / "attempt-01" / "ranks"
+
+
+def test_supervisor_relays_progress_and_returns_the_summary(studio_env, monkeypatch, tmp_path):
+    out, reports, _ = _supervised(studio_env, monkeypatch, tmp_path, "ok")
+    assert out.status == "succeeded" and out.summary == {"status": "completed", "steps": 1}
+    assert reports == [(1, {"critic/score/mean": 0.5})]
+
+
+def test_supervisor_relays_a_cancel_through_the_stop_file(studio_env, monkeypatch, tmp_path):
+    out, _, control = _supervised(studio_env, monkeypatch, tmp_path, "stop", cancel=True)
+    assert (control / "stop").exists()
+    assert out.status == "cancelled" and out.summary["status"] == "cancelled"
+
+
+def test_a_crash_kills_the_group_and_requeues_counting_only_attempts_without_progress(studio_env, monkeypatch,
+                                                                                     tmp_path):
+    out, _, control = _supervised(studio_env, monkeypatch, tmp_path, "crash")
+    assert out.status == "retry" and out.lost, "no checkpoint recorded: counts against REMIX_MAX_ATTEMPTS"
+    assert "exit 3" in out.error
+    assert not _alive(int((control / "lingering.pid").read_text())), "the lingering rank was killed with its group"
+    # a checkpoint newer than the one the attempt resumed from: progress, not counted
+    out, _, _ = _supervised(studio_env, monkeypatch, tmp_path, "crash", checkpoint=4, resume_step=2)
+    assert out.status == "retry" and not out.lost
+    out, _, _ = _supervised(studio_env, monkeypatch, tmp_path, "crash", checkpoint=2, resume_step=2)
+    assert out.lost
+
+
+def test_the_launcher_dies_with_its_worker(tmp_path):
+    """PR_SET_PDEATHSIG: a supervisor killed with SIGKILL takes its child (own session) with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, subprocess, sys; from worker.ranks import _die_with_parent; me = os.getpid(); "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True, "
+            "preexec_fn=lambda: _die_with_parent(me)); print(p.pid, flush=True); p.wait()")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child):  # SIGKILL is asynchronous: wait for it to land
+        assert time.monotonic() < deadline, "the child outlived its killed parent"
+        time.sleep(0.05)

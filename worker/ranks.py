@@ -47,7 +47,7 @@ from typing import Any
 from sqlalchemy import select
 
 from remix_engine.config import RunConfig, config_to_dict
-from remix_engine.distributed import env_rank, launch_command
+from remix_engine.distributed import env_rank, env_world_size, launch_command
 from remix_engine.jsonsafe import json_safe
 from remix_engine.sinks import Sink
 from remix_engine.trainer import train
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"[%(asctime)s: %(levelname)s/rank {rank}] %(name)s: %(message)s")
     control = args.out_dir / CONTROL_DIR
     cfg = RunConfig.model_validate(json.loads((control / CONFIG).read_text()))
+    log.info("rank %d of %d: run %s, job %s attempt %s, in %s", rank, env_world_size(), args.run_id, args.job_id,
+             args.attempt, args.out_dir)
     if rank != 0:
         train(cfg, args.out_dir, Sink(), resume=True)
         return 0

@@ -8,6 +8,8 @@ import { $, $$, h, initChrome, openTokenDialog, replace } from "./ui.js";
 const form = $("#run-form");
 const REMIX_INPUTS = ["remix.replay_share", "remix.window", "remix.utd", "remix.kl_convex", "remix.reincarnate_at",
                       "remix.precedent"];
+// Sent as overrides whatever the algorithm; empty = the default (1 process, the workers' queue).
+const RESOURCE_INPUTS = ["resources.gpus", "resources.queue"];
 
 // Small, fast toy settings (a run that shows charts within a minute on 2 CPU cores).
 const QUICK_DEMO = [
@@ -46,6 +48,10 @@ function buildBody() {
       const raw = el.value.trim();
       if (raw !== "") overrides.push(`${name}=${raw}`);
     }
+  }
+  for (const name of RESOURCE_INPUTS) {
+    const raw = form.elements[name].value.trim();
+    if (raw !== "") overrides.push(`${name}=${raw}`);
   }
   overrides.push(...overrideLines());
   if (overrides.length) config.overrides = overrides;
@@ -201,7 +207,7 @@ async function prefillFrom(runId) {
   for (const item of items) {
     const [key, ...value] = item.split("=");
     const el = form.elements[key.trim()];
-    if (REMIX_INPUTS.includes(key.trim()) && el) {
+    if ((REMIX_INPUTS.includes(key.trim()) || RESOURCE_INPUTS.includes(key.trim())) && el) {
       const v = value.join("=").trim();
       if (key.trim() === "remix.reincarnate_at" && (v === "null" || v === "~")) form.never.checked = true;
       else el.value = v;

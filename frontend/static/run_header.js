@@ -39,8 +39,13 @@ export function renderRunHeader(run, activeTab, { onChange } = {}) {
     h("a", { class: "btn", href: `/new?from=${run.id}`, title: "Open the form pre-filled with this run's settings" }, "Clone"),
     h("a", { class: "btn", href: `/compare?runs=${run.id}` }, "Compare…"));
 
+  // resources.gpus: the world size the run trains with (runs from before the field: 1 process)
+  const gpus = run.config?.resources?.gpus ?? 1;
+  const queue = run.config?.resources?.queue;
   const meta = h("div", { class: "run-meta" },
     h("span", {}, h("code", {}, run.algorithm), " · ", run.preset),
+    h("span", { id: "world-size", title: "resources.gpus: training processes (one per GPU)" },
+      h("strong", {}, `${gpus} process${gpus === 1 ? "" : "es"}`), queue ? [" · queue ", h("code", {}, queue)] : null),
     h("span", {}, "cost ", h("strong", {}, num(run.rollouts_generated)), " rollouts · ", num(run.tokens_generated), " tokens"),
     h("span", {}, "training time ", h("strong", {}, duration(run.elapsed_s))),
     h("span", {}, "created ", timeEl(run.created_at)),

@@ -289,3 +289,33 @@ def test_error_states(page, studio, screenshot):
     page.goto("/compare?runs=987654")
     page.wait_for_selector("#compare-charts .state-empty")
     assert "not found" in page.text_content("#compare-notice")
+
+
+def test_resources_on_the_form_and_the_run_page(page, studio, toy_run, screenshot):
+    """GPUs (processes) and queue on the New-run form; the run page shows the world size. The run goes
+    to a queue no worker consumes, so it stays queued (and is cancelled): nothing trains here."""
+    page.goto(f"/runs/{toy_run}")
+    page.wait_for_selector("#world-size")
+    assert page.text_content("#world-size").strip() == "1 process"
+
+    page.goto("/new")
+    page.fill("#f-name", "browser two processes")
+    page.fill("#f-steps", "2")
+    page.fill("#f-gpus", "0")  # invalid: the server names resources.gpus
+    page.fill("#f-queue", "browser-nowhere")
+    page.click("#submit-run")
+    page.wait_for_selector("#e-gpus:not(:empty)")
+    assert "greater than or equal to 1" in page.text_content("#e-gpus")
+    page.fill("#f-gpus", "2")
+    assert "resources.gpus=2" in page.text_content("#api-preview-body")
+    with page.expect_navigation(url=re.compile(r"/runs/\d+$")):
+        page.click("#submit-run")
+    run_id = int(page.url.rsplit("/", 1)[1])
+    page.wait_for_selector("#world-size")
+    text = page.text_content("#world-size")
+    assert "2 processes" in text and "browser-nowhere" in text
+    run = studio.run(run_id)
+    assert run["config"]["resources"] == {"gpus": 2, "queue": "browser-nowhere"}
+    assert run["job"]["queue"] == "browser-nowhere" and run["status"] in ("pending", "queued")
+    screenshot(page, "run-resources")
+    assert studio.api.post(f"/runs/{run_id}/cancel", headers=studio.write_headers()).json()["status"] == "cancelled"

@@ -78,13 +78,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class _Heartbeat:
-    def __init__(self) -> None:
-        self.cancel_requested = self.lost = False
+def _wait_gone(pid: int, what: str) -> None:
+    """SIGKILL is asynchronous: wait (bounded) for it to land."""
+    import time
 
-    @property
-    def should_stop(self) -> bool:
-        return self.cancel_requested or self.lost
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def _supervised(studio_env, monkeypatch, tmp_path, mode: str, *, cancel: bool = False, checkpoint: int | None = None,
@@ -95,7 +96,7 @@ def _supervised(studio_env, monkeypatch, tmp_path, mode: str, *, cancel: bool = 
     from remix_engine.config import build_config
     from studio import jobs
     from worker import ranks
-    from worker.job import JobContext
+    from worker.job import JobContext, JobHeartbeat
 
     monkeypatch.setenv("FAKE_RANKS_MODE", mode)
     monkeypatch.setattr(ranks, "launch_command", lambda n, argv: [sys.executable, "-c", FAKE_RANKS, *argv[2:]])
@@ -106,7 +107,7 @@ def _supervised(studio_env, monkeypatch, tmp_path, mode: str, *, cancel: bool = 
     if checkpoint is not None:
         with session_scope() as s:
             jobs.record_checkpoint(s, job_id, checkpoint)
-    heartbeat = _Heartbeat()
+    heartbeat = JobHeartbeat(job_id, 1, 60.0)  # not started: the test sets its flags
     heartbeat.cancel_requested = cancel
     reports: list[tuple[int, dict]] = []
     ctx = JobContext(jobs.Claim(job_id, run_id, 1, "train", {}), heartbeat)
@@ -126,12 +127,23 @@ def test_supervisor_relays_a_cancel_through_the_stop_file(studio_env, monkeypatc
     assert out.status == "cancelled" and out.summary["status"] == "cancelled"
 
 
+def test_supervisor_relays_a_worker_shutdown_and_the_job_is_requeued(studio_env, monkeypatch, tmp_path):
+    from worker.job import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()
+    try:
+        out, _, control = _supervised(studio_env, monkeypatch, tmp_path, "stop")
+    finally:
+        SHUTTING_DOWN.clear()
+    assert (control / "stop").exists() and out.status == "interrupted"
+
+
 def test_a_crash_kills_the_group_and_requeues_counting_only_attempts_without_progress(studio_env, monkeypatch,
                                                                                      tmp_path):
     out, _, control = _supervised(studio_env, monkeypatch, tmp_path, "crash")
     assert out.status == "retry" and out.lost, "no checkpoint recorded: counts against REMIX_MAX_ATTEMPTS"
     assert "exit 3" in out.error
-    assert not _alive(int((control / "lingering.pid").read_text())), "the lingering rank was killed with its group"
+    _wait_gone(int((control / "lingering.pid").read_text()), "the lingering rank outlived its group")
     # a checkpoint newer than the one the attempt resumed from: progress, not counted
     out, _, _ = _supervised(studio_env, monkeypatch, tmp_path, "crash", checkpoint=4, resume_step=2)
     assert out.status == "retry" and not out.lost
@@ -144,7 +156,6 @@ def test_the_launcher_dies_with_its_worker(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     code = ("import os, subprocess, sys; from worker.ranks import _die_with_parent; me = os.getpid(); "
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True, "
@@ -154,7 +165,4 @@ def test_the_launcher_dies_with_its_worker(tmp_path):
     assert _alive(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 30
-    while _alive(child):  # SIGKILL is asynchronous: wait for it to land
-        assert time.monotonic() < deadline, "the child outlived its killed parent"
-        time.sleep(0.05)
+    _wait_gone(child, "the child outlived its killed parent")

@@ -126,8 +126,8 @@ def supervise(ctx: JobContext, cfg: RunConfig, out_dir: Path, resume_step: int |
         return Outcome(JobStatus.CANCELLED.value, error=result.get("error"))
     progressed = _checkpoint_step(claim.job_id) > (resume_step if resume_step is not None else -1)
     why = f"training processes failed (torch.distributed.run exit {rc})"
-    if result.get("error"):
-        why += f"; rank 0: {result['error']}"
+    if result.get("error"):  # its first line; the traceback is in the worker's log
+        why += f"; rank 0: {result['error'].splitlines()[0][:1000]}"
     log.warning("job %s attempt %s: %s; re-queued to resume from its last checkpoint", claim.job_id, claim.attempt,
                 why)
     return Outcome(RETRY, error=why[:4000], lost=not progressed)

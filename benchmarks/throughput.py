@@ -179,7 +179,7 @@ def bench_vllm_rollout(backend, prompts, params: SamplingParams, repeats: int, d
     from vllm import SamplingParams as VSamplingParams
     from vllm.inputs import TokensPrompt
 
-    from remix_engine.rollout.vllm_backend import request_seeds
+    from remix_engine.rollout.base import request_seeds
 
     eos = set(backend.eos_ids)
     requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]

@@ -61,8 +61,19 @@ class ProgressSink(Sink):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from remix_engine.distributed import env_rank, env_world_size, launch_command
     from remix_engine.trainer import latest_checkpoint, train
 
+    if args.nproc is not None and args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: needs at least 1 process")
+    if args.nproc and args.nproc > 1 and env_world_size() == 1:
+        # Re-run this same command in N processes (torch.distributed.run, which accelerate launch uses too).
+        import subprocess
+
+        argv = _without_nproc(sys.argv[1:] if args.argv is None else args.argv)
+        return subprocess.call(launch_command(args.nproc, ["-m", "remix_engine.cli", *argv]))
+    if env_rank() != 0:  # only rank 0 writes metrics, rollouts and the progress bar
+        args.quiet_rank = True
     if args.resume:
         out = Path(args.resume)
         if not (out / "config.yaml").is_file():
@@ -72,21 +83,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_saved_config(out / "config.yaml")
         ckpt = latest_checkpoint(out)
         start = int(ckpt.name.split("_")[-1]) if ckpt else None
-        sink = MultiSink(JsonlSink(out, resume_step=start if start is not None else None),
-                         ProgressSink(cfg.trainer.steps, start or 0))
+        sink = Sink() if getattr(args, "quiet_rank", False) else MultiSink(
+            JsonlSink(out, resume_step=start if start is not None else None), ProgressSink(cfg.trainer.steps, start or 0))
         summary = train(cfg, out, sink, resume=True)
     else:
         cfg = build_config(args.preset, args.algorithm, file=args.config, overrides=args.set,
                            steps=args.steps, seed=args.seed)
         out = Path(args.output or f"runs/{cfg.algorithm}-seed{cfg.trainer.seed}")
-        sink = MultiSink(JsonlSink(out), ProgressSink(cfg.trainer.steps))
+        sink = Sink() if getattr(args, "quiet_rank", False) else MultiSink(JsonlSink(out), ProgressSink(cfg.trainer.steps))
         summary = train(cfg, out, sink)
+    if getattr(args, "quiet_rank", False):
+        return 0 if summary["status"] in ("completed", "cancelled") else 1
     final = summary.get("final_eval", {}).get("eval/heldout/pass@1")
     initial = (summary.get("initial_eval") or {}).get("eval/heldout/pass@1")
-    print(f"{summary['status']}: {summary['steps']} steps, {summary['cost/rollouts']} rollouts, "
+    procs = f" on {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else ""
+    print(f"{summary['status']}{procs}: {summary['steps']} steps, {summary['cost/rollouts']} rollouts, "
           f"held-out pass@1 {initial if initial is not None else float('nan'):.3f} -> "
           f"{final if final is not None else float('nan'):.3f}; output in {out}")
     return 0 if summary["status"] in ("completed", "cancelled") else 1
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -196,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None, help="YAML file with config sections")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     tr.add_argument("--resume", default=None, metavar="DIR", help="resume the run in DIR from its last checkpoint")
-    tr.set_defaults(func=_cmd_train)
+    tr.add_argument("--nproc", type=int, default=None, metavar="N",
+                    help="train in N processes (one per GPU; gloo processes on a CPU machine), FSDP2-sharded "
+                         "through accelerate; a run resumes with any N")
+    tr.set_defaults(func=_cmd_train, argv=None)
 
     co = sub.add_parser("config", help="list every setting of a run config: value, default and help text")
     co.add_argument("--preset", default="toy", help=f"one of: {', '.join(PRESETS)}")
@@ -284,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "func", None) is _cmd_train:
+            args.argv = argv
         if not getattr(args, "func", None):
             raise UsageError("choose a command: " + ", ".join(sorted(parser._subparsers._group_actions[0].choices)))
         if args.func in ENGINE_COMMANDS:

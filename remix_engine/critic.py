@@ -22,6 +22,8 @@ class ValueModel(nn.Module):
         if body is None:
             raise ValueError(f"cannot find the transformer body of {type(policy).__name__} to build a critic")
         self.body = copy.deepcopy(body)
+        # The layers FSDP wraps one by one (accelerate reads this, as on a transformers model).
+        self._no_split_modules = getattr(policy, "_no_split_modules", None)
         for p in self.body.parameters():
             p.requires_grad_(True)
         self.head = nn.Linear(policy.config.hidden_size, 1)

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -63,10 +64,10 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, n: int) -> range:
-        """The indices of `n` items this rank owns: contiguous, as even as possible."""
-        lo = n * self.rank // self.size
-        return range(lo, n * (self.rank + 1) // self.size)
+    def shard(self, n: int, rank: int | None = None) -> range:
+        """The indices of `n` items a rank (default: this one) owns: contiguous, as even as possible."""
+        r = self.rank if rank is None else rank
+        return range(n * r // self.size, n * (r + 1) // self.size)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order (picklable objects)."""
@@ -94,3 +95,67 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+
+def init_accelerator(timeout_s: float = 7200.0):
+    """Join the launcher's process group through accelerate with FSDP2; None in a one-process run.
+
+    accelerate enables FSDP only on accelerators and falls back to DDP on CPU; FSDP2 itself runs on
+    CPU over gloo, so there we switch the state to FSDP: a CPU run then exercises the very sharding
+    code a GPU run uses. Layers are wrapped by the model's `_no_split_modules` (its decoder layer).
+    The long timeout covers rank 0 evaluating while the others wait."""
+    if env_world_size() == 1:
+        return None
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                            reshard_after_forward=True, state_dict_type="FULL_STATE_DICT",
+                                            cpu_ram_efficient_loading=False)
+    accelerator = Accelerator(fsdp_plugin=plugin, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
+    if accelerator.state.distributed_type == DistributedType.MULTI_CPU:
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
+
+
+def full_state_dict(model: torch.nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict of a possibly FSDP-sharded model: gathered on every rank,
+    or, with `rank0_only`, in host memory on rank 0 (empty elsewhere), as checkpoints need."""
+    if not dist.is_initialized():
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=rank0_only))
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a whole state dict (every rank holds it) into a possibly sharded model; returns the
+    missing keys (a tied lm_head is expected to be missing)."""
+    if not dist.is_initialized():
+        return list(model.load_state_dict(state, strict=False).missing_keys)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    return list(set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+                .missing_keys)
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's whole state keyed by parameter names (not positions), on rank 0: the same
+    format whatever the number of processes, so a checkpoint resumes at any world size."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=dist.is_initialized()))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    if state.get("state") and all(isinstance(k, int) for k in state["state"]):  # written before names were used
+        if dist.is_initialized():
+            raise RuntimeError("this checkpoint's optimizer state predates multi-process runs: resume it with one process")
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

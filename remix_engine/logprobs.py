@@ -15,6 +15,7 @@ padded tokens (verl's "dynamic batch size"), each re-padded to its own widths.
 from __future__ import annotations
 
 import contextlib
+import types
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,27 @@ def forward_response(model, batch: TokenBatch, temperature: float = 1.0, with_en
     The hidden state at position P−1+h predicts response token h. Only the hidden states of real
     response tokens go through the output head, in chunks of `chunk_tokens`.
     """
+    sharded_entry = getattr(model, _SHARDED_ENTRY, None)
+    if sharded_entry is not None:
+        return sharded_entry(batch, temperature, with_entropy, chunk_tokens)
+    return _forward_response(model, batch, temperature, with_entropy, chunk_tokens)
+
+
+_SHARDED_ENTRY = "remix_forward_response"
+
+
+def enable_sharded_forward_response(model: torch.nn.Module) -> None:
+    """An FSDP2-sharded model gathers its weights in hooks around `forward()`, but
+    `forward_response` calls the body and the output head itself; register it as another forward
+    method of the root so the same hooks run around it."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    setattr(model, _SHARDED_ENTRY, types.MethodType(_forward_response, model))
+    register_fsdp_forward_method(model, _SHARDED_ENTRY)
+
+
+def _forward_response(model, batch: TokenBatch, temperature: float, with_entropy: bool,
+                      chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     body = getattr(model, model.base_model_prefix)
     hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                   position_ids=batch.position_ids, use_cache=False).last_hidden_state
@@ -141,23 +163,36 @@ def forward_response(model, batch: TokenBatch, temperature: float = 1.0, with_en
 
 
 @torch.no_grad()
+def logprob_micro_batches(prompts: list[list[int]], responses: list[list[int]], max_tokens: int | None,
+                          max_rows: int = 64) -> list[list[int]]:
+    """The row groups `sequence_logprobs` runs one forward pass each on."""
+    rows = list(range(len(prompts)))
+    if max_tokens is None:
+        return [rows[lo: lo + max_rows] for lo in range(0, len(rows), max_rows)]
+    return token_budget_split([len(p) for p in prompts], [len(r) for r in responses], rows, max_tokens)
+
+
+def idle_batch(pad_id: int) -> TokenBatch:
+    """A one-token batch for a forward pass whose only purpose is to join a sharded model's
+    collectives (a rank with fewer micro-batches than the others must still take part)."""
+    return make_token_batch([[pad_id]], [[pad_id]], pad_id)
+
+
+@torch.no_grad()
 def sequence_logprobs(model, prompts: list[list[int]], responses: list[list[int]], temperature: float = 1.0,
                       pad_id: int = 0, max_tokens: int | None = None, mixed_precision: str = "no",
-                      max_rows: int = 64) -> list[list[float]]:
+                      max_rows: int = 64, min_passes: int = 0) -> list[list[float]]:
     """Per-token log-probs of each response (lists trimmed to the response lengths), in a no-grad pass.
 
     Rows are processed in micro-batches of at most `max_tokens` padded tokens (None: `max_rows`
-    rows at a time), so the pass fits whatever the batch size.
+    rows at a time), so the pass fits whatever the batch size. `min_passes` pads with idle passes
+    (for a sharded model, whose every forward pass is a collective).
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     result: list[list[float] | None] = [None] * len(prompts)
-    rows = list(range(len(prompts)))
-    if max_tokens is None:
-        groups = [rows[lo: lo + max_rows] for lo in range(0, len(rows), max_rows)]
-    else:
-        groups = token_budget_split([len(p) for p in prompts], [len(r) for r in responses], rows, max_tokens)
+    groups = logprob_micro_batches(prompts, responses, max_tokens, max_rows)
     try:
         for group in groups:
             batch = make_token_batch([prompts[i] for i in group], [responses[i] for i in group], pad_id).to(device)
@@ -165,6 +200,9 @@ def sequence_logprobs(model, prompts: list[list[int]], responses: list[list[int]
                 logp, _ = forward_response(model, batch, temperature)
             for row, i in zip(logp.cpu(), group, strict=True):
                 result[i] = row[: len(responses[i])].tolist()
+        for _ in range(min_passes - len(groups)):
+            with autocast(device, mixed_precision):
+                forward_response(model, idle_batch(pad_id).to(device), temperature)
     finally:
         model.train(was_training)
     return result  # type: ignore[return-value]

@@ -10,6 +10,7 @@ A replayed sample generated at step v and consumed at step t has age t − v.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -30,6 +31,14 @@ from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
 from remix_engine.critic import ValueModel
 from remix_engine.data import Problem, TokenizedProblems, load_problems, tokenize_problems
+from remix_engine.distributed import (
+    World,
+    full_state_dict,
+    init_accelerator,
+    load_full_state_dict,
+    load_optimizer_state,
+    optimizer_state,
+)
 from remix_engine.events import (
     COST_ROLLOUTS,
     COST_TOKENS,
@@ -40,7 +49,10 @@ from remix_engine.events import (
 )
 from remix_engine.logprobs import (
     autocast,
+    enable_sharded_forward_response,
     forward_response,
+    idle_batch,
+    logprob_micro_batches,
     make_token_batch,
     sequence_logprobs,
     token_budget_split,
@@ -48,7 +60,8 @@ from remix_engine.logprobs import (
 from remix_engine.models import DTYPES, load_policy
 from remix_engine.reward.behavior import behavior_metrics
 from remix_engine.reward.pool import GraderPool
-from remix_engine.rollout import SamplingParams, make_backend
+from remix_engine.rollout import RolloutResult, SamplingParams, make_backend
+from remix_engine.rollout.base import request_seeds
 from remix_engine.rollout.corr import rollout_corr_metrics
 from remix_engine.sinks import Sink
 
@@ -98,9 +111,15 @@ def train(cfg: RunConfig | None, output_dir: str | Path, sink: Sink | None = Non
 
 class Trainer:
     def __init__(self, cfg: RunConfig, output_dir: Path, sink: Sink):
+        # Several processes (launched by `remix train --nproc N` / torchrun / accelerate launch):
+        # every rank runs this same driver; only rank 0 talks to the sink (see distributed.py).
+        self.accelerator = init_accelerator()
+        self.world = World()
+        if cfg.resources.gpus != self.world.size:  # the config records the world size it trained with
+            cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus": self.world.size})})
         self.cfg = cfg
         self.out = Path(output_dir)
-        self.sink = sink
+        self.sink = sink if self.world.is_main else Sink()
         self.state = TrainState()
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.torch_threads:
@@ -111,8 +130,14 @@ class Trainer:
 
         # The trainable policy (and critic) hold fp32 master weights; forward passes run in
         # model.mixed_precision; the anchor/precedent are inference-only copies in model.dtype.
+        # Rank 0 loads first, so a warm start is computed and cached once, not raced for.
+        if not self.world.is_main:
+            self.world.barrier()
         self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.world.is_main:
+            self.world.barrier()
+        self.device = self.accelerator.device if self.accelerator is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
         # The warm start may come from cache (no RNG used) or be computed: reseed so both agree.
         torch.manual_seed(seed + 1)
         self.rng = random.Random(seed)
@@ -134,6 +159,9 @@ class Trainer:
         self.anchor = InferenceCopy(self.model, copy_dtype, self.device) if cfg.actor.kl_coef > 0 else None
         self.uses_precedent = cfg.is_remix and cfg.remix.kl_convex and cfg.remix.precedent == "previous" and cfg.actor.kl_coef > 0
         self.precedent = InferenceCopy(self.model, copy_dtype, self.device) if self.uses_precedent else None
+        # With several processes the policy is sharded, so generation gets its own whole copy
+        # (like a vLLM engine's), refreshed from the gathered weights after every update.
+        self.generation_copy = InferenceCopy(self.model, copy_dtype, self.device) if self.world.size > 1 else None
         self.critic = ValueModel(self.model) if cfg.family == "ppo" else None
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.actor.lr, weight_decay=cfg.actor.weight_decay)
@@ -141,19 +169,27 @@ class Trainer:
             self.critic.to(self.device)
         self.critic_optimizer = (torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic.lr)
                                  if self.critic is not None else None)
+        if self.accelerator is not None:  # FSDP2: each rank keeps 1/N of the weights, gradients and Adam state
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            enable_sharded_forward_response(self.model)
+            if self.critic is not None:
+                self.critic, self.critic_optimizer = self.accelerator.prepare(self.critic, self.critic_optimizer)
+        self._checkpointed_step: int | None = None
         self._pending_checkpoint: _CheckpointWrite | None = None
         self.buffer = ReplayBuffer(cfg.remix.window)
         backend_kwargs = {} if cfg.rollout.backend == "hf" else {
             "gpu_memory_utilization": cfg.rollout.vllm_gpu_memory_utilization, "seed": seed,
             "max_model_len": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
             "dtype": None if self.device.type == "cpu" else cfg.model.dtype}
-        self.backend = make_backend(cfg.rollout.backend, self.model, self.tokenizer, **backend_kwargs)
+        self.backend = make_backend(cfg.rollout.backend, self._generation_module(), self.tokenizer, **backend_kwargs)
         self.grader = GraderPool(processes=2, timeout_s=5.0)
 
     def close(self) -> None:
         self._finish_checkpoint(wait=True, emit=False)  # never leave a half-written checkpoint behind
         self.grader.close()
         self.backend.close()
+        if self.accelerator is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> dict:
@@ -161,10 +197,10 @@ class Trainer:
         ckpt = latest_checkpoint(self.out) if resume else None
         if ckpt is not None:
             self._load_checkpoint(ckpt)
-        else:
+        elif self.world.is_main:
             save_config(cfg, self.out / "config.yaml")
         self.sink.on_start({"config": cfg.model_dump(mode="json"), "resumed_from": self.state.step if ckpt else None,
-                            "data": self.data_report,
+                            "data": self.data_report, "world_size": self.world.size,
                             "output_dir": str(self.out)})
         if ckpt is None:
             initial = self._evaluate()
@@ -175,7 +211,7 @@ class Trainer:
         status = "completed"
         last_eval: dict[str, float] = {}
         while self.state.step < cfg.trainer.steps and not self._budget_spent():
-            if self.sink.should_stop():
+            if self.world.broadcast(self.sink.should_stop()):  # rank 0 decides, every rank stops at this step
                 status = "cancelled"
                 break
             t = self.state.step + 1
@@ -195,7 +231,7 @@ class Trainer:
                 self._save_checkpoint()
             self._finish_checkpoint(wait=False)
         self._finish_checkpoint(wait=True)
-        if status == "cancelled" and latest_checkpoint(self.out) != self._ckpt_dir(self.state.step):
+        if status == "cancelled" and self._checkpointed_step != self.state.step:
             self._save_checkpoint()
             self._finish_checkpoint(wait=True)
 
@@ -212,6 +248,7 @@ class Trainer:
             "output_dir": str(self.out),
             "checkpoint": str(latest_checkpoint(self.out)) if latest_checkpoint(self.out) else None,
             "data": self.data_report,
+            "world_size": self.world.size,
         }
         self.sink.on_end(summary)
         return summary
@@ -234,19 +271,26 @@ class Trainer:
         n_prompts = cfg.rollout.prompts_per_step
         n_fresh = max(1, round((1 - share) * n_prompts))
 
-        # 1. fresh rollouts from the current policy π_t
+        # 1. fresh rollouts from the current policy π_t, each rank generating and grading its share
+        #    of the prompts (whole groups); every prompt has its own seed, so the samples do not
+        #    depend on how the prompts are split
         problems = self._next_problems(n_fresh)
+        group_size = cfg.rollout.group_size
+        seeds = request_seeds((cfg.trainer.seed << 32) + t, n_fresh, group_size)
+        mine = self.world.shard(n_fresh)
         tick = time.perf_counter()
-        with self._autocast():
-            result = self.backend.generate([list(self._train_prompt_ids[p.id]) for p in problems], SamplingParams(
-                n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                max_new_tokens=cfg.rollout.max_new_tokens))
+        local = self._generate([list(self._train_prompt_ids[problems[i].id]) for i in mine], SamplingParams(
+            n=group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens, prompt_seeds=tuple(seeds[i] for i in mine)))
         metrics["timing_s/gen"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        group_size = cfg.rollout.group_size
-        refs = [problems[i // group_size].answer for i in range(len(result))]
-        grades = self.grader.grade_many(list(zip(result.texts, refs, strict=True)), require_think=cfg.data.require_think)
+        refs = [problems[i].answer for i in mine for _ in range(group_size)]
+        local_grades = self.grader.grade_many(list(zip(local.texts, refs, strict=True)),
+                                              require_think=cfg.data.require_think)
+        parts = self.world.gather((local, local_grades))
+        result = RolloutResult.concat([r for r, _ in parts])
+        grades = [g for _, gs in parts for g in gs]
         rewards = torch.tensor([1.0 if g.correct else 0.0 for g in grades])
         metrics["timing_s/reward"] = time.perf_counter() - tick
         fresh_groups = self._make_groups(t, problems, result, rewards)
@@ -282,7 +326,7 @@ class Trainer:
             else:  # precedent = "current": π_k itself, i.e. verl's old_log_prob
                 precedent_lp = old_lp
         if self.precedent is not None:  # π_t becomes next step's precedent π_{k−1}
-            self.precedent.load_from(self.model)
+            self.precedent.load_from(self._generation_module() if self.world.size > 1 else self.model)
         metrics["timing_s/old_log_prob"] = time.perf_counter() - tick
 
         # 4. advantages per token: group-relative (GRPO family) or critic + GAE (PPO family)
@@ -302,7 +346,7 @@ class Trainer:
         metrics["timing_s/update"] = time.perf_counter() - tick
         metrics["perf/throughput"] = float(mask.sum()) * utd / max(metrics["timing_s/update"], 1e-9)
         metrics.update(update_metrics)
-        metrics["timing_s/sync"] = self.backend.sync_weights(self.model)
+        metrics["timing_s/sync"] = self._sync_generation()
 
         # 6. bookkeeping: reuse counts, buffer, reincarnation, cost
         for s in replayed:
@@ -354,14 +398,17 @@ class Trainer:
         """V(s_h) for every response token of the batch, [B, width], in no-grad micro-batches."""
         self.critic.eval()
         values = torch.zeros((len(prompts), width))
-        rows = list(range(len(prompts)))
-        for group in token_budget_split([len(p) for p in prompts], [len(r) for r in responses], rows,
-                                        self.cfg.critic.max_tokens_per_microbatch):
+        groups, idle = self._shard_micro_batches(prompts, responses, list(range(len(prompts))),
+                                                 self.cfg.critic.max_tokens_per_microbatch)
+        for group in groups:
             mb = make_token_batch([prompts[i] for i in group], [responses[i] for i in group], self.pad_id)
             with self._autocast():
                 v = self.critic(mb.to(self.device)).float().cpu()
             values[group, : v.shape[1]] = v
-        return values
+        for _ in range(idle):
+            with self._autocast():
+                self.critic(idle_batch(self.pad_id).to(self.device))
+        return self.world.sum(values)  # each row was filled by exactly one rank
 
     def _update(self, batch: UpdateBatch, lam: float, utd: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """m epochs over the mixed batch: shuffle, split into mini-batches (actor.mini_batch_size
@@ -384,29 +431,45 @@ class Trainer:
                 for k, v in m.items():
                     sums[k] += float(v)
                 n_updates += 1
+        if self.world.size > 1:  # each rank filled the statistics of its own rows
+            stats_acc = {k: (torch.stack(self.world.gather(v)).amax(0) if k == "ratio_max" else self.world.sum(v))
+                         for k, v in stats_acc.items()}
         metrics = {k: v / max(n_updates, 1) for k, v in sums.items()}
         metrics["actor/optimizer_steps"] = float(n_updates)
         metrics["actor/lr"] = self.cfg.actor.lr
         return metrics, stats_acc
 
     def _micro_batches(self, batch: UpdateBatch, rows: list[int], max_tokens: int | None):
-        """(row indices, device token batch, response width) per micro-batch, and the mini-batch's
-        global token and sequence counts, which every micro-batch's loss is normalised by so that
-        the accumulated gradient does not depend on the split."""
+        """(row indices, device token batch, response width) per micro-batch of this rank's share
+        of the mini-batch, the number of idle passes it adds to match the busiest rank, and the
+        mini-batch's global token and sequence counts, which every micro-batch's loss is normalised
+        by so that the accumulated gradient does not depend on the split (into micro-batches or
+        across ranks)."""
         counts = batch.mask[rows].sum(dim=1)
         n_tokens, n_seqs = float(counts.sum()), float((counts > 0).sum())
+        groups, idle = self._shard_micro_batches(batch.prompts, batch.responses, rows, max_tokens)
         parts = []
-        for group in token_budget_split([len(p) for p in batch.prompts], [len(r) for r in batch.responses], rows,
-                                        max_tokens):
+        for group in groups:
             mb = make_token_batch([batch.prompts[i] for i in group], [batch.responses[i] for i in group], self.pad_id)
             parts.append((torch.tensor(group), mb.to(self.device), mb.response_ids.shape[1]))
-        return parts, max(n_tokens, 1.0), max(n_seqs, 1.0)
+        return parts, idle, max(n_tokens, 1.0), max(n_seqs, 1.0)
+
+    def _shard_micro_batches(self, prompts, responses, rows: list[int], max_tokens: int | None):
+        """This rank's micro-batches of `rows` and how many idle passes it must add: with a sharded
+        model every forward and backward is a collective, so all ranks run the same number."""
+        def plan(rank: int) -> list[list[int]]:
+            share = [rows[i] for i in self.world.shard(len(rows), rank)]
+            return token_budget_split([len(p) for p in prompts], [len(r) for r in responses], share, max_tokens)
+
+        mine = plan(self.world.rank)
+        busiest = max(len(plan(r)) for r in range(self.world.size))
+        return mine, busiest - len(mine)
 
     def _actor_step(self, batch: UpdateBatch, rows: list[int], lam: float, stats_acc: dict, utd: int) -> dict[str, float]:
         cfg = self.cfg.actor
         temp = self.cfg.rollout.temperature
         dev = self.device
-        parts, n_tokens, n_seqs = self._micro_batches(batch, rows, cfg.max_tokens_per_microbatch)
+        parts, idle, n_tokens, n_seqs = self._micro_batches(batch, rows, cfg.max_tokens_per_microbatch)
         counts = {"global_token_count": n_tokens, "global_seq_count": n_seqs}
         metrics: dict[str, float] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
@@ -433,7 +496,7 @@ class Trainer:
                                                           **counts)
                 loss = loss + ent_loss
                 m.update(ent_m)
-            loss.backward()
+            (loss * self.world.size).backward()  # FSDP averages gradients over ranks; the loss is already global
             total_loss += float(loss.detach())
             share = float(mb.response_mask.sum()) / n_tokens  # metrics: token-weighted mean over micro-batches
             for k, v in m.items():
@@ -442,16 +505,17 @@ class Trainer:
                 stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp, old_lp, mb.response_mask,
                                                     cfg.clip_eps, cfg.clip_eps_high)
             _accumulate_ratio_stats(stats_acc, stats, idx, len(batch.prompts), utd)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        metrics["actor/grad_norm"] = float(grad_norm)
+        self._idle_backward(self.model, idle, lambda out: forward_response(out, idle_batch(self.pad_id).to(dev), temp)[0])
         metrics["actor/loss"] = total_loss
+        metrics = self._sum_over_ranks(metrics)
+        metrics["actor/grad_norm"] = self._clip_grad_norm(self.model, cfg.grad_clip)
+        self.optimizer.step()
         return metrics
 
     def _critic_step(self, batch: UpdateBatch, rows: list[int]) -> dict[str, float]:
         cc = self.cfg.critic
         self.critic.train()
-        parts, n_tokens, n_seqs = self._micro_batches(batch, rows, cc.max_tokens_per_microbatch)
+        parts, idle, n_tokens, n_seqs = self._micro_batches(batch, rows, cc.max_tokens_per_microbatch)
         metrics: dict[str, float] = defaultdict(float)
         self.critic_optimizer.zero_grad(set_to_none=True)
         for idx, mb, width in parts:
@@ -461,22 +525,89 @@ class Trainer:
                                          batch.returns[idx, :width].to(self.device), mb.response_mask,
                                          cc.cliprange_value, agg=self.cfg.actor.loss_agg,
                                          global_token_count=n_tokens, global_seq_count=n_seqs)
-            vf_loss.backward()
+            (vf_loss * self.world.size).backward()
             share = float(mb.response_mask.sum()) / n_tokens
             for k, v in m.items():
                 metrics[k] += float(v) * share
-        metrics["critic/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.actor.grad_clip))
+        self._idle_backward(self.critic, idle, lambda critic: critic(idle_batch(self.pad_id).to(self.device)))
+        metrics = self._sum_over_ranks(metrics)
+        metrics["critic/grad_norm"] = self._clip_grad_norm(self.critic, self.cfg.actor.grad_clip)
         self.critic_optimizer.step()
         return metrics
+
+    def _idle_backward(self, module: torch.nn.Module, passes: int, forward) -> None:
+        """Forward/backward passes that add nothing (loss × 0) but join a sharded model's collectives."""
+        for _ in range(passes):
+            with self._autocast():
+                out = forward(module)
+            (out.float().sum() * 0.0).backward()
+
+    def _sum_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Per-rank token-weighted partial sums → the mini-batch's metrics."""
+        if self.world.size == 1:
+            return dict(metrics)
+        total: dict[str, float] = defaultdict(float)
+        for part in self.world.gather(dict(metrics)):
+            for k, v in part.items():
+                total[k] += v
+        return dict(total)
+
+    def _clip_grad_norm(self, module: torch.nn.Module, max_norm: float) -> float:
+        if self.accelerator is None:
+            return float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
+        norm = self.accelerator.clip_grad_norm_(module.parameters(), max_norm)  # the norm over all shards
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def _autocast(self):
         return autocast(self.device, self.cfg.model.mixed_precision)
 
     def _logprobs(self, model, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
-        """Per-token log-probs of the responses under `model` (a no-grad pass in micro-batches)."""
-        return sequence_logprobs(model, prompts, responses, self.cfg.rollout.temperature, self.pad_id,
-                                 max_tokens=self.cfg.actor.logprob_max_tokens_per_microbatch,
-                                 mixed_precision=self.cfg.model.mixed_precision)
+        """Per-token log-probs of the responses under `model` (a no-grad pass in micro-batches).
+        With several processes each rank computes its share of the rows and the shares are
+        gathered; a sharded model also gets idle passes so every rank runs as many as the busiest."""
+        max_tokens = self.cfg.actor.logprob_max_tokens_per_microbatch
+        kwargs = {"temperature": self.cfg.rollout.temperature, "pad_id": self.pad_id, "max_tokens": max_tokens,
+                  "mixed_precision": self.cfg.model.mixed_precision}
+        if self.world.size == 1:
+            return sequence_logprobs(model, prompts, responses, **kwargs)
+
+        def share(rank: int) -> list[int]:
+            return list(self.world.shard(len(prompts), rank))
+
+        passes = 0
+        if model is self.model or model is self.critic:  # sharded: forward passes are collectives
+            passes = max(len(logprob_micro_batches([prompts[i] for i in share(r)], [responses[i] for i in share(r)],
+                                                   max_tokens)) for r in range(self.world.size))
+        mine = share(self.world.rank)
+        local = sequence_logprobs(model, [prompts[i] for i in mine], [responses[i] for i in mine],
+                                  min_passes=passes, **kwargs)
+        return [row for part in self.world.gather(local) for row in part]
+
+    # ------------------------------------------------------------------ generation
+    def _generation_module(self) -> torch.nn.Module:
+        """The module generation reads: the policy itself, or with several processes (the policy
+        being sharded) the whole copy refreshed after every update."""
+        return self.generation_copy.module if self.generation_copy is not None else self.model
+
+    def _generating(self):
+        """Context of a generation: autocast, and the generation copy brought to the device."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._autocast())
+        if self.generation_copy is not None and self.cfg.rollout.backend == "hf":
+            stack.enter_context(self.generation_copy.on_device())
+        return stack
+
+    def _generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutResult:
+        with self._generating():
+            return self.backend.generate(prompt_ids, params)
+
+    def _sync_generation(self) -> float:
+        """Give the rollout backend the policy's new weights; returns seconds spent."""
+        if self.generation_copy is None:
+            return self.backend.sync_weights(self.model)
+        tick = time.perf_counter()
+        self.generation_copy.load_state_dict(full_state_dict(self.model))  # a collective: all ranks gather
+        return time.perf_counter() - tick + self.backend.sync_weights(self.generation_copy.module)
 
     # ------------------------------------------------------------------ pieces
     def _kl_lambda(self, t: int) -> float:
@@ -489,7 +620,7 @@ class Trainer:
     def _reincarnate(self, t: int) -> None:
         """Policy reincarnation: the anchor becomes a frozen copy of π_T and the buffer is dropped."""
         if self.anchor is not None:
-            self.anchor.load_from(self.model)
+            self.anchor.load_from(self._generation_module())  # already synced to the new weights
         self.buffer.clear()
         self.state.reincarnated_at = t
 
@@ -544,13 +675,19 @@ class Trainer:
         return tokenized
 
     def _evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 on the held-out problems (temperature 0, one sample each)."""
+        """Greedy pass@1 on the held-out problems (temperature 0, one sample each). With several
+        processes rank 0 evaluates (on the whole generation copy, so the numbers are exactly the
+        one-process ones) and the others wait for its result."""
+        if self.world.size > 1:
+            return self.world.broadcast(self._evaluate_here() if self.world.is_main else None)
+        return self._evaluate_here()
+
+    def _evaluate_here(self) -> dict[str, float]:
         if not self.heldout:
             return {}
         tick = time.perf_counter()
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.rollout.max_new_tokens)
-        with self._autocast():
-            result = self.backend.generate(self._heldout_prompt_ids, params)
+        result = self._generate(self._heldout_prompt_ids, params)
         grades = self.grader.grade_many([(txt, p.answer) for txt, p in zip(result.texts, self.heldout, strict=True)],
                                         require_think=self.cfg.data.require_think)
         n = len(grades)
@@ -564,10 +701,12 @@ class Trainer:
         if self.cfg.trainer.eval_benchmarks:
             from remix_engine.evaluate import evaluate_policy
 
-            metrics.update(evaluate_policy(
-                self.model, self.tokenizer, self.backend, self.grader, self.cfg.trainer.eval_benchmarks,
-                self.cfg.trainer.eval_benchmark_limit, self.cfg.rollout.max_new_tokens,
-                use_chat_template=self.cfg.model.use_chat_template, max_prompt_tokens=self.cfg.data.max_prompt_tokens))
+            with self._generating():
+                metrics.update(evaluate_policy(
+                    self._generation_module(), self.tokenizer, self.backend, self.grader,
+                    self.cfg.trainer.eval_benchmarks, self.cfg.trainer.eval_benchmark_limit,
+                    self.cfg.rollout.max_new_tokens, use_chat_template=self.cfg.model.use_chat_template,
+                    max_prompt_tokens=self.cfg.data.max_prompt_tokens))
         return metrics
 
     def _cost_metrics(self) -> dict[str, float]:
@@ -665,12 +804,24 @@ class Trainer:
             background = self.device.type != "cpu"
         snapshot = functools.partial(_host_state, copy=background)  # a synchronous write reads CPU tensors in place
         step = self.state.step
+        self._checkpointed_step = step
+        # Whole (unsharded) state dicts, gathered to rank 0 with several processes: one checkpoint
+        # format for every world size, so a run resumes with any number of processes.
+        master = snapshot(full_state_dict(self.model, rank0_only=True))
+        if getattr(self.model.config, "tie_word_embeddings", False):  # the head is the embedding: store it once
+            master.pop("lm_head.weight", None)
+        optimizer = snapshot(optimizer_state(self.model, _inner(self.optimizer)))
+        critic = critic_optimizer = None
+        if self.critic is not None:
+            critic = snapshot(full_state_dict(self.critic, rank0_only=True))
+            critic_optimizer = snapshot(optimizer_state(self.critic, _inner(self.critic_optimizer)))
+        if not self.world.is_main:
+            return
         final = self._ckpt_dir(step)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "policy").mkdir(parents=True)
         export_dtype = DTYPES[self.cfg.model.dtype]
-        master = snapshot(self.model.state_dict())
         export = {k: v.to(export_dtype) if v.is_floating_point() else v for k, v in master.items()}
         self.model.config.save_pretrained(tmp / "policy")
         _set_saved_dtype(tmp / "policy" / "config.json", self.cfg.model.dtype)
@@ -682,7 +833,7 @@ class Trainer:
             tensors[tmp / MASTER_WEIGHTS_FILE] = master
         state = {
             "state": asdict(self.state),
-            "optimizer": snapshot(self.optimizer.state_dict()),
+            "optimizer": optimizer,
             "buffer": self.buffer.state_dict(),
             "python_rng": self.rng.getstate(),
             "torch_rng": torch.get_rng_state(),
@@ -690,8 +841,8 @@ class Trainer:
             "anchor": (snapshot(self.anchor.module.state_dict())
                        if self.anchor is not None and self.state.reincarnated_at else None),
             "precedent": snapshot(self.precedent.module.state_dict()) if self.precedent is not None else None,
-            "critic": snapshot(self.critic.state_dict()) if self.critic is not None else None,
-            "critic_optimizer": snapshot(self.critic_optimizer.state_dict()) if self.critic is not None else None,
+            "critic": critic,
+            "critic_optimizer": critic_optimizer,
             "initial_eval": getattr(self, "initial_eval", None),
         }
         write = _CheckpointWrite(step, tmp, final, tensors, state, self.cfg.trainer.keep_checkpoints)
@@ -722,12 +873,12 @@ class Trainer:
         blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
         master_file = path / MASTER_WEIGHTS_FILE
         weights = load_file(master_file if master_file.is_file() else path / "policy" / "model.safetensors")
-        missing, _ = self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
-                                                strict=False)
+        missing = load_full_state_dict(self.model, {k: v.float() if v.is_floating_point() else v
+                                                    for k, v in weights.items()})
         tied = {k for k in missing if k == "lm_head.weight" and self.model.config.tie_word_embeddings}
         if set(missing) - tied:
             raise RuntimeError(f"checkpoint {path} lacks weights: {sorted(set(missing) - tied)[:5]}")
-        self.optimizer.load_state_dict(blob["optimizer"])
+        load_optimizer_state(self.model, _inner(self.optimizer), blob["optimizer"])
         self.buffer.load_state_dict(blob["buffer"])
         self.rng.setstate(blob["python_rng"])
         torch.set_rng_state(blob["torch_rng"])
@@ -739,10 +890,11 @@ class Trainer:
         if blob["precedent"] is not None and self.precedent is not None:
             self.precedent.load_state_dict(blob["precedent"])
         if self.critic is not None:
-            self.critic.load_state_dict(blob["critic"])
-            self.critic_optimizer.load_state_dict(blob["critic_optimizer"])
+            load_full_state_dict(self.critic, blob["critic"])
+            load_optimizer_state(self.critic, _inner(self.critic_optimizer), blob["critic_optimizer"])
         self.initial_eval = blob.get("initial_eval")
-        self.backend.sync_weights(self.model)
+        self._checkpointed_step = self.state.step
+        self._sync_generation()
 
 
 # ---------------------------------------------------------------------- pieces of state
@@ -779,15 +931,21 @@ class InferenceCopy:
         self.device = device
         self.offload = device.type != "cpu"
 
-    def logprobs(self, compute, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
-        """`compute(module, prompts, responses)` with the copy on the device for the call."""
+    @contextlib.contextmanager
+    def on_device(self):
+        """The copy on the device for the duration of the block (back to host memory after)."""
         if self.offload:
             self.module.to(self.device)
         try:
-            return compute(self.module, prompts, responses)
+            yield self.module
         finally:
             if self.offload:
                 self.module.to("cpu")
+
+    def logprobs(self, compute, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """`compute(module, prompts, responses)` with the copy on the device for the call."""
+        with self.on_device():
+            return compute(self.module, prompts, responses)
 
     def load_from(self, model: torch.nn.Module) -> None:
         """Become a copy of `model`'s current weights (cast to this copy's dtype and device)."""
@@ -837,6 +995,11 @@ def _host_state(tree, copy: bool = True, _memo: dict | None = None):
     if isinstance(tree, list | tuple):
         return type(tree)(_host_state(v, copy, memo) for v in tree)
     return tree
+
+
+def _inner(optimizer):
+    """The torch optimizer inside accelerate's wrapper (the state-dict helpers need the real one)."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,10 +3,17 @@
 Because it shares the trainer's module, weight sync is free. Behaviour log-probs are taken
 from the raw logits that `generate` saw, divided by the temperature, so they follow the same
 formula as the trainer's recomputation (top-p only filters which token is drawn).
+
+Sampling with seeds (`SamplingParams.seed` / `prompt_seeds`) draws every row from its own
+generator by the Gumbel-max trick (argmax of logits/T + Gumbel noise is an exact sample of
+softmax(logits/T)): a row's tokens then do not depend on the other rows of the batch, on the
+chunking or on the process that generates it — which is what lets N training processes
+reproduce the one-process rollouts. Without seeds, `generate` samples from the global RNG.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -66,31 +73,37 @@ class HFRolloutBackend:
         out = RolloutResult(prompt_ids=expanded, response_ids=[], logprobs=[], texts=[], truncated=[])
         was_training = self.model.training
         self.model.eval()
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        greedy = params.temperature == 0
+        seeds = None if greedy or (params.seed is None and params.prompt_seeds is None) else [
+            s + k for s in params.seeds_for(len(prompt_ids)) for k in range(params.n)]
         try:
             for lo in range(0, len(expanded), self.chunk_size):
-                self._generate_chunk(expanded[lo: lo + self.chunk_size], params, out)
+                self._generate_chunk(expanded[lo: lo + self.chunk_size], params, out,
+                                     seeds[lo: lo + self.chunk_size] if seeds else None)
         finally:
             self.model.train(was_training)
         out.texts = self.tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
         out.timing_s = time.perf_counter() - start
         return out
 
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, out: RolloutResult) -> None:
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, out: RolloutResult,
+                        seeds: list[int] | None) -> None:
         device = next(self.model.parameters()).device
         input_ids, attention_mask = left_pad(prompts, self.pad_id)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         greedy = params.temperature == 0
         vocab = self.model.get_output_embeddings().weight.shape[0]
         keep_logits = len(prompts) * params.max_new_tokens * vocab <= _MAX_KEPT_LOGITS
+        sample_globally = not greedy and seeds is None
         gen = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            do_sample=not greedy,
-            temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p,
-            top_k=None if greedy else 0,
+            do_sample=sample_globally,  # seeded rows are sampled by the Gumbel processor + argmax
+            temperature=params.temperature if sample_globally else None,
+            top_p=params.top_p if sample_globally else None,
+            top_k=0 if sample_globally else None,
+            logits_processor=([SeededGumbelSampler(seeds, params.temperature, params.top_p, device)]
+                              if seeds is not None else None),
             max_new_tokens=params.max_new_tokens,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
@@ -111,6 +124,37 @@ class HFRolloutBackend:
             out.logprobs.append(token_lp[i, : len(resp)].tolist() if token_lp is not None else [])
         if token_lp is None:
             _fill_logprobs_by_forward(self.model, prompts, out, temp, self.pad_id)
+
+
+class SeededGumbelSampler:
+    """A logits processor that turns greedy decoding into sampling, one generator per row.
+
+    Each row's scores become logits/T (top-p filtered) plus Gumbel noise drawn from that row's own
+    seeded generator; `generate`'s argmax then picks an exact sample of softmax(logits/T)
+    restricted to the nucleus. Finished rows keep drawing noise, so a row's k-th token always uses
+    the k-th draw of its stream, whatever else is in the batch."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator(device=device).manual_seed(int(s) % 2**63) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            scores = _top_p_filter(scores, self.top_p)
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device)
+                               for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+        return scores + gumbel
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask (−inf) the tokens outside the smallest set whose probability reaches top_p."""
+    sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+    cum = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
+    drop_sorted = cum - torch.softmax(sorted_scores, dim=-1) >= top_p  # mass before this token already reaches p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return scores.masked_fill(drop, -math.inf)
 
 
 def _fill_logprobs_by_forward(model, prompts, out: RolloutResult, temperature: float, pad_id: int) -> None:

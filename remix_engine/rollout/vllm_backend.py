@@ -25,7 +25,7 @@ How it works
   the nucleus, so engine log-probs exceed the trainer's unmasked ones; `rollout_corr/*` shows the
   gap and `rollout.behavior_logprobs=recompute` (the default) is unaffected.
 * Sampling parameters map one to one: n -> n, temperature -> temperature (0 = greedy),
-  top_p -> top_p, max_new_tokens -> max_tokens, seed -> a distinct seed per prompt request (vLLM
+  top_p -> top_p, max_new_tokens -> max_tokens, seed / prompt_seeds -> a seed per prompt request (vLLM
   gives the k-th of n samples seed + k), EOS ids (tokenizer's and generation config's) ->
   stop_token_ids. top_k, min_p and penalties stay off, the model's generation_config.json is not
   applied (`generation_config="vllm"`), so both backends sample from the same distribution.
@@ -62,7 +62,6 @@ INSTALL_HINT = (
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 _DEFAULT_CPU_KV_CACHE_GIB = 1.0
-_SEED_STRIDE = 1_000_003  # seeds of consecutive calls (seed, seed + 1, ...) never overlap below this many samples
 
 
 def vllm_available() -> bool:
@@ -96,18 +95,6 @@ def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     if gen_eos is not None:
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     return sorted(ids)
-
-
-def request_seeds(seed: int | None, n_prompts: int, n: int) -> list[int | None]:
-    """One seed per prompt request; vLLM derives the n samples' seeds as seed + k (k < n).
-
-    Prompt i gets base + i·n, so all samples of one call have distinct seeds, and calls with seeds
-    s and s + 1 do not share any as long as a call has fewer than 1,000,003 samples.
-    """
-    if seed is None:
-        return [None] * n_prompts
-    base = (int(seed) * _SEED_STRIDE) % (2**62)
-    return [base + i * n for i in range(n_prompts)]
 
 
 class VLLMRolloutBackend:
@@ -305,7 +292,7 @@ class VLLMRolloutBackend:
             raise ValueError(f"vllm backend: vLLM accepts temperatures in [0, {VLLM_MAX_TEMPERATURE}], got {params.temperature}")
         from vllm.inputs import TokensPrompt
 
-        seeds = request_seeds(params.seed, len(prompt_ids), params.n)
+        seeds = params.seeds_for(len(prompt_ids))
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         sampling = [self.vllm_sampling_params(params, s) for s in seeds]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from remix_engine.rollout.vllm_backend import request_seeds, rollout_corr_metrics, vllm_available
+from remix_engine.rollout.base import request_seeds
+from remix_engine.rollout.vllm_backend import rollout_corr_metrics, vllm_available
 
 
 def test_identical_logprobs_give_zero_gap():

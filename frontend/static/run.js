@@ -118,7 +118,7 @@ function renderJob(run) {
   if (job.resumed_from_step !== null && job.resumed_from_step !== undefined) {
     add(job.started_at, `resumed from the checkpoint at step ${job.resumed_from_step}`);
   }
-  if (job.lost_attempts) add(null, `worker lost ${job.lost_attempts} time(s); the job was re-queued and resumed`, "warn");
+  if (job.lost_attempts) add(null, `attempt lost ${job.lost_attempts} time(s) (worker or training process died); the job was re-queued and resumed`, "warn");
   if (job.last_checkpoint_step !== null && job.last_checkpoint_step !== undefined) {
     add(null, `last checkpoint at step ${job.last_checkpoint_step}`);
   }

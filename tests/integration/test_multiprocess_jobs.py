@@ -107,8 +107,8 @@ def test_two_process_run_cancel_stops_every_rank(deployment: Deployment) -> None
 
 
 def test_sigkill_of_a_rank_resumes_and_a_killed_worker_leaves_no_rank(deployment: Deployment) -> None:
-    steps = 12
-    cfg = two_process_config(steps, **{"trainer.checkpoint_every": 3, "trainer.eval_every": 6})
+    steps = 15  # room for a checkpoint of the second attempt before the end
+    cfg = two_process_config(steps, **{"trainer.checkpoint_every": 3, "trainer.eval_every": 5})
     run_id = deployment.submit(cfg, name="two processes, killed")["id"]
     deployment.wait_progress(run_id, lambda r: (r["job"]["last_checkpoint_step"] or 0) >= 3 and r["steps_done"] >= 4,
                              what="a checkpoint and a few more steps")

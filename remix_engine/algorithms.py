@@ -610,7 +610,8 @@ def value_loss(
         ℓ      = 0.5 · max((V − R)², (V_clip − R)²)
 
     Returns (agg(ℓ), metrics): ``critic/vf_loss`` (local agg), ``critic/vf_clipfrac`` (fraction of
-    valid tokens where the clipped term is the larger one) and ``critic/vpred_mean`` (masked mean of V).
+    valid tokens where V moved past the clip range and the clipped term is the larger one) and
+    ``critic/vpred_mean`` (masked mean of V).
     """
     old = old_values.detach()
     ret = returns.detach()
@@ -625,7 +626,10 @@ def value_loss(
         fmask = mask.to(values.dtype)
         metrics = {
             "critic/vf_loss": _float(agg_loss(per_token, mask, agg)),
-            "critic/vf_clipfrac": _float(masked_mean((vf2 > vf1).to(values.dtype), fmask)),
+            # Only where the clip acted: where it did not, V_clip equals V up to rounding and
+            # vf2 > vf1 would count float noise (it changed with the micro-batch split).
+            "critic/vf_clipfrac": _float(masked_mean(
+                (((values - old).abs() > cliprange_value) & (vf2 > vf1)).to(values.dtype), fmask)),
             "critic/vpred_mean": _float(masked_mean(values, fmask)),
         }
     return loss, metrics

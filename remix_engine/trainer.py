@@ -115,6 +115,9 @@ class Trainer:
         # every rank runs this same driver; only rank 0 talks to the sink (see distributed.py).
         self.accelerator = init_accelerator()
         self.world = World()
+        if self.world.size > 1 and cfg.rollout.backend != "hf":
+            raise ValueError("rollout.backend: several training processes generate with 'hf' for now; a vLLM "
+                             "engine per rank (sleep mode, in-memory weight sync) is not built yet (docs/scale.md)")
         if cfg.resources.gpus != self.world.size:  # the config records the world size it trained with
             cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus": self.world.size})})
         self.cfg = cfg
@@ -498,16 +501,14 @@ class Trainer:
                 m.update(ent_m)
             (loss * self.world.size).backward()  # FSDP averages gradients over ranks; the loss is already global
             total_loss += float(loss.detach())
-            share = float(mb.response_mask.sum()) / n_tokens  # metrics: token-weighted mean over micro-batches
-            for k, v in m.items():
-                metrics[k] += float(v) * share
+            _accumulate_metrics(metrics, m, share=float(mb.response_mask.sum()) / n_tokens)
             with torch.no_grad():
                 stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp, old_lp, mb.response_mask,
                                                     cfg.clip_eps, cfg.clip_eps_high)
             _accumulate_ratio_stats(stats_acc, stats, idx, len(batch.prompts), utd)
         self._idle_backward(self.model, idle, lambda out: forward_response(out, idle_batch(self.pad_id).to(dev), temp)[0])
         metrics["actor/loss"] = total_loss
-        metrics = self._sum_over_ranks(metrics)
+        metrics = self._reduce_over_ranks(metrics)
         metrics["actor/grad_norm"] = self._clip_grad_norm(self.model, cfg.grad_clip)
         self.optimizer.step()
         return metrics
@@ -526,11 +527,9 @@ class Trainer:
                                          cc.cliprange_value, agg=self.cfg.actor.loss_agg,
                                          global_token_count=n_tokens, global_seq_count=n_seqs)
             (vf_loss * self.world.size).backward()
-            share = float(mb.response_mask.sum()) / n_tokens
-            for k, v in m.items():
-                metrics[k] += float(v) * share
+            _accumulate_metrics(metrics, m, share=float(mb.response_mask.sum()) / n_tokens)
         self._idle_backward(self.critic, idle, lambda critic: critic(idle_batch(self.pad_id).to(self.device)))
-        metrics = self._sum_over_ranks(metrics)
+        metrics = self._reduce_over_ranks(metrics)
         metrics["critic/grad_norm"] = self._clip_grad_norm(self.critic, self.cfg.actor.grad_clip)
         self.critic_optimizer.step()
         return metrics
@@ -542,14 +541,13 @@ class Trainer:
                 out = forward(module)
             (out.float().sum() * 0.0).backward()
 
-    def _sum_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Per-rank token-weighted partial sums → the mini-batch's metrics."""
+    def _reduce_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Each rank's partial metrics (token-weighted sums, maxima) → the mini-batch's metrics."""
         if self.world.size == 1:
             return dict(metrics)
         total: dict[str, float] = defaultdict(float)
         for part in self.world.gather(dict(metrics)):
-            for k, v in part.items():
-                total[k] += v
+            _accumulate_metrics(total, part, share=1.0)
         return dict(total)
 
     def _clip_grad_norm(self, module: torch.nn.Module, max_norm: float) -> float:
@@ -1019,6 +1017,16 @@ def _set_saved_dtype(config_json: Path, dtype: str) -> None:
     data["dtype"] = dtype
     data.pop("torch_dtype", None)
     config_json.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _accumulate_metrics(acc: dict[str, float], metrics: dict, share: float) -> None:
+    """Fold one micro-batch's (or rank's) metrics into `acc`: maxima (`*_max`) by max, the rest as
+    a token-weighted mean (`share` = its tokens / the mini-batch's tokens)."""
+    for k, v in metrics.items():
+        if k.endswith("_max"):
+            acc[k] = max(acc[k], float(v)) if k in acc else float(v)
+        else:
+            acc[k] = acc.get(k, 0.0) + float(v) * share
 
 
 def _accumulate_ratio_stats(acc: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], idx: torch.Tensor,

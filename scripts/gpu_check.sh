@@ -5,7 +5,10 @@
 #      (28 layers) with the r1-distill-1.5b preset's precision and token budgets at 2k-token
 #      responses: rollout and update tokens/s, MFU of the update, peak memory;
 #   2. benchmarks/throughput.py: rollout/update/sync throughput against the raw libraries
-#      (Qwen2-0.5B's shape, bf16).
+#      (Qwen2-0.5B's shape, bf16);
+#   3. with more than one GPU: 3 remix-grpo steps of the 1.5B architecture (2 layers, random
+#      weights, toy prompts) with 1 process and with one per GPU (FSDP2), same global batch:
+#      step time and phases side by side (docs/scale.md). With one GPU it prints the command.
 #
 #   bash scripts/gpu_check.sh                 # writes into $OUT (device tool) or runs/gpu_check
 #   BENCH_ARGS="--prompts 8 --n 4" bash scripts/gpu_check.sh
@@ -50,4 +53,26 @@ timeout "${BENCH_TIMEOUT:-240}" "$PY" benchmarks/throughput.py ${BENCH_ARGS:-$DE
     --json "$DEST/throughput_gpu.json" 2>&1 | tee "$DEST/throughput_gpu.log"
 status=${PIPESTATUS[0]}
 echo "benchmark exit status: $status" | tee -a "$DEST/throughput_gpu.log"
+
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+MULTI=(--preset r1-distill-1.5b --algorithm remix-grpo --steps 3 --set model.name_or_path=/tmp/r1-1.5b-2l
+       --set data.train=toy --set data.heldout=toy --set data.heldout_size=16 --set rollout.prompts_per_step=32
+       --set rollout.group_size=8 --set rollout.max_new_tokens=512 --set trainer.eval_every=3)
+if (( NGPU > 1 )); then
+    "$PY" -m remix_engine.cli make-model --shape r1-distill-1.5b --layers 2 --output /tmp/r1-1.5b-2l
+    for n in 1 "$NGPU"; do
+        timeout "${MULTI_TIMEOUT:-300}" "$PY" -m remix_engine.cli train --nproc "$n" --output "$DEST/multi_$n" "${MULTI[@]}" \
+            > "$DEST/multi_$n.log" 2>&1
+        echo "$n process(es): exit $?" | tee -a "$DEST/multi_gpu.txt"
+        "$PY" - "$DEST/multi_$n/metrics.jsonl" <<'PY' | tee -a "$DEST/multi_gpu.txt"
+import json, sys
+for row in map(json.loads, open(sys.argv[1])):
+    if row["step"]:
+        print(f"  step {row['step']}: {row['timing_s/step']:.1f} s (gen {row['timing_s/gen']:.1f}, "
+              f"update {row['timing_s/update']:.1f}, sync {row['timing_s/sync']:.1f})")
+PY
+    done
+else
+    echo "one GPU: on a node run  remix train --nproc <GPUs> --output runs/multi ${MULTI[*]}" | tee "$DEST/multi_gpu.txt"
+fi
 exit "$status"

@@ -138,7 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         results = evaluate(args.model, names, mode=args.mode, temperature=args.temperature, samples=args.samples,
                            max_new_tokens=args.max_tokens, limit=args.limit, prompt_template=args.prompt_template,
-                           use_chat_template=not args.no_chat_template, max_prompt_tokens=args.max_prompt_tokens,
+                           use_chat_template=False if args.no_chat_template else None, max_prompt_tokens=args.max_prompt_tokens,
                            mathverify=not args.no_mathverify, backend=args.backend, dtype=args.dtype, seed=args.seed,
                            batch_size=args.batch_size, sink=sink, progress=progress, keep_samples=False,
                            torch_threads=args.threads)
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-tokens", type=int, default=8192, help="max new tokens per response (default 8192)")
     ev.add_argument("--max-prompt-tokens", type=int, default=None, help="keep the last N prompt tokens")
     ev.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    ev.add_argument("--prompt-template", default=None, help="user turn with {problem} (default: the paper's)")
+    ev.add_argument("--prompt-template", default=None, help="user turn with {problem} (default: as the checkpoint's "
+                                                             "run trained; other models: the paper's)")
     ev.add_argument("--no-chat-template", action="store_true", help="use the bare prompt text")
     ev.add_argument("--no-mathverify", action="store_true", help="skip the math-verify second opinion")
     ev.add_argument("--backend", choices=("hf", "vllm"), default="hf")

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from remix_engine.benchmarks import (
     unique_names,
 )
 from remix_engine.data import load_benchmark
-from remix_engine.prompts import DEFAULT_TEMPLATE, fill_template, render_user_turn
+from remix_engine.prompts import DEFAULT_TEMPLATE, fill_template, read_prompt_settings, render_user_turn
 from remix_engine.reward.grader import GRADER_TAG
 
 log = logging.getLogger("remix.evaluate")
@@ -123,8 +123,9 @@ class EvalOptions:
     top_p: float = 1.0
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     max_prompt_tokens: int | None = None  # None: whatever the model's context leaves
-    prompt_template: str = DEFAULT_TEMPLATE
-    use_chat_template: bool = True
+    # None: as the checkpoint was trained (its remix_prompt.json), else the paper's template / True
+    prompt_template: str | None = None
+    use_chat_template: bool | None = None
     require_think: bool = False  # False: correctness regardless of </think> (the paper's Pass@1)
     mathverify: bool = True
     batch_size: int = 64  # sequences per generate call
@@ -149,12 +150,23 @@ class EvalOptions:
             raise EvaluationError("max_new_tokens: must be at least 1")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise EvaluationError("max_prompt_tokens: must be at least 1")
-        if "{problem}" not in self.prompt_template:
+        if self.prompt_template is not None and "{problem}" not in self.prompt_template:
             raise EvaluationError("prompt_template: must contain {problem}")
         if self.batch_size < 1:
             raise EvaluationError("batch_size: must be at least 1")
         if not 0 < self.top_p <= 1:
             raise EvaluationError("top_p: must be in (0, 1]")
+
+    def with_prompt_of(self, model_path: str | None) -> tuple[EvalOptions, str]:
+        """These options with the prompt settings filled in — given ones first, then the ones saved
+        with the checkpoint, then the paper's — and where the template came from."""
+        saved = read_prompt_settings(model_path) if model_path else None
+        fill = saved or {"prompt_template": DEFAULT_TEMPLATE, "use_chat_template": True}
+        resolved = replace(self, prompt_template=self.prompt_template if self.prompt_template is not None
+                           else fill["prompt_template"],
+                           use_chat_template=self.use_chat_template if self.use_chat_template is not None
+                           else fill["use_chat_template"])
+        return resolved, "given" if self.prompt_template is not None else "checkpoint" if saved else "default"
 
     def k_for(self, benchmark: str) -> int:
         if self.mode == "greedy":
@@ -169,6 +181,9 @@ class EvalOptions:
         return "greedy" if self.mode == "greedy" else f"t{self.temperature:g}"
 
 
+_CAPS_REPORTED: set[tuple[int, int]] = set()
+
+
 def _context_limits(model, max_new_tokens: int, max_prompt_tokens: int | None) -> tuple[int, int | None]:
     """(max_new_tokens, prompt token cap) that fit the model's position limit (the toy has 256)."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -177,8 +192,10 @@ def _context_limits(model, max_new_tokens: int, max_prompt_tokens: int | None) -
     new = max_new_tokens
     if new > limit // 2:
         new_capped = limit // 2
-        if new_capped < new:
-            log.warning("max_new_tokens %d does not fit the model's %d positions; using %d", new, limit, new_capped)
+        if new_capped < new and (new, limit) not in _CAPS_REPORTED:  # once, not once per benchmark
+            _CAPS_REPORTED.add((new, limit))
+            log.warning("max_new_tokens %d does not fit the model's %d positions: responses are capped at %d tokens",
+                        new, limit, new_capped)
         new = new_capped
     cap = limit - new
     return new, cap if max_prompt_tokens is None else min(cap, max_prompt_tokens)
@@ -350,7 +367,7 @@ class Evaluator:
         from remix_engine.reward.pool import GraderPool
         from remix_engine.rollout import make_backend
 
-        self.options = options or EvalOptions()
+        options = options or EvalOptions()
         if torch_threads:
             torch.set_num_threads(torch_threads)
         if isinstance(model_or_path, (str, os.PathLike)):
@@ -360,6 +377,7 @@ class Evaluator:
             if tokenizer is None:
                 raise EvaluationError("tokenizer: required when a model object is passed")
             self.model, self.tokenizer, self.model_path = model_or_path, tokenizer, None
+        self.options, self.prompt_source = options.with_prompt_of(self.model_path)
         if torch.cuda.is_available() and next(self.model.parameters()).device.type == "cpu" and backend == "hf":
             self.model.to("cuda")
         self.model.eval()
@@ -408,7 +426,7 @@ def evaluate(
     *,
     prompt_template: str | None = None,
     prompt_suffix: str | None = None,
-    use_chat_template: bool = True,
+    use_chat_template: bool | None = None,
     max_prompt_tokens: int | None = None,
     require_think: bool = False,
     mathverify: bool = True,
@@ -427,13 +445,14 @@ def evaluate(
 
     `model_or_path`: a checkpoint directory, a trainer checkpoint or run directory, a hub id, or a
     model object (then pass `tokenizer`). `prompt_suffix` is a shortcut for the template
-    ``"{problem}" + prompt_suffix``. The returned dict holds ``benchmarks`` (per-benchmark metrics),
+    ``"{problem}" + prompt_suffix``; without either (and without `use_chat_template`), a ReMix
+    checkpoint is prompted the way its run trained, anything else the paper's way. The returned dict holds ``benchmarks`` (per-benchmark metrics),
     ``average``, the settings used, and ``samples`` (per-sample rows) when `keep_samples`.
     """
     if prompt_template is not None and prompt_suffix is not None:
         raise EvaluationError("prompt_template and prompt_suffix: give one of them")
     template = prompt_template if prompt_template is not None else (
-        "{problem}" + prompt_suffix if prompt_suffix is not None else DEFAULT_TEMPLATE)
+        "{problem}" + prompt_suffix if prompt_suffix is not None else None)
     if limit is not None and limit < 1:
         raise EvaluationError("limit: must be at least 1")
     if not benchmarks:
@@ -459,6 +478,8 @@ def evaluate(
             per[bench.name] = res.metrics
             samples_out.extend(res.samples)
         model_label = ev.model_path or type(ev.model).__name__
+        template, use_chat_template, prompt_source = (ev.options.prompt_template, ev.options.use_chat_template,
+                                                      ev.prompt_source)
     out: dict[str, Any] = {
         "model": str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_label,
         "model_path": model_label,
@@ -475,6 +496,7 @@ def evaluate(
         "dtype": dtype,
         "prompt_template": template,
         "use_chat_template": use_chat_template,
+        "prompt_source": prompt_source,
         "require_think": require_think,
         "grader": GRADER_TAG,
         "mathverify_version": _mathverify_version() if mv_on else None,

@@ -5,9 +5,33 @@ the same instruction and the same renderer.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 # The one instruction suffix (config `data.prompt_suffix` defaults to it).
 INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
 DEFAULT_TEMPLATE = "{problem}" + INSTRUCTION
+
+
+# Written beside a checkpoint's weights by the trainer: how that run rendered its prompts, so an
+# evaluation of the checkpoint renders them the same way (the toy trains without the instruction).
+PROMPT_FILE = "remix_prompt.json"
+
+
+def write_prompt_settings(folder: str | Path, template: str, use_chat_template: bool) -> None:
+    (Path(folder) / PROMPT_FILE).write_text(json.dumps(
+        {"prompt_template": template, "use_chat_template": use_chat_template}, indent=2) + "\n")
+
+
+def read_prompt_settings(folder: str | Path) -> dict | None:
+    """The settings a checkpoint was trained with, or None (not a ReMix checkpoint, or older)."""
+    try:
+        data = json.loads((Path(folder) / PROMPT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or "{problem}" not in str(data.get("prompt_template", "")):
+        return None
+    return {"prompt_template": str(data["prompt_template"]), "use_chat_template": bool(data.get("use_chat_template", True))}
 
 
 def fill_template(template: str, problem: str) -> str:

@@ -58,6 +58,7 @@ from remix_engine.logprobs import (
     token_budget_split,
 )
 from remix_engine.models import DTYPES, load_policy
+from remix_engine.prompts import write_prompt_settings
 from remix_engine.reward.behavior import behavior_metrics
 from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import RolloutResult, SamplingParams, make_backend
@@ -703,9 +704,14 @@ class Trainer:
                 metrics.update(evaluate_policy(
                     self._generation_module(), self.tokenizer, self.backend, self.grader,
                     self.cfg.trainer.eval_benchmarks, self.cfg.trainer.eval_benchmark_limit,
-                    self.cfg.rollout.max_new_tokens, use_chat_template=self.cfg.model.use_chat_template,
+                    self.cfg.rollout.max_new_tokens, prompt_template=self._prompt_template(),
+                    use_chat_template=self.cfg.model.use_chat_template,
                     max_prompt_tokens=self.cfg.data.max_prompt_tokens))
         return metrics
+
+    def _prompt_template(self) -> str:
+        """The prompts of this run as an evaluation template (data.py renders the same text)."""
+        return "{problem}" + (self.cfg.data.prompt_suffix or "")
 
     def _cost_metrics(self) -> dict[str, float]:
         return {COST_ROLLOUTS: float(self.state.cost_rollouts), COST_TOKENS: float(self.state.cost_tokens)}
@@ -826,6 +832,7 @@ class Trainer:
         if getattr(self.model, "generation_config", None) is not None:
             self.model.generation_config.save_pretrained(tmp / "policy")
         self.tokenizer.save_pretrained(tmp / "policy")
+        write_prompt_settings(tmp / "policy", self._prompt_template(), self.cfg.model.use_chat_template)
         tensors = {tmp / "policy" / "model.safetensors": export}
         if export_dtype != torch.float32:
             tensors[tmp / MASTER_WEIGHTS_FILE] = master

@@ -84,8 +84,8 @@ def _options(params: dict[str, Any]) -> EvalOptions:
     return EvalOptions(mode=params.get("mode", "greedy"), temperature=params.get("temperature"),
                        samples=params.get("samples"), max_new_tokens=int(params.get("max_new_tokens", 8192)),
                        max_prompt_tokens=params.get("max_prompt_tokens"),
-                       prompt_template=params.get("prompt_template") or EvalOptions().prompt_template,
-                       use_chat_template=bool(params.get("use_chat_template", True)),
+                       prompt_template=params.get("prompt_template"),  # None: as the checkpoint trained
+                       use_chat_template=params.get("use_chat_template"),
                        mathverify=bool(params.get("mathverify", True)),
                        batch_size=int(params.get("batch_size", 64)), seed=int(params.get("seed", 0)))
 

@@ -61,8 +61,10 @@ class EvaluationCreate(BaseModel):
     max_new_tokens: int = Field(8192, ge=1, le=65536)
     max_prompt_tokens: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1, description="first N problems of each benchmark")
-    prompt_template: str | None = Field(None, max_length=4000, description="user turn with {problem} (default: the paper's)")
-    use_chat_template: bool = True
+    prompt_template: str | None = Field(None, max_length=4000, description="user turn with {problem} (default: as "
+                                        "the checkpoint's run trained; other models: the paper's)")
+    use_chat_template: bool | None = Field(None, description="render the turn with the tokenizer's chat template "
+                                                              "(default: as the checkpoint's run trained, else true)")
     mathverify: bool = True
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     backend: Literal["hf", "vllm"] = "hf"
@@ -209,7 +211,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
     try:
         options = EvalOptions(mode=body.mode, temperature=body.temperature, samples=body.samples,
                               max_new_tokens=body.max_new_tokens, max_prompt_tokens=body.max_prompt_tokens,
-                              prompt_template=body.prompt_template or EvalOptions().prompt_template,
+                              prompt_template=body.prompt_template,
                               batch_size=body.batch_size)
     except EvaluationError as exc:
         field = str(exc).split(":", 1)[0].strip()

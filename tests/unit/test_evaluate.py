@@ -234,3 +234,32 @@ def test_cli_evaluates_a_trainer_checkpoint_on_all_five_benchmarks(tmp_path):
 
     assert main(["eval", "--model", "./nosuch-model-dir", "--output", str(tmp_path / "x")]) == 2
     assert main(["eval", "--model", str(run), "--benchmarks", "nosuch", "--output", str(tmp_path / "x")]) == 2
+
+
+def test_eval_of_a_checkpoint_prompts_like_its_run_and_agrees_with_training(tmp_path):
+    """The toy trains without the paper's instruction; `remix eval` of its checkpoint must render
+    prompts the same way (saved with the checkpoint), so both report the same held-out numbers."""
+    from remix_engine.config import build_config
+    from remix_engine.toy import toy_problems
+    from remix_engine.trainer import train
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n"
+                               for p in toy_problems("heldout", 12)))
+    cfg = build_config("toy", "grpo", steps=1, overrides=[
+        "warm_start.steps=30", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=24",
+        f"data.heldout={heldout}", "data.heldout_size=12"])
+    trained = train(cfg, tmp_path / "run")["final_eval"]
+
+    def evaluated(**kw):
+        res = evaluate(tmp_path / "run", [str(heldout)], max_new_tokens=24, require_think=cfg.data.require_think,
+                       batch_size=12, mathverify=False, **kw)
+        return res, next(iter(res["benchmarks"].values()))
+
+    res, m = evaluated()
+    assert res["prompt_source"] == "checkpoint" and res["prompt_template"] == "{problem}"
+    assert m["pass@1"] == trained["eval/heldout/pass@1"]
+    assert m["response_length"] == pytest.approx(trained["eval/heldout/response_length"])
+    forced, _ = evaluated(prompt_template=DEFAULT_TEMPLATE)  # the paper's prompt: not what the toy saw
+    assert forced["prompt_source"] == "given"
+    assert [r["response"] for r in forced["samples"]] != [r["response"] for r in res["samples"]]

@@ -20,6 +20,13 @@ const QUICK_DEMO = [
   "trainer.eval_every=2",
   "trainer.checkpoint_every=10",
 ];
+// With a remix-* algorithm the 20 demo steps also show the method: replay from step 2, KL-Convex's
+// λ falling from step 4 (to its floor at step 12) and the reincarnation at step 14.
+const QUICK_DEMO_REMIX = [
+  "remix.schedule.start=4",
+  "remix.schedule.interval=2",
+  "remix.reincarnate_at=14",
+];
 
 // ------------------------------------------------------------------------------------ body
 function overrideLines() {
@@ -227,7 +234,8 @@ form.addEventListener("input", updatePreview);
 form.addEventListener("change", () => { updateRemixFieldset(); updatePreview(); });
 $("#quick-demo").addEventListener("click", () => {
   const have = new Set(overrideLines().map((l) => l.split("=")[0].trim()));
-  const add = QUICK_DEMO.filter((l) => !have.has(l.split("=")[0]));
+  const demo = isRemix() ? [...QUICK_DEMO, ...QUICK_DEMO_REMIX] : QUICK_DEMO;
+  const add = demo.filter((l) => !have.has(l.split("=")[0]));
   form.overrides.value = [...overrideLines(), ...add].join("\n");
   if (!form.steps.value || Number(form.steps.value) > 30) form.steps.value = 20;
   updatePreview();

@@ -6,7 +6,10 @@ runs the database migrations, makes sure an API token exists (created on first s
 DIR/api_token and printed), starts one Celery worker process (solo pool, server-less filesystem
 broker and SQLite in DIR unless REMIX_BROKER_URL / REMIX_DATABASE_URL say otherwise) and serves the
 API with uvicorn. Ctrl-C stops both: the API shuts down, the worker finishes its current training
-step, checkpoints, re-queues the job (it resumes on the next start) and exits.
+step, checkpoints, re-queues the job (it resumes on the next start) and exits. If the studio
+dies without stopping it (kill -9), the kernel sends its worker the same SIGTERM (PR_SET_PDEATHSIG),
+and a new `remix studio` on the folder waits for that worker to finish before starting its own:
+one worker per studio, guarded by the lock file DIR/worker.lock.
 
 With REMIX_DATABASE_URL=postgresql://... and REMIX_BROKER_URL=redis://... the same command is the
 API node of the scale-out setup; add `--no-worker` and run `remix worker` on the GPU machines.
@@ -25,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from studio.processes import FolderLock, die_with_parent
 from studio.settings import PROJECT_DIR
 
 log = logging.getLogger("remix.studio")
@@ -53,8 +57,9 @@ class WorkerProcess:
     """The studio's own worker: a separate OS process (its own session, so a terminal Ctrl-C reaches
     only the studio, which then asks the worker to stop). Restarted if it dies unexpectedly."""
 
-    def __init__(self, hostname: str, loglevel: str = "INFO", max_restarts: int = 5):
+    def __init__(self, hostname: str, lock_file: Path, loglevel: str = "INFO", max_restarts: int = 5):
         self.hostname = hostname
+        self.lock_file = lock_file
         self.loglevel = loglevel
         self.max_restarts = max_restarts
         self.proc: subprocess.Popen | None = None
@@ -66,8 +71,12 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_DIR), env.get("PYTHONPATH", "")) if p)
         cmd = [sys.executable, "-m", "worker.cli", "worker", "--no-migrate", "-n", self.hostname,
-               f"--loglevel={self.loglevel}"]
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+               f"--loglevel={self.loglevel}", "--lock-file", str(self.lock_file)]
+        studio = os.getpid()
+        # SIGTERM when the studio dies, even by kill -9: a warm shutdown (the job checkpoints and is
+        # re-queued for the next studio's worker) instead of an orphan that keeps the device.
+        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True,  # noqa: PLW1509 - main thread forks
+                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM, studio))
         print(f"  worker:   pid {self.proc.pid} ({self.hostname})", flush=True)
 
     def start(self) -> None:
@@ -104,6 +113,24 @@ class WorkerProcess:
             print("worker did not stop in time; killing it", file=sys.stderr, flush=True)
             proc.kill()
             return proc.wait()
+
+
+def _previous_worker_gone(lock_file: Path, timeout_s: float) -> bool:
+    """One worker per studio folder: a worker of an earlier studio (killed a moment ago; its worker
+    got SIGTERM and is checkpointing) still holds the lock. Wait for it to stop, up to `timeout_s`."""
+    lock = FolderLock(lock_file)
+    holder = lock.holder()
+    if holder is None:
+        return True
+    print(f"  waiting for the previous studio's worker (pid {holder}) to checkpoint and stop ...", flush=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if lock.holder() is None:
+            return True
+    print(f"remix studio: error: a worker (pid {holder}) still serves {lock_file.parent}; stop it "
+          f"(kill -TERM {holder}) or start with --no-worker", file=sys.stderr, flush=True)
+    return False
 
 
 def run_studio(args: argparse.Namespace) -> int:
@@ -148,7 +175,11 @@ def run_studio(args: argparse.Namespace) -> int:
 
     worker = None
     if not args.no_worker:
-        worker = WorkerProcess(f"studio-{os.getpid()}@{socket.gethostname()}", loglevel=args.log_level.upper())
+        lock_file = data_dir / "worker.lock"
+        if not _previous_worker_gone(lock_file, args.worker_stop_timeout):
+            return 2
+        worker = WorkerProcess(f"studio-{os.getpid()}@{socket.gethostname()}", lock_file,
+                               loglevel=args.log_level.upper())
         worker.start()
     # Keep-alive of 30 s (uvicorn's default is 5): a client's pooled connection closing under it
     # is the commonest connection reset under load.

@@ -15,6 +15,8 @@ import os
 import socket
 import sys
 
+LOCK_HELD = 3  # exit code: another worker holds the lock file
+
 
 def register_worker(subparsers) -> argparse.ArgumentParser:  # noqa: ANN001
     p = subparsers.add_parser("worker", help="run a studio worker (Celery) that executes training/evaluation jobs",
@@ -33,6 +35,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
                    help="execution pool (default solo: the job runs in this process)")
     p.add_argument("-c", "--concurrency", type=int, default=1)
     p.add_argument("--no-migrate", action="store_true", help="do not upgrade the database schema on start")
+    p.add_argument("--lock-file", default=None, help="hold this lock file while running and refuse to start if "
+                   "another worker holds it (`remix studio` passes DATA_DIR/worker.lock: one worker per studio)")
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -42,6 +46,14 @@ def run_worker(args: argparse.Namespace) -> int:
 
     reset_settings_cache()
     settings = get_settings()
+    if args.lock_file:
+        from studio.processes import FolderLock
+
+        lock = FolderLock(args.lock_file)
+        if not lock.acquire():  # released by the kernel when this process ends, however it ends
+            print(f"remix worker: error: another worker (pid {lock.holder()}) already holds {args.lock_file}; "
+                  "stop it first", file=sys.stderr, flush=True)
+            return LOCK_HELD
     if not args.no_migrate:
         from studio.migrate import upgrade_database
 

@@ -53,6 +53,7 @@ from remix_engine.sinks import Sink
 from remix_engine.trainer import train
 from studio.db import session_scope
 from studio.models import Job, JobStatus
+from studio.processes import die_with_parent
 from studio.settings import get_settings
 from worker.job import RETRY, JobContext, Outcome, short_error
 
@@ -61,19 +62,6 @@ log = logging.getLogger("remix.worker")
 CONTROL_DIR = "ranks"
 STOP, PROGRESS, RESULT, CONFIG = "stop", "progress.json", "result.json", "config.json"
 POLL_S = 0.2  # how often the supervisor relays stop requests and progress
-
-
-def _die_with_parent(parent: int | None = None) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies; exit at once if it already has
-    (the race between fork and prctl). Best effort, a no-op elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
-        os._exit(1)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -107,7 +95,7 @@ def supervise(ctx: JobContext, cfg: RunConfig, out_dir: Path, resume_step: int |
     # Own session: a terminal's Ctrl-C reaches the worker only, which stops the ranks through the
     # stop file (they checkpoint). PDEATHSIG fires when the *thread* that forked exits: the task's
     # thread lives as long as the worker (solo pool: the main thread).
-    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=lambda: _die_with_parent(me))  # noqa: PLW1509
+    proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL, me))  # noqa: PLW1509
     try:
         _watch(proc, ctx, control, on_progress)
     finally:
@@ -183,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attempt", type=int, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
-    _die_with_parent()  # the launcher died (it was SIGKILLed with the worker): so do we
+    die_with_parent(signal.SIGKILL)  # the launcher died (it was SIGKILLed with the worker): so do we
     rank = env_rank()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"[%(asctime)s: %(levelname)s/rank {rank}] %(name)s: %(message)s")

@@ -94,3 +94,83 @@ def test_studio_command_and_documented_curl_sequence(tmp_path: Path) -> None:
     assert worker_pid is not None
     wait_for(lambda: not _pid_alive(worker_pid), 10, what="the worker process to exit")
     assert "worker stopped (exit 0)" in log_path.read_text()
+
+
+def _start_studio(data_dir: Path, port: int, log_path: Path, cwd: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "backend.cli", "studio", "--port", str(port),
+                                 "--data-dir", str(data_dir)], cwd=cwd, env=_child_env({}), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _workers_on(data_dir: Path) -> list[int]:
+    """Pids of the worker processes serving `data_dir` (found by their lock-file argument)."""
+    lock = str(data_dir / "worker.lock")
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"worker.cli" in argv and lock.encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_kill_9_of_the_studio_leaves_no_orphan_and_the_next_studio_resumes_the_job(tmp_path: Path) -> None:
+    """The studio's worker stops with its studio (even on kill -9: the job checkpoints and is
+    re-queued), the next `remix studio` on the folder runs exactly one worker, and the job resumes once."""
+    from studio_harness import fast_config
+
+    data_dir, log_path = tmp_path / "studio-data", tmp_path / "studio.log"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1"
+    first = _start_studio(data_dir, port, log_path, tmp_path)
+    second = None
+    try:
+        def online() -> dict | None:
+            try:
+                health = httpx.get(f"{api}/health", timeout=10).json()
+            except httpx.HTTPError:
+                return None
+            return health if health["workers"]["online"] >= 1 else None
+
+        old_worker = wait_for(online, 180, what="the first studio's worker")["workers"]["items"][0]["pid"]
+        token = (data_dir / "api_token").read_text().strip()
+        cfg = fast_config(12, **{"trainer.checkpoint_every": 1})
+        r = httpx.post(f"{api}/runs", json={"config": cfg}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
+        wait_for(lambda: httpx.get(f"{api}/runs/{run_id}").json()["steps_done"] >= 2, 180, what="two steps")
+
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        wait_for(lambda: not _pid_alive(old_worker), 120, what="the orphaned worker to checkpoint and stop")
+
+        second = _start_studio(data_dir, port, log_path, tmp_path)
+        wait_for(online, 180, what="the second studio's worker")
+        assert len(_workers_on(data_dir)) == 1
+        blocked = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--no-migrate", "--lock-file",
+                                  str(data_dir / "worker.lock")], env=_child_env({"REMIX_DATA_DIR": str(data_dir)}),
+                                 capture_output=True, text=True, timeout=120)
+        assert blocked.returncode == 3 and "already holds" in blocked.stderr, blocked.stderr
+
+        def finished() -> dict | None:
+            run = httpx.get(f"{api}/runs/{run_id}").json()
+            return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+
+        run = wait_for(finished, 300, what="the resumed run to finish")
+        assert run["status"] == "succeeded" and run["steps_done"] == run["steps_total"] == 12, run
+        assert run["job"]["attempt"] == 2 and run["job"]["resumed_from_step"] >= 2, run["job"]
+        series = httpx.get(f"{api}/runs/{run_id}/metrics", params={"keys": "critic/score/mean"}).json()["series"]
+        assert series[0]["total"] == 12 and series[0]["step"] == list(range(1, 13))  # each step once: none lost or twice
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for pid in _workers_on(data_dir):
+            os.kill(pid, signal.SIGKILL)

@@ -157,9 +157,9 @@ def test_the_launcher_dies_with_its_worker(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, subprocess, sys; from worker.ranks import _die_with_parent; me = os.getpid(); "
+    code = ("import os, signal, subprocess, sys; from studio.processes import die_with_parent; me = os.getpid(); "
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True, "
-            "preexec_fn=lambda: _die_with_parent(me)); print(p.pid, flush=True); p.wait()")
+            "preexec_fn=lambda: die_with_parent(signal.SIGKILL, me)); print(p.pid, flush=True); p.wait()")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     assert _alive(child)

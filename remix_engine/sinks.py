@@ -15,6 +15,11 @@ from typing import Any
 from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord
 
 
+class StopRequested(Exception):
+    """Raised inside a long phase (warm start, generation) when `Sink.should_abort` turned true: the
+    phase is abandoned and the run ends at its last checkpoint instead of finishing the phase."""
+
+
 class Sink:
     """Base sink: every hook is a no-op. Subclass and override what you need."""
 
@@ -31,7 +36,14 @@ class Sink:
     def on_end(self, summary: dict[str, Any]) -> None: ...
 
     def should_stop(self) -> bool:
-        """Polled between steps: True asks the trainer to checkpoint and stop (cooperative cancel)."""
+        """Polled between steps: True asks the trainer to checkpoint and stop (a cancel, or a worker
+        shutting down that re-queues the run)."""
+        return False
+
+    def should_abort(self) -> bool:
+        """Polled often during the long phases (every warm-start step, every generated token): True
+        when the work in progress may be thrown away (a cancel, unlike a shutdown); the phase then
+        raises StopRequested and the run ends at its last checkpoint. Keep it cheap."""
         return False
 
 
@@ -65,6 +77,9 @@ class MultiSink(Sink):
 
     def should_stop(self):
         return any(s.should_stop() for s in self.sinks)
+
+    def should_abort(self):
+        return any(s.should_abort() for s in self.sinks)
 
 
 class JsonlSink(Sink):

@@ -64,7 +64,7 @@ from remix_engine.reward.pool import GraderPool
 from remix_engine.rollout import RolloutResult, SamplingParams, make_backend
 from remix_engine.rollout.base import request_seeds
 from remix_engine.rollout.corr import rollout_corr_metrics
-from remix_engine.sinks import Sink
+from remix_engine.sinks import Sink, StopRequested
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.pt"
@@ -103,7 +103,14 @@ def train(cfg: RunConfig | None, output_dir: str | Path, sink: Sink | None = Non
         if not cfg_path.is_file():
             raise FileNotFoundError(f"no config.yaml in {output_dir}: nothing to resume")
         cfg = load_saved_config(cfg_path)
-    trainer = Trainer(cfg, output_dir, sink or Sink())
+    sink = sink or Sink()
+    try:
+        trainer = Trainer(cfg, output_dir, sink)
+    except StopRequested as exc:  # stopped during the warm start: nothing trained, nothing to keep
+        summary = {"status": "cancelled", "algorithm": cfg.algorithm, "steps": 0, COST_ROLLOUTS: 0, COST_TOKENS: 0,
+                   "reason": str(exc), "output_dir": str(output_dir), "checkpoint": None}
+        sink.on_end(summary)
+        return summary
     try:
         return trainer.run(resume=resume)
     finally:
@@ -137,7 +144,8 @@ class Trainer:
         # Rank 0 loads first, so a warm start is computed and cached once, not raced for.
         if not self.world.is_main:
             self.world.barrier()
-        self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed)
+        self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed,
+                                                 should_stop=self.sink.should_abort if self.world.is_main else None)
         if self.world.is_main:
             self.world.barrier()
         self.device = self.accelerator.device if self.accelerator is not None else torch.device(
@@ -186,6 +194,10 @@ class Trainer:
             "max_model_len": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
             "dtype": None if self.device.type == "cpu" else cfg.model.dtype}
         self.backend = make_backend(cfg.rollout.backend, self._generation_module(), self.tokenizer, **backend_kwargs)
+        if self.world.size == 1 and hasattr(self.backend, "should_stop"):
+            # One process: a cancel may also cut a long generation short (the step is then abandoned
+            # and the run ends at its last checkpoint). Several processes stop between steps.
+            self.backend.should_stop = self.sink.should_abort
         self.grader = GraderPool(processes=2, timeout_s=5.0)
 
     def close(self) -> None:
@@ -206,26 +218,34 @@ class Trainer:
         self.sink.on_start({"config": cfg.model_dump(mode="json"), "resumed_from": self.state.step if ckpt else None,
                             "data": self.data_report, "world_size": self.world.size,
                             "output_dir": str(self.out)})
-        if ckpt is None:
-            initial = self._evaluate()
-            initial.update(self._cost_metrics())
-            self.sink.on_step(0, initial)
-            self.initial_eval = initial
-
-        status = "completed"
+        status, abandoned = "completed", False
         last_eval: dict[str, float] = {}
-        while self.state.step < cfg.trainer.steps and not self._budget_spent():
+        if ckpt is None:
+            try:
+                initial = self._evaluate()
+            except StopRequested:
+                status, abandoned = "cancelled", True
+            else:
+                initial.update(self._cost_metrics())
+                self.sink.on_step(0, initial)
+                self.initial_eval = initial
+
+        while not abandoned and self.state.step < cfg.trainer.steps and not self._budget_spent():
             if self.world.broadcast(self.sink.should_stop()):  # rank 0 decides, every rank stops at this step
                 status = "cancelled"
                 break
             t = self.state.step + 1
             started = time.perf_counter()
-            metrics = self._train_step(t)
+            try:
+                metrics = self._train_step(t)
+                last_step = t == cfg.trainer.steps or self._budget_spent()
+                if t % cfg.trainer.eval_every == 0 or last_step:
+                    last_eval = self._evaluate()
+                    metrics.update(last_eval)
+            except StopRequested:  # mid-step: its state is half-updated, so the last checkpoint stays the end
+                status, abandoned = "cancelled", True
+                break
             self.state.step = t
-            last_step = t == cfg.trainer.steps or self._budget_spent()
-            if t % cfg.trainer.eval_every == 0 or last_step:
-                last_eval = self._evaluate()
-                metrics.update(last_eval)
             self.state.elapsed_s += time.perf_counter() - started
             metrics["timing_s/step"] = time.perf_counter() - started
             metrics[ELAPSED_S] = self.state.elapsed_s
@@ -235,7 +255,7 @@ class Trainer:
                 self._save_checkpoint()
             self._finish_checkpoint(wait=False)
         self._finish_checkpoint(wait=True)
-        if status == "cancelled" and self._checkpointed_step != self.state.step:
+        if status == "cancelled" and not abandoned and self._checkpointed_step != self.state.step:
             self._save_checkpoint()
             self._finish_checkpoint(wait=True)
 

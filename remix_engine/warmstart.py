@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from remix_engine import toy
+from remix_engine.sinks import StopRequested
 
 logger = logging.getLogger(__name__)
 
@@ -190,10 +191,12 @@ def cached_entry(model, tokenizer, cfg, seed: int) -> Path:
     return cache_root(cfg) / cache_key(model, tokenizer, cfg, seed)
 
 
-def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] | None = logger.info):
+def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] | None = logger.info,
+               should_stop: Callable[[], bool] | None = None):
     """Fine-tune `model` on toy demonstrations per `cfg` (WarmStartConfig), or load the cached result.
 
     Returns the same model object, in eval mode. ``cfg.steps == 0`` returns it untouched.
+    `should_stop` is polled every step: when true, `StopRequested` is raised and nothing is cached.
     """
     if cfg.steps == 0:
         return model
@@ -210,8 +213,13 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
             log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name}); "
                 "runs once per seed, later runs load it from the cache")
         with _progress(cfg.steps, log) as report:
+            def step_done(step: int, loss: float) -> None:
+                report(step, loss)
+                if should_stop is not None and should_stop():
+                    raise StopRequested(f"stopped during the warm start (step {step} of {cfg.steps})")
+
             stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
-                                             lr=cfg.lr, seed=seed, callback=report)
+                                             lr=cfg.lr, seed=seed, callback=step_done)
         tail = stats["loss"][-20:]
         _store(model, entry, {
             "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,

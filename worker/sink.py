@@ -74,6 +74,7 @@ class SinkError(RuntimeError):
 class SqlSink(Sink):
     def __init__(self, run_id: int, *, engine: Engine | None = None, job_id: int | None = None,
                  attempt: int | None = None, should_stop: Callable[[], bool] | None = None,
+                 should_abort: Callable[[], bool] | None = None,
                  on_progress: Callable[[int, dict[str, float]], None] | None = None,
                  batch_rows: int = 5000, max_queue: int = 512):
         self.run_id = run_id
@@ -81,6 +82,7 @@ class SqlSink(Sink):
         self.job_id = job_id
         self.attempt = attempt
         self._should_stop = should_stop
+        self._should_abort = should_abort
         self._on_progress = on_progress
         self.batch_rows = batch_rows
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -126,6 +128,9 @@ class SqlSink(Sink):
         if self.fenced:
             return True
         return bool(self._should_stop and self._should_stop())
+
+    def should_abort(self) -> bool:
+        return self.fenced or bool(self._should_abort and self._should_abort())
 
     # ----------------------------------------------------------------------------- control
     def flush(self, timeout: float | None = None) -> None:

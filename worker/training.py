@@ -113,6 +113,7 @@ def run_training(ctx: JobContext) -> Outcome:
         if cfg.resources.gpus > 1:  # a child process group, see worker/ranks.py
             return supervise(ctx, cfg, out_dir, resume_step, progress)
         sink = SqlSink(run_id, job_id=job_id, attempt=attempt, should_stop=lambda: ctx.heartbeat.should_stop,
+                       should_abort=lambda: ctx.heartbeat.cancel_requested or ctx.heartbeat.lost,
                        on_progress=progress, batch_rows=settings.sink_batch_rows)
         summary = train(cfg, out_dir, sink=sink, resume=True)
     except BaseException as exc:  # noqa: BLE001 (recorded in SQL; KeyboardInterrupt/SystemExit re-raised below)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
 from remix_engine.rollout.base import RolloutResult, SamplingParams
+from remix_engine.sinks import StopRequested
 
 # Above this many logit values per chunk we do not keep generate's logits; we recompute the
 # log-probs with one teacher-forced forward pass instead (real vocabularies are ~150k wide).
@@ -50,6 +52,9 @@ class HFRolloutBackend:
 
     def __init__(self, model: torch.nn.Module, tokenizer, chunk_size: int = 256):
         self.model = model
+        # Polled after every generated token (set by the trainer to its sink's should_stop): a
+        # cancel then interrupts even one very long generation, raising StopRequested.
+        self.should_stop: Callable[[], bool] | None = None
         self.tokenizer = tokenizer
         self.chunk_size = chunk_size
         eos = tokenizer.eos_token_id
@@ -104,6 +109,7 @@ class HFRolloutBackend:
             top_k=0 if sample_globally else None,
             logits_processor=([SeededGumbelSampler(seeds, params.temperature, params.top_p, device)]
                               if seeds is not None else None),
+            stopping_criteria=[_RaiseOnStop(self.should_stop)] if self.should_stop is not None else None,
             max_new_tokens=params.max_new_tokens,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
@@ -124,6 +130,18 @@ class HFRolloutBackend:
             out.logprobs.append(token_lp[i, : len(resp)].tolist() if token_lp is not None else [])
         if token_lp is None:
             _fill_logprobs_by_forward(self.model, prompts, out, temp, self.pad_id)
+
+
+class _RaiseOnStop:
+    """A stopping criterion that aborts `generate` by raising when a stop was requested."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.should_stop():
+            raise StopRequested("stopped during generation")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class SeededGumbelSampler:

@@ -407,3 +407,16 @@ def test_oversized_bodies_are_refused(deployment: Deployment) -> None:
     r = c.post("/runs", content=chunks(), headers={**h, "content-type": "application/json"})
     assert r.status_code == 413, r.text
     assert c.get("/runs").json()["count"] == before
+
+
+def test_cancel_is_honoured_during_the_warm_start(deployment: Deployment) -> None:
+    """A warm start of thousands of steps (minutes) ends within seconds of a cancel: it is checked
+    every warm-start step, nothing is cached, and the run ends cancelled with no step."""
+    c, h = deployment.client, deployment.write_headers
+    run = deployment.submit(fast_config(5, **{"warm_start.steps": 20000, "warm_start.batch_size": 4}))
+    rid = run["id"]
+    deployment.wait_progress(rid, lambda r: r["status"] == "running", what="the warm start to begin")
+    r = c.post(f"/runs/{rid}/cancel", headers=h)
+    assert r.status_code == 202, r.text
+    done = deployment.wait_status(rid, ("cancelled",), timeout=60)
+    assert done["steps_done"] == 0 and done["job"]["status"] == "cancelled"

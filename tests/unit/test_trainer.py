@@ -192,3 +192,34 @@ def test_over_long_prompts_are_dropped_at_load_time_and_reported(tmp_path):
     assert trained and "long" not in trained  # 2 steps x 4 prompts cover all 8 kept problems
     with pytest.raises(ValueError, match=r"no problem in .* fits data.max_prompt_tokens=5 \(9 too long\)"):
         _run(tmp_path, "none", "grpo", {**overrides, "data.max_prompt_tokens": 5}, steps=1)
+
+
+class _AbortAfter(Sink):
+    """Asks to abort (a cancel) once `steps` steps have been emitted."""
+
+    def __init__(self, steps: int):
+        self.steps, self.seen = steps, []
+
+    def on_step(self, step, metrics):
+        self.seen.append(step)
+
+    def should_abort(self):
+        return len(self.seen) > self.steps
+
+
+def test_a_cancel_cuts_a_generation_short_and_keeps_the_last_checkpoint(tmp_path):
+    """should_abort is polled during generation: the step in flight is abandoned (no half-step
+    checkpoint) and the run ends cancelled at its last checkpoint."""
+    cfg = build_config("toy", "remix-grpo", overrides=TINY, steps=6)
+    sink = _AbortAfter(steps=2)  # step 0 (initial eval), 1 and 2 emitted, then step 3's generation aborts
+    summary = train(cfg, tmp_path / "run", sink)
+    assert summary["status"] == "cancelled" and summary["steps"] == 2 and sink.seen == [0, 1, 2]
+    assert latest_checkpoint(tmp_path / "run").name == "step_000002"
+
+
+def test_a_cancel_during_the_warm_start_stops_it_and_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("REMIX_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = build_config("toy", "grpo", overrides={**TINY, "warm_start.steps": 10_000}, steps=2)
+    summary = train(cfg, tmp_path / "run", _AbortAfter(steps=-1))
+    assert summary["status"] == "cancelled" and summary["steps"] == 0 and "warm start" in summary["reason"]
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))

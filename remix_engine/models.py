@@ -282,7 +282,7 @@ def load_pretrained(
     return model, _prepare_tokenizer(tokenizer)
 
 
-def load_policy(model_cfg, warm_cfg, seed: int, should_stop=None) -> tuple[torch.nn.Module, Any]:
+def load_policy(model_cfg, warm_cfg, seed: int, should_stop=None, log=None) -> tuple[torch.nn.Module, Any]:
     """The policy to fine-tune and its tokenizer.
 
     ``model_cfg.name_or_path == "toy"``: toy tokenizer + toy model (init seed `seed`) + the
@@ -298,7 +298,8 @@ def load_policy(model_cfg, warm_cfg, seed: int, should_stop=None) -> tuple[torch
 
         tokenizer = build_toy_tokenizer()
         model = build_toy_model(tokenizer, seed)
-        model = warm_start(model, tokenizer, warm_cfg, seed, should_stop=should_stop)
+        model = warm_start(model, tokenizer, warm_cfg, seed, should_stop=should_stop,
+                           **({"log": log} if log is not None else {}))
         return model, tokenizer
     model, tokenizer = load_pretrained(
         model_cfg.name_or_path, "float32", trust_remote_code=model_cfg.trust_remote_code

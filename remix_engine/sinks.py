@@ -35,6 +35,9 @@ class Sink:
 
     def on_end(self, summary: dict[str, Any]) -> None: ...
 
+    def on_phase(self, phase: str | None) -> None:
+        """What the trainer does outside its steps (a warm-start progress line), None once it trains."""
+
     def should_stop(self) -> bool:
         """Polled between steps: True asks the trainer to checkpoint and stop (a cancel, or a worker
         shutting down that re-queues the run)."""
@@ -74,6 +77,10 @@ class MultiSink(Sink):
     def on_end(self, summary):
         for s in self.sinks:
             s.on_end(summary)
+
+    def on_phase(self, phase):
+        for s in self.sinks:
+            s.on_phase(phase)
 
     def should_stop(self):
         return any(s.should_stop() for s in self.sinks)

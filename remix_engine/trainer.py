@@ -14,6 +14,7 @@ import contextlib
 import copy
 import functools
 import json
+import logging
 import math
 import random
 import shutil
@@ -65,6 +66,8 @@ from remix_engine.rollout import RolloutResult, SamplingParams, make_backend
 from remix_engine.rollout.base import request_seeds
 from remix_engine.rollout.corr import rollout_corr_metrics
 from remix_engine.sinks import Sink, StopRequested
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.pt"
@@ -145,9 +148,11 @@ class Trainer:
         if not self.world.is_main:
             self.world.barrier()
         self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed,
-                                                 should_stop=self.sink.should_abort if self.world.is_main else None)
+                                                 should_stop=self.sink.should_abort if self.world.is_main else None,
+                                                 log=self._report_phase)
         if self.world.is_main:
             self.world.barrier()
+            self.sink.on_phase(None)
         self.device = self.accelerator.device if self.accelerator is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         # The warm start may come from cache (no RNG used) or be computed: reseed so both agree.
@@ -206,6 +211,11 @@ class Trainer:
         self.backend.close()
         if self.accelerator is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+    def _report_phase(self, line: str) -> None:
+        """A progress line of a phase outside the steps (the warm start): logged and sent to the sink."""
+        logger.info(line)
+        self.sink.on_phase(line)
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> dict:

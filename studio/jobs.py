@@ -173,7 +173,7 @@ def claim(job_id: int, token: str, worker: str) -> Claim | None:
                 .where(Job.id == job_id, Job.dispatch_token == token, Job.cancel_requested.is_(False),
                        Job.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value]))
                 # celery_task_id too: the message may be claimed before dispatch() marked it queued
-                .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, worker=worker, celery_task_id=token,
+                .values(status=JobStatus.RUNNING.value, attempt=Job.attempt + 1, phase=None, worker=worker, celery_task_id=token,
                         started_at=func.coalesce(Job.started_at, now), heartbeat_at=now, error=None)
             )
             job = s.get(Job, job_id)
@@ -231,6 +231,18 @@ def record_checkpoint(conn: Connection | Session, job_id: int | None, step: int)
     """Inside the caller's transaction, with the checkpoint's row: the newest checkpoint step."""
     if job_id is not None:
         conn.execute(_upd(Job).where(Job.id == job_id).values(last_checkpoint_step=step))
+
+
+def set_phase(job_id: int, attempt: int, phase: str | None) -> None:
+    """What a running attempt is doing outside its steps (e.g. 'warm start: step 210/700, about
+    200 s left'), shown on the run page; None when it is training. Fenced like every attempt write."""
+
+    def _set() -> None:
+        with session_scope() as s:
+            s.execute(_upd(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING.value)
+                      .values(phase=phase[:255] if phase else None))
+
+    retrying(_set)
 
 
 def mark_resumed(job_id: int, step: int | None) -> None:

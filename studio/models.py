@@ -129,6 +129,8 @@ class Job(SQLModel, table=True):
     progress_total: int = Field(default=0)
     resumed_from_step: int | None = Field(default=None)
     last_checkpoint_step: int | None = Field(default=None)
+    # What a running attempt does outside its training steps (the warm start, with its ETA).
+    phase: str | None = Field(default=None, max_length=255)
     error: str | None = Field(default=None, sa_type=Text)
     params: dict = Field(default_factory=dict, sa_type=JsonType)
     # The Idempotency-Key of the POST that created the job and the sha256 of its body: a retry

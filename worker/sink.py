@@ -129,6 +129,10 @@ class SqlSink(Sink):
             return True
         return bool(self._should_stop and self._should_stop())
 
+    def on_phase(self, phase: str | None) -> None:
+        if self.job_id is not None and self.attempt is not None:
+            jobs.set_phase(self.job_id, self.attempt, phase)
+
     def should_abort(self) -> bool:
         return self.fenced or bool(self._should_abort and self._should_abort())
 

@@ -40,6 +40,8 @@ class JobOut(BaseModel):
     progress_total: int
     resumed_from_step: int | None
     last_checkpoint_step: int | None
+    phase: str | None = Field(None, description="what a running attempt does outside its steps (the warm start, "
+                                                "with its ETA); null while it trains")
     error: str | None
     celery_task_id: str | None
     created_at: datetime
@@ -54,7 +56,8 @@ class JobOut(BaseModel):
             id=job.id, run_id=job.run_id, kind=job.kind, status=job.status, attempt=job.attempt,
             lost_attempts=job.lost_attempts, max_attempts=job.max_attempts, queue=job.queue, worker=job.worker, cancel_requested=job.cancel_requested,
             progress_step=job.progress_step, progress_total=job.progress_total,
-            resumed_from_step=job.resumed_from_step, last_checkpoint_step=job.last_checkpoint_step, error=job.error,
+            resumed_from_step=job.resumed_from_step, last_checkpoint_step=job.last_checkpoint_step, phase=job.phase,
+            error=job.error,
             celery_task_id=job.celery_task_id, created_at=as_utc(job.created_at), queued_at=as_utc(job.queued_at),
             started_at=as_utc(job.started_at), heartbeat_at=as_utc(job.heartbeat_at),
             finished_at=as_utc(job.finished_at))

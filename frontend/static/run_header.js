@@ -58,7 +58,10 @@ export function renderRunHeader(run, activeTab, { onChange } = {}) {
     h("div", { class: "page-head" },
       h("div", {},
         h("div", { class: "run-title" }, h("h1", {}, run.name), statusBadge(run.status, run.cancel_requested),
-          h("div", { style: { width: "180px" } }, progressBar(run.steps_done, run.steps_total))),
+          h("div", { style: { width: "180px" } }, progressBar(run.steps_done, run.steps_total)),
+          // what the job does before its first step (the toy's warm start and its ETA)
+          run.status === "running" && run.job?.phase
+            ? h("span", { class: "small muted", id: "run-phase", role: "status" }, run.job.phase) : null),
         meta),
       actions),
     h("nav", { class: "tabs", "aria-label": "Run views" },

@@ -410,12 +410,14 @@ def test_oversized_bodies_are_refused(deployment: Deployment) -> None:
 
 
 def test_cancel_is_honoured_during_the_warm_start(deployment: Deployment) -> None:
-    """A warm start of thousands of steps (minutes) ends within seconds of a cancel: it is checked
-    every warm-start step, nothing is cached, and the run ends cancelled with no step."""
+    """A warm start of thousands of steps (minutes) shows as the job's phase and ends within seconds
+    of a cancel: it is checked every warm-start step, nothing is cached, the run ends cancelled."""
     c, h = deployment.client, deployment.write_headers
     run = deployment.submit(fast_config(5, **{"warm_start.steps": 20000, "warm_start.batch_size": 4}))
     rid = run["id"]
-    deployment.wait_progress(rid, lambda r: r["status"] == "running", what="the warm start to begin")
+    running = deployment.wait_progress(rid, lambda r: r["status"] == "running" and (r["job"]["phase"] or "")
+                                       .startswith("warm start"), what="the warm start to begin")
+    assert "20000 steps" in running["job"]["phase"]  # the run page shows what the job is doing
     r = c.post(f"/runs/{rid}/cancel", headers=h)
     assert r.status_code == 202, r.text
     done = deployment.wait_status(rid, ("cancelled",), timeout=60)

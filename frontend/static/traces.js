@@ -5,6 +5,7 @@
 // Filters and the open rollout live in the query string, so every view can be linked.
 
 import * as api from "./api.js";
+import { fractionText } from "./charts.js";
 import { loadRunOrExplain, renderRunHeader } from "./run_header.js";
 import {
   $, ACTIVE, debounce, emptyState, errorState, h, initChrome, itemId, loadingState, num, replace,
@@ -168,7 +169,7 @@ function renderList() {
     h("td", { class: "mono small" }, r.extracted ?? h("span", { class: "muted" }, "∅"), h("span", { class: "muted" }, ` / ${r.reference ?? "?"}`)),
     h("td", { class: "num" }, r.length),
     h("td", { class: "num" }, r.reuse_count),
-    h("td", {}, h("div", { class: "preview", title: r.response_preview || "" }, r.response_preview || ""))))));
+    h("td", { class: "col-preview" }, h("div", { class: "preview", title: r.response_preview || "" }, r.response_preview || ""))))));
   const more = state.cursor ? h("div", { class: "state-actions", style: { padding: "10px" } },
     h("button", { type: "button", class: "btn", id: "trace-more", onclick: () => loadList({ append: true }) }, "Load more")) : null;
   replace(box, table, more);
@@ -253,7 +254,7 @@ function lineage(r) {
   for (const u of uses) {
     items.push(h("li", {},
       u.age === 0 ? "consumed fresh" : `replayed (age ${u.age})`, " at step ", h("strong", {}, u.step), ": ratio ",
-      h("strong", {}, fmtOrDash(u.ratio_mean, 4)), ` (max ${fmtOrDash(u.ratio_max, 4)}), clipped ${u.clipfrac === null ? "—" : `${(u.clipfrac * 100).toFixed(1)}%`}`,
+      h("strong", {}, fmtOrDash(u.ratio_mean, 4)), ` (max ${fmtOrDash(u.ratio_max, 4)}), clipped ${u.clipfrac === null ? "—" : fractionText(u.clipfrac)}`,
       u.kl_to_behavior !== null ? `, KL to behaviour ${fmtOrDash(u.kl_to_behavior, 4)}` : ""));
   }
   if (!uses.length) items.push(h("li", {}, h("span", { class: "muted" }, "not consumed by a training step yet")));

@@ -457,7 +457,7 @@ def test_trace_list_and_group_statistics(page, studio, stats_run, screenshot):
     # the response preview is readable at 1,400 px: a wide column, inside the list (no clipping)
     geo = page.evaluate("""() => {
         const th = [...document.querySelectorAll('#trace-table thead th')].at(-1);
-        const cell = document.querySelector('#trace-table tbody td.col-preview');
+        const cell = document.querySelector('#trace-table tbody tr td:last-child');
         const list = document.querySelector('.trace-list');
         return { th: th.textContent, width: cell.getBoundingClientRect().width, right: cell.getBoundingClientRect().right,
                  listRight: list.getBoundingClientRect().right, scroll: list.scrollWidth - list.clientWidth,
@@ -490,3 +490,32 @@ def test_trace_list_and_group_statistics(page, studio, stats_run, screenshot):
     if sorted(i["reward"] for i in group["items"]) == sorted(STATS_GROUP):
         assert (group["mean"], group["std"]) == (0.25, 0.5)
     screenshot(page, "traces-statistics")
+
+
+def test_leaderboard_scatter_names_every_point_and_shows_sizes(page, studio, screenshot):
+    table = studio.api.get("/leaderboard", params={"size": "all", "mode": "greedy", "source": "all"}).json()
+    plotted = [r for r in table["rows"] if r["average"] is not None and (r["cost_rollouts"] or 0) > 0]
+    assert len(plotted) >= 10, "the studio ships the paper's published rows"
+    page.goto("/leaderboard")
+    page.wait_for_selector("#lb-chart .plot")
+    page.wait_for_selector("#lb-table tbody tr")
+    traces = page.evaluate("document.querySelector('#lb-chart .plot').data.map(t => ({ name: t.name, meta: t.meta,"
+                           " text: t.text, size: t.marker.size, symbol: t.marker.symbol, x: t.x }))")
+    # every point carries its model's name
+    labels = [label for t in traces for label in t["text"]]
+    assert sorted(labels) == sorted(r["model"] for r in plotted) and all(labels)
+    drawn = page.evaluate("[...document.querySelectorAll('#lb-chart .textpoint text')].map(e => e.textContent).filter(Boolean)")
+    assert sorted(drawn) == sorted(r["model"] for r in plotted), drawn
+    # one legend entry per model size (and source); a bigger model gets a bigger marker and its own shape
+    by_size = {t["meta"]: t for t in traces}
+    if {"1.5B", "7B"} <= set(by_size):
+        assert by_size["7B"]["size"] > by_size["1.5B"]["size"]
+        shapes = lambda t: {s for s in t["symbol"] if s != "triangle-right"}  # noqa: E731 (▷ = lower bound)
+        assert shapes(by_size["7B"]).isdisjoint(shapes(by_size["1.5B"]))
+        assert any("1.5B" in t["name"] for t in traces) and any("7B" in t["name"] for t in traces)
+    # the source is named once (under the table), not repeated and cut off on every row
+    refs = {r["reference"] for r in table["rows"] if r["source"] == "published" and r["reference"]}
+    text = page.text_content("#lb-table")
+    for ref in refs:
+        assert text.count(ref) == 0 and ref in page.text_content("#lb-sources")
+    screenshot(page, "leaderboard")

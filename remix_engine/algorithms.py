@@ -27,6 +27,8 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import Tensor
 
+from remix_engine.group_stats import GRPO_EPS, STD_DDOF
+
 __all__ = [
     "AGG_MODES",
     "KL_KINDS",
@@ -209,7 +211,7 @@ def _group_stats(rewards: Tensor, group_ids: Tensor | Sequence[Hashable]) -> dic
     total = zeros.index_add(0, idx, r)
     mean = total / count
     sq = zeros.index_add(0, idx, (r - mean[idx]) ** 2)
-    std = torch.sqrt(sq / (count - 1).clamp_min(1))
+    std = torch.sqrt(sq / (count - STD_DDOF).clamp_min(1))  # the sample std (group_stats.py defines it)
     gmax = zeros.scatter_reduce(0, idx, r, reduce="amax", include_self=False)
     gmin = zeros.scatter_reduce(0, idx, r, reduce="amin", include_self=False)
     degenerate = (count < 2) | (gmax == gmin)
@@ -226,12 +228,12 @@ def _group_stats(rewards: Tensor, group_ids: Tensor | Sequence[Hashable]) -> dic
 def grpo_advantages(
     rewards: Tensor,
     group_ids: Tensor | Sequence[Hashable],
-    eps: float = 1e-6,
+    eps: float = GRPO_EPS,
     norm_by_std: bool = True,
 ) -> Tensor:
     """GRPO outcome advantage per sample [B]:
 
-        A_j = (r_j − mean_g) / (std_g + eps)      (std_g the UNBIASED std of the group)
+        A_j = (r_j − mean_g) / (std_g + eps)      (std_g the UNBIASED std of the group; eps = 1e-6)
         A_j = r_j − mean_g                        (norm_by_std=False, Dr. GRPO)
 
     A group of size 1, or whose rewards are all equal, gets A = 0 for every member (exactly).

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -23,6 +22,7 @@ from backend.api.schemas import (
     RolloutUseOut,
 )
 from backend.auth import require_read
+from remix_engine.group_stats import DEGENERATE_NOTE, FORMULAS, GRPO_EPS, group_stats
 from studio import queries
 from studio.models import Rollout, RolloutText, RolloutUse
 
@@ -146,7 +146,7 @@ def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
 @router.get("/runs/{run_id}/groups/{group_id}", response_model=GroupOut,
             summary="A GRPO group: every response to one prompt at one step, side by side")
 def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
-    get_run_or_404(session, run_id)
+    run = get_run_or_404(session, run_id)
     rows = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
                            .where(Rollout.run_id == run_id, Rollout.group_id == group_id)
                            .order_by(Rollout.uid)).all()
@@ -154,14 +154,18 @@ def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
         raise HTTPException(404, detail=f"group {group_id!r} not found in run {run_id}")
     uses = _uses_of(session, [r.id for r, _ in rows])
     rollouts = [RolloutDetail(**_rollout_out(r, t, full_text=True, preview=False), uses=uses[r.id]) for r, t in rows]
-    rewards = [r.reward for r, _ in rows if r.reward is not None]
-    mean = sum(rewards) / len(rewards) if rewards else None
-    std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards)) if rewards else None
+    stats = group_stats([r.reward for r, _ in rows if r.reward is not None])
+    kind = ((run.config or {}).get("actor") or {}).get("advantage")
+    formula = FORMULAS.get(kind, "")
+    if kind in ("grpo", "drgrpo", "rloo"):
+        formula += f"; {DEGENERATE_NOTE}"
     first, first_text = rows[0]
     return GroupOut(run_id=run_id, group_id=group_id, step=first.step, policy_version=first.policy_version,
                     prompt_id=first.prompt_id, prompt=first_text.prompt if first_text else "",
                     reference=first.reference, size=len(rows), correct=sum(1 for r, _ in rows if r.correct),
-                    reward_mean=mean, reward_std=std, zero_variance=len(set(rewards)) <= 1, rollouts=rollouts)
+                    reward_mean=stats.mean, reward_std=stats.std, zero_variance=stats.degenerate,
+                    advantage_kind=kind, advantage_eps=GRPO_EPS if kind == "grpo" else None,
+                    advantage_formula=formula, rollouts=rollouts)
 
 
 @router.get("/runs/{run_id}/offpolicy", response_model=OffPolicyOut,

@@ -207,9 +207,14 @@ class GroupOut(BaseModel):
     reference: str | None
     size: int
     correct: int
-    reward_mean: float | None
-    reward_std: float | None
+    reward_mean: float | None = Field(description="mean reward of the group (remix_engine/group_stats.py)")
+    reward_std: float | None = Field(
+        description="sample std of the group's rewards (divides by n − 1), the std the GRPO advantage divides by")
     zero_variance: bool = Field(description="all rewards equal: the group gives no GRPO gradient")
+    advantage_kind: str | None = Field(
+        None, description="the run's actor.advantage estimator: grpo, drgrpo, rloo or gae (critic)")
+    advantage_eps: float | None = Field(None, description="epsilon added to the std in the GRPO denominator")
+    advantage_formula: str = Field("", description="how each response's advantage follows from its reward, in words")
     rollouts: list[RolloutDetail]
 
 

@@ -167,9 +167,56 @@ export function cornerNote(text, color = REINCARNATION_COLOR) {
            showarrow: false, font: { size: 10, color } };
 }
 
+// ------------------------------------------------------------------------------------ fractions
+// A fraction axis (clip fraction, accuracy, reuse share) follows its data: it starts at 0 and ends a
+// little above the largest value, so 4e-4 is not a flat line on a 0–100% axis. Ticks and labels are
+// percentages with significant digits ("~" drops trailing zeros), so 0.01% and 0.02% stay distinct.
+export const FRACTION_FLOOR = 0.01; // the top of the axis when every value is 0: 0–1%
+export const FRACTION_TICKS = ".3~p";
+const FRACTION_TICKS_TINY = ".2~e"; // below 1e-6 (0.0001%) percentages get unreadable
+
+/** {range, tickformat, hoverformat} of a y axis showing these fractions (`pad`: headroom above the max). */
+export function fractionAxis(values, pad = 0.15) {
+  const ys = values.filter((v) => Number.isFinite(v));
+  const lo = Math.min(0, ...ys);
+  const hi = Math.max(0, ...ys);
+  let top = hi > 0 ? hi * (1 + pad) : FRACTION_FLOOR;
+  if (hi <= 1 && top > 1) top = Math.max(1 + pad / 3, hi); // 100% reached: no empty band up to 115%
+  const bottom = lo < 0 ? lo * (1 + pad) : 0;
+  const format = top - bottom < 1e-6 ? FRACTION_TICKS_TINY : FRACTION_TICKS;
+  return { range: [bottom, top], tickformat: format, hoverformat: format };
+}
+
+/** A fraction as a label with two significant digits: 0.0004 → "0.04%", 0.123 → "12.3%", 0 → "0%". */
+export function fractionText(v) {
+  if (v === null || v === undefined || !Number.isFinite(v)) return "";
+  if (v === 0) return "0%";
+  const p = v * 100;
+  if (Math.abs(p) >= 1) return `${p.toFixed(1)}%`;
+  if (Math.abs(p) >= 1e-4) return `${Number(p.toPrecision(2))}%`;
+  return v.toExponential(1);
+}
+
+// Several series in one chart differ by more than colour: dash style and marker symbol per series.
+export const DASHES = ["solid", "dash", "dot", "dashdot"];
+export const SYMBOLS = ["circle", "square", "diamond", "triangle-up"];
+
+/** Index pairs [i, j] (i < j) of series that are drawn on top of each other (same x, same y). */
+export function coincidingSeries(series) {
+  const pairs = [];
+  const same = (a, b) => a.x.length === b.x.length && a.x.every((x, k) => x === b.x[k]) &&
+    a.y.every((y, k) => y === b.y[k] || (Number.isFinite(y) && Math.abs(y - b.y[k]) <= 1e-9 * Math.max(1, Math.abs(y))));
+  for (let i = 0; i < series.length; i += 1) {
+    for (let j = i + 1; j < series.length; j += 1) if (same(series[i], series[j])) pairs.push([i, j]);
+  }
+  return pairs;
+}
+
 /**
  * Line chart of several series. series: [{name, x, y, color, dash}]. Returns the number of points drawn.
- * With smoothing > 0 the raw series stays visible as a faint line under the smoothed one.
+ * With smoothing > 0 the raw series stays visible as a faint line under the smoothed one. Each series
+ * gets its own dash style and marker; a series that coincides with an earlier one says so in the
+ * legend ("… = other"), since it hides it exactly.
  */
 export function drawLines(container, series, { xTitle = "", format = null, markers = [], smoothing = 0,
                                                 empty = "No data yet.", height = 260, legend = null } = {}) {
@@ -178,9 +225,13 @@ export function drawLines(container, series, { xTitle = "", format = null, marke
     drawEmpty(container, empty);
     return 0;
   }
+  const yHover = format === "pct" ? FRACTION_TICKS : ".4g";
   const traces = [];
+  const twins = new Map(coincidingSeries(withData).map(([i, j]) => [j, withData[i].name]));
   withData.forEach((s, i) => {
     const color = s.color || PALETTE[i % PALETTE.length];
+    const dash = s.dash || DASHES[i % DASHES.length];
+    const name = twins.has(i) ? `${s.name} (= ${twins.get(i)})` : s.name;
     const few = s.x.length <= 40;
     const smoothed = smoothing > 0 && s.x.length > 2;
     if (smoothed) {
@@ -188,36 +239,38 @@ export function drawLines(container, series, { xTitle = "", format = null, marke
                     hoverinfo: "skip", line: { color, width: 1 }, opacity: 0.25 });
     }
     traces.push({
-      type: "scatter", mode: few ? "lines+markers" : "lines", name: s.name, x: s.x,
-      y: smoothed ? smooth(s.y, smoothing) : s.y, line: { color, width: 2, dash: s.dash || "solid" },
-      marker: { size: 5, color }, customdata: s.step, meta: s.key,
-      hovertemplate: s.step ? "%{y:.4g} <span style='color:#6b7280'>(step %{customdata})</span><extra>%{fullData.name}</extra>"
-        : "%{y:.4g}<extra>%{fullData.name}</extra>",
+      type: "scatter", mode: few ? "lines+markers" : "lines", name, x: s.x,
+      y: smoothed ? smooth(s.y, smoothing) : s.y, line: { color, width: twins.has(i) ? 1.5 : 2, dash },
+      marker: { size: twins.has(i) ? 7 : 5, color, symbol: SYMBOLS[i % SYMBOLS.length] }, customdata: s.step, meta: s.key,
+      hovertemplate: `%{y:${yHover}}` + (s.step ? " <span style='color:#6b7280'>(step %{customdata})</span>" : "") +
+        "<extra>%{fullData.name}</extra>",
     });
   });
   const { shapes, annotations } = markerShapes(markers);
-  // A (nearly) constant series — e.g. an importance ratio of 1 ± 1e-7 — gets a readable y range
-  // instead of ticks at the limit of float precision.
   const ys = traces.flatMap((t) => t.y).filter((v) => Number.isFinite(v));
-  let yRange;
-  if (ys.length) {
+  let yaxis = { ...baseLayout().yaxis, autorange: true, exponentformat: "e" };
+  if (format === "pct") {
+    // fractions: from 0 to just above the largest value, with enough digits for tiny values
+    const axis = fractionAxis(ys);
+    yaxis = { ...yaxis, autorange: false, range: axis.range, tickformat: axis.tickformat };
+  } else if (ys.length) {
+    // A (nearly) constant series — e.g. an importance ratio of 1 ± 1e-7 — gets a readable y range
+    // instead of ticks at the limit of float precision. "Nearly" is relative to the values, so a KL
+    // that varies between 1e-4 and 5e-4 keeps its own range.
     const lo = Math.min(...ys);
     const hi = Math.max(...ys);
-    const minSpan = 0.02 * Math.max(1, Math.abs(hi), Math.abs(lo));
+    const scale = Math.max(Math.abs(hi), Math.abs(lo));
+    const minSpan = scale > 0 ? 0.02 * scale : 0.02;
     if (hi - lo < minSpan) {
       const mid = (hi + lo) / 2;
-      yRange = format === "pct" && lo >= 0 ? [Math.max(0, mid - minSpan), Math.max(0, mid - minSpan) + 2 * minSpan]
-        : [mid - minSpan, mid + minSpan];
-      if (format === "pct" && hi <= 0.01) yRange = [0, 1];
+      yaxis = { ...yaxis, autorange: false, range: [mid - minSpan, mid + minSpan] };
     }
   }
   const layout = baseLayout({
     height,
     shapes, annotations,
     xaxis: { ...baseLayout().xaxis, title: { text: xTitle, standoff: 6 } },
-    yaxis: { ...baseLayout().yaxis, tickformat: format === "pct" ? ".0%" : undefined,
-             rangemode: format === "pct" ? "nonnegative" : "normal", range: yRange,
-             autorange: yRange ? false : true },
+    yaxis,
     showlegend: legend ?? withData.length > 1,
   });
   draw(container, traces, layout);

@@ -60,9 +60,18 @@ function costCell(row) {
   return td;
 }
 
-function modelCell(row) {
+// Published rows name their source once, in the footer; with several sources a row carries its number.
+function sourceNumbers(rows) {
+  const refs = [...new Set(rows.filter((r) => r.source === "published" && r.reference).map((r) => r.reference))];
+  return new Map(refs.map((ref, i) => [ref, i + 1]));
+}
+
+function modelCell(row, sources) {
   const cell = h("td", { class: "col-name" }, h("span", { class: "model-name" }, row.model));
-  if (row.source === "published" && row.reference) cell.append(h("span", { class: "ref muted small", title: row.reference }, row.reference));
+  if (row.source === "published" && row.reference && sources.size > 1) {
+    cell.append(h("span", { class: "src-ref", title: row.reference, "data-source": sources.get(row.reference) },
+      `[${sources.get(row.reference)}]`));
+  }
   if (row.source === "measured") {
     const bits = [];
     if (row.run_id) bits.push(h("a", { href: `/runs/${row.run_id}` }, `run #${row.run_id}`));
@@ -90,6 +99,7 @@ function renderTable() {
   }
   const benches = table.benchmarks;
   const rows = sortedRows(table.rows);
+  const sources = sourceNumbers(rows);
   const best = {};
   for (const b of [...benches, "average"]) {
     const vals = rows.map((r) => (b === "average" ? r.average : r.scores[b])).filter((v) => v !== null && v !== undefined);
@@ -114,18 +124,74 @@ function renderTable() {
       avg.append(" ", h("span", { class: "lb-flag", title: `mean over the ${n} evaluated benchmark${n === 1 ? "" : "s"}, not the standard five` }, "‡"));
     }
     return h("tr", { class: `row-${r.source}`, "data-key": r.key },
-      modelCell(r), h("td", {}, h("span", { class: `badge src-${r.source}` }, r.source)), h("td", {}, r.size || "—"),
+      modelCell(r, sources), h("td", {}, h("span", { class: `badge src-${r.source}` }, r.source)), h("td", {}, r.size || "—"),
       cells, avg, costCell(r));
   }));
   replace(box, h("table", { class: "table table-compact lb-table" },
     h("caption", { class: "sr-only" }, `Leaderboard, ${MODE_NAMES[table.mode] || table.mode}, pass@1 in percent`), thead, tbody));
   const nPub = rows.filter((r) => r.source === "published").length;
-  const refs = table.sources.map((s) => `${s.dataset}: ${s.reference}`).join(" · ");
-  $("#lb-footer").textContent = `${rows.length} rows (${nPub} published, ${rows.length - nPub} measured). ` +
-    `Bold: best in column. † published average differs from the mean of its cells; ‡ measured on other benchmarks than the five. Sources — ${refs}`;
+  const refs = [...sources.keys()].map((ref) => (sources.size > 1 ? `[${sources.get(ref)}] ${ref}` : ref)).join(" · ");
+  replace($("#lb-footer"), `${rows.length} rows (${nPub} published, ${rows.length - nPub} measured). ` +
+    "Bold: best in column. † published average differs from the mean of its cells; ‡ measured on other benchmarks than the five.",
+  refs ? h("span", { id: "lb-sources" }, ` Published rows from: ${refs}.`) : null);
 }
 
 // ------------------------------------------------------------------------------------ chart
+const SOURCE_COLORS = { published: "#4f46e5", measured: "#ea580c" };
+const SIZE_SYMBOLS = ["circle", "square", "diamond", "cross", "star"];
+const LABEL_SPOTS = ["top center", "bottom center", "middle right", "middle left", "top right", "top left",
+                     "bottom right", "bottom left"];
+
+/** "1.5B" → 1.5, "7B" → 7, anything else → null. */
+function billions(size) {
+  const m = /^\s*([\d.]+)\s*B\s*$/i.exec(size || "");
+  return m ? Number(m[1]) : null;
+}
+
+/** Marker size by model size: a bigger model gets a bigger marker (1.5B → 9 px, 7B → 16 px). */
+function markerSize(size) {
+  const b = billions(size);
+  return b === null ? 11 : Math.round(Math.min(24, Math.max(7, 9 + 3.2 * Math.log2(b / 1.5))));
+}
+
+/**
+ * A label position for every point, chosen so that labels overlap each other and the markers as
+ * little as possible: each point tries the spots around it in turn, in (approximate) pixels.
+ */
+function labelPositions(points, width, height) {
+  const lx = points.map((p) => Math.log10(p.x));
+  const [x0, x1] = [Math.min(...lx), Math.max(...lx)];
+  const [y0, y1] = [Math.min(...points.map((p) => p.y)), Math.max(...points.map((p) => p.y))];
+  const px = (p, i) => [(x1 > x0 ? (lx[i] - x0) / (x1 - x0) : 0.5) * width * 0.9 + width * 0.05,
+                        (y1 > y0 ? (y1 - p.y) / (y1 - y0) : 0.5) * height * 0.84 + height * 0.08];
+  const boxes = points.map((p, i) => { const [x, y] = px(p, i); const r = p.size / 2 + 1; return [x - r, y - r, x + r, y + r]; });
+  const overlap = (a, b) => Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0])) * Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+  const placed = [];
+  const order = points.map((_, i) => i).sort((a, b) => points[b].y - points[a].y);
+  const positions = new Array(points.length);
+  for (const i of order) {
+    const [x, y] = px(points[i], i);
+    const w = 5.6 * points[i].label.length + 4;
+    const hgt = 13;
+    const r = points[i].size / 2 + 2;
+    let best = null;
+    for (const spot of LABEL_SPOTS) {
+      const [v, hz] = spot.split(" ");
+      const left = hz === "center" ? x - w / 2 : hz === "right" ? x + r : x - r - w;
+      const top = v === "middle" ? y - hgt / 2 : v === "top" ? y - r - hgt : y + r;
+      const box = [left, top, left + w, top + hgt];
+      const outside = (left < 0 || left + w > width || top < 0 || top + hgt > height) ? 1e4 : 0;
+      const cost = outside + placed.reduce((c, b) => c + overlap(box, b), 0) +
+        boxes.reduce((c, b, j) => c + (j === i ? 0 : overlap(box, b)), 0);
+      if (!best || cost < best.cost) best = { spot, box, cost };
+      if (cost === 0) break;
+    }
+    placed.push(best.box);
+    positions[i] = best.spot;
+  }
+  return positions;
+}
+
 function renderChart() {
   const table = state.table;
   const box = $("#lb-chart");
@@ -134,25 +200,33 @@ function renderChart() {
   $("#lb-chart-note").textContent = skipped.length
     ? `Not plotted (no known cost or no average): ${skipped.map((r) => r.model).join(", ")}` : "";
   if (!plotted.length) { drawEmpty(box, "No row has both an average and a known cost."); return; }
-  // Name the measured points, the ReMix rows and the best published point; the rest on hover.
-  const bestPublished = plotted.filter((r) => r.source === "published").sort((a, b) => b.average - a.average)[0];
-  const labelled = new Set(plotted.filter((r) => r.source === "measured" || /remix/i.test(r.model) || r === bestPublished));
-  const trace = (rows, name, symbol, color) => ({
-    type: "scatter", mode: "markers+text", name,
-    x: rows.map((r) => r.cost_rollouts), y: rows.map((r) => r.average),
-    text: rows.map((r) => r.model), texttemplate: rows.map((r) => (labelled.has(r) ? r.model : "")),
-    textposition: "top center", textfont: { size: 10, color: "#4b5563" },
-    marker: { size: 11, symbol: rows.map((r) => (r.cost_lower_bound ? "triangle-right" : symbol)), color,
-              line: { width: 1, color: "#fff" } },
-    customdata: rows.map((r) => [r.cost_text, r.size || "—", r.source]),
-    hovertemplate: "<b>%{text}</b><br>avg %{y:.2f}<br>cost %{customdata[0]} (%{x:,} rollouts)<br>%{customdata[1]} · %{customdata[2]}<extra></extra>",
-  });
-  const data = [
-    trace(plotted.filter((r) => r.source === "published"), "published", "circle", "#4f46e5"),
-    trace(plotted.filter((r) => r.source === "measured"), "measured", "diamond", "#ea580c"),
-  ].filter((t) => t.x.length);
+  // Every point is named (placed to avoid the others); one legend entry per model size and source.
+  const sizes = [...new Set(plotted.map((r) => r.size || "size unknown"))]
+    .sort((a, b) => (billions(a) ?? Infinity) - (billions(b) ?? Infinity));
+  const height = 420;
+  const spots = labelPositions(plotted.map((r) => ({ x: r.cost_rollouts, y: r.average, label: r.model, size: markerSize(r.size) })),
+    Math.max(300, (box.clientWidth || 900) - 90), height - 110);
+  const spotOf = new Map(plotted.map((r, i) => [r, spots[i]]));
+  const data = [];
+  for (const source of ["published", "measured"]) {
+    sizes.forEach((size, k) => {
+      const rows = plotted.filter((r) => r.source === source && (r.size || "size unknown") === size);
+      if (!rows.length) return;
+      data.push({
+        type: "scatter", mode: "markers+text", name: `${size} · ${source}`, legendgroup: size, meta: size,
+        x: rows.map((r) => r.cost_rollouts), y: rows.map((r) => r.average),
+        text: rows.map((r) => r.model), textposition: rows.map((r) => spotOf.get(r)), cliponaxis: false,
+        textfont: { size: 10, color: "#374151" },
+        marker: { size: markerSize(size), color: SOURCE_COLORS[source], opacity: 0.85,
+                  symbol: rows.map((r) => (r.cost_lower_bound ? "triangle-right" : SIZE_SYMBOLS[k % SIZE_SYMBOLS.length])),
+                  line: { width: 1, color: "#fff" } },
+        customdata: rows.map((r) => [r.cost_text, r.size || "—", r.source]),
+        hovertemplate: "<b>%{text}</b><br>avg %{y:.2f}<br>cost %{customdata[0]} (%{x:,} rollouts)<br>%{customdata[1]} · %{customdata[2]}<extra></extra>",
+      });
+    });
+  }
   draw(box, data, baseLayout({
-    height: 360, hovermode: "closest",
+    height, hovermode: "closest",
     xaxis: { type: "log", title: { text: "rollouts generated in training (log)" }, gridcolor: "#eef0f3", automargin: true },
     yaxis: { title: { text: `avg pass@1 (%), ${MODE_NAMES[table.mode] || table.mode}` }, gridcolor: "#eef0f3", automargin: true },
   }));

@@ -4,7 +4,7 @@
 
 import * as api from "./api.js";
 import {
-  PALETTE, baseLayout, chartCard, cornerNote, draw, drawEmpty, drawLines, markerShapes,
+  PALETTE, baseLayout, chartCard, cornerNote, draw, drawEmpty, drawLines, fractionAxis, fractionText, markerShapes,
 } from "./charts.js";
 import { loadRunOrExplain, renderRunHeader } from "./run_header.js";
 import { $, ACTIVE, h, initChrome, itemId, num, pct, poll, replace } from "./ui.js";
@@ -156,13 +156,16 @@ function drawAll() {
       annotations: ageNote(), xaxis: { ...baseLayout().xaxis, dtick: 1, title: { text: "policy age" } },
       shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 1, y1: 1, line: { color: "#16a34a", dash: "dash", width: 1 } }],
     }));
+    // the axis follows the data (clip fractions are often ~1e-4): bar heights are the values
+    const clip = fractionAxis(ages.map((a) => a.clipfrac), 0.25);
     draw(b["clip-age"], [{ type: "bar", name: "clip fraction", x, y: ages.map((a) => a.clipfrac),
-                           text: ages.map((a) => (a.clipfrac === null ? "" : `${(a.clipfrac * 100).toFixed(1)}%`)),
+                           text: ages.map((a) => fractionText(a.clipfrac)),
                            textposition: "outside", cliponaxis: false,
-                           marker: { color: "#f59e0b" }, hovertemplate: "age %{x}: %{y:.2%}<extra></extra>" }],
+                           marker: { color: "#f59e0b" }, hovertemplate: `age %{x}: %{y:${clip.hoverformat}}<extra></extra>` }],
     barLayout("policy age", "clip fraction", { showlegend: false, annotations: ageNote(),
       xaxis: { ...baseLayout().xaxis, dtick: 1, title: { text: "policy age" } },
-      yaxis: { ...baseLayout().yaxis, tickformat: ".0%", rangemode: "nonnegative", title: { text: "clip fraction" } } }));
+      yaxis: { ...baseLayout().yaxis, range: clip.range, autorange: false, tickformat: clip.tickformat,
+               title: { text: "clip fraction" } } }));
   } else {
     drawEmpty(b["ratio-age"], empty);
     drawEmpty(b["clip-age"], empty);

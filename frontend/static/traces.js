@@ -5,6 +5,7 @@
 // Filters and the open rollout live in the query string, so every view can be linked.
 
 import * as api from "./api.js";
+import { fractionText } from "./charts.js";
 import { loadRunOrExplain, renderRunHeader } from "./run_header.js";
 import {
   $, ACTIVE, debounce, emptyState, errorState, h, initChrome, itemId, loadingState, num, replace,
@@ -168,7 +169,7 @@ function renderList() {
     h("td", { class: "mono small" }, r.extracted ?? h("span", { class: "muted" }, "∅"), h("span", { class: "muted" }, ` / ${r.reference ?? "?"}`)),
     h("td", { class: "num" }, r.length),
     h("td", { class: "num" }, r.reuse_count),
-    h("td", {}, h("div", { class: "preview", title: r.response_preview || "" }, r.response_preview || ""))))));
+    h("td", { class: "col-preview" }, h("div", { class: "preview", title: r.response_preview || "" }, r.response_preview || ""))))));
   const more = state.cursor ? h("div", { class: "state-actions", style: { padding: "10px" } },
     h("button", { type: "button", class: "btn", id: "trace-more", onclick: () => loadList({ append: true }) }, "Load more")) : null;
   replace(box, table, more);
@@ -253,7 +254,7 @@ function lineage(r) {
   for (const u of uses) {
     items.push(h("li", {},
       u.age === 0 ? "consumed fresh" : `replayed (age ${u.age})`, " at step ", h("strong", {}, u.step), ": ratio ",
-      h("strong", {}, fmtOrDash(u.ratio_mean, 4)), ` (max ${fmtOrDash(u.ratio_max, 4)}), clipped ${u.clipfrac === null ? "—" : `${(u.clipfrac * 100).toFixed(1)}%`}`,
+      h("strong", {}, fmtOrDash(u.ratio_mean, 4)), ` (max ${fmtOrDash(u.ratio_max, 4)}), clipped ${u.clipfrac === null ? "—" : fractionText(u.clipfrac)}`,
       u.kl_to_behavior !== null ? `, KL to behaviour ${fmtOrDash(u.kl_to_behavior, 4)}` : ""));
   }
   if (!uses.length) items.push(h("li", {}, h("span", { class: "muted" }, "not consumed by a training step yet")));
@@ -281,15 +282,17 @@ async function loadGroup(r) {
   replace(box,
     h("div", { class: "row" },
       h("h2", { id: "group-title", style: { margin: 0 } }, `GRPO group ${g.group_id}`),
-      h("span", { class: "muted" }, `step ${g.step} · policy v${g.policy_version} · ${g.size} responses · ${g.correct} correct · ` +
-        `reward mean ${fmtOrDash(g.reward_mean, 3)}, std ${fmtOrDash(g.reward_std, 3)}`),
+      h("span", { class: "muted", id: "group-stats" }, `step ${g.step} · policy v${g.policy_version} · ${g.size} responses · ${g.correct} correct · `,
+        "reward mean ", h("span", { id: "group-mean", title: String(g.reward_mean) }, fmtOrDash(g.reward_mean, 3)),
+        ", std ", h("span", { id: "group-std", title: `${g.reward_std} (sample std: divides by n − 1)` }, fmtOrDash(g.reward_std, 3))),
       g.zero_variance ? h("span", { class: "badge verdict-format", title: "all rewards equal" },
         "zero variance: no GRPO gradient from this group") : null),
     h("p", { class: "small" }, h("span", { class: "muted" }, "prompt: "), h("code", {}, g.prompt),
       h("span", { class: "muted" }, "  reference: "), h("code", {}, g.reference ?? "—")),
     h("div", { class: "group-grid", id: "group-grid", role: "list" }, g.rollouts.map((x, i) => {
       const parts = splitThink(x.response);
-      return h("article", { class: `group-item${x.id === r.id ? " current" : ""}`, role: "listitem", "data-rollout-id": x.id },
+      return h("article", { class: `group-item${x.id === r.id ? " current" : ""}`, role: "listitem", "data-rollout-id": x.id,
+                            "data-reward": x.reward, "data-advantage": x.advantage },
         h("h5", {}, h("span", {}, `#${i + 1} `, verdictBadge(x)),
           h("button", { type: "button", class: "btn btn-small", onclick: () => openRollout(x.id),
                         "aria-label": `Open response ${i + 1} of the group`, disabled: x.id === r.id }, x.id === r.id ? "open" : "open ›")),
@@ -301,8 +304,8 @@ async function loadGroup(r) {
         parts.think !== null ? h("details", { class: "think" }, h("summary", {}, "<think> …"), h("pre", { class: "text-box" }, parts.think)) : null,
         h("pre", { class: "text-box" }, ...highlightBoxed(parts.final || "")));
     })),
-    rewards.length ? h("p", { class: "small muted" }, "Advantage = (reward − group mean) / group std (GRPO); ",
-      "a group whose rewards are all equal gets advantage 0 for every response.") : null);
+    rewards.length && g.advantage_formula ? h("p", { class: "small muted", id: "group-formula" },
+      `${g.advantage_formula[0].toUpperCase()}${g.advantage_formula.slice(1)} (actor.advantage = ${g.advantage_kind}).`) : null);
 }
 
 // ------------------------------------------------------------------------------------ main

@@ -319,3 +319,203 @@ def test_resources_on_the_form_and_the_run_page(page, studio, toy_run, screensho
     assert run["job"]["queue"] == "browser-nowhere" and run["status"] in ("pending", "queued")
     screenshot(page, "run-resources")
     assert studio.api.post(f"/runs/{run_id}/cancel", headers=studio.write_headers()).json()["status"] == "cancelled"
+
+
+# ------------------------------------------------------------------------------------ statistics
+# A run written straight into the studio's database through the worker's SQL sink, with the values a
+# real run has and the tiny toy run does not: clip fractions of ~1e-4–1e-3, kl_convex equal to
+# kl_anchor (λ = 1 before the KL-Convex schedule starts), GRPO groups with the engine's advantages and
+# responses long enough to need the preview column.
+STATS_STEPS = 8
+STATS_GROUP = [1.0, 0.0, 0.0, 0.0]  # the issue's example: mean 0.25, sample std 0.5 → advantages 1.5 / −0.5
+
+
+def seed_stats_run(data_dir) -> int:
+    import math
+
+    import torch
+
+    from remix_engine.algorithms import grpo_advantages
+    from remix_engine.events import RolloutRecord, RolloutUseRecord
+    from studio.db import make_engine, session_scope
+    from studio.models import Run
+    from studio.settings import Settings
+    from worker.sink import SqlSink
+
+    engine = make_engine(Settings(data_dir=data_dir).sqlalchemy_url)
+    try:
+        with session_scope(engine) as s:
+            run = Run(name="browser synthetic statistics", preset="toy", algorithm="remix-grpo", status="succeeded",
+                      request={}, steps_total=STATS_STEPS, steps_done=STATS_STEPS,
+                      config={"algorithm": "remix-grpo", "actor": {"advantage": "grpo"},
+                              "rollout": {"group_size": len(STATS_GROUP)}, "trainer": {"steps": STATS_STEPS},
+                              "remix": {"reincarnate_at": None}})
+            s.add(run)
+            s.flush()
+            run_id = run.id
+        sink = SqlSink(run_id, engine=engine)
+        sink.on_start({"resumed_from": None})
+        groups = [STATS_GROUP, [1.0, 1.0, 0.0, 0.0]]
+        for step in range(1, STATS_STEPS + 1):
+            rewards = torch.tensor([r for g in groups for r in g])
+            adv = grpo_advantages(rewards, [gi for gi, g in enumerate(groups) for _ in g]).tolist()
+            records = []
+            for gi, g in enumerate(groups):
+                for j, reward in enumerate(g):
+                    i = gi * len(g) + j
+                    think = " ".join(f"step {k}: {step * 7 + k} plus {j} carries, wait, let me verify" for k in range(12))
+                    records.append(RolloutRecord(
+                        uid=f"s{step:06d}-g{gi:03d}-r{j}", step=step, policy_version=step, group_id=f"s{step:06d}-g{gi:03d}",
+                        prompt_id=f"p{gi}", prompt=f"Compute {step}+{gi}.", response=f"<think>{think}</think> \\boxed{{{step + gi}}}",
+                        extracted=str(step + gi) if reward else "0", reference=str(step + gi), reward=reward,
+                        correct=bool(reward), format_ok=True, reason=None, length=200, truncated=False, advantage=adv[i]))
+            sink.on_rollouts(step, records)
+            uses = [RolloutUseRecord(rollout_uid=r.uid, step=step, age=0, ratio_mean=1.0, ratio_max=1.01,
+                                     clipfrac=3e-4, kl_to_behavior=1e-5) for r in records]
+            if step > 1:  # the previous step's rollouts replayed (age 1)
+                uses += [RolloutUseRecord(rollout_uid=f"s{step - 1:06d}-g{gi:03d}-r{j}", step=step, age=1, ratio_mean=1.02,
+                                          ratio_max=1.2, clipfrac=1.2e-3, kl_to_behavior=1e-4)
+                         for gi in range(len(groups)) for j in range(len(STATS_GROUP))]
+            sink.on_rollout_uses(step, uses)
+            kl = 1e-3 * step
+            metrics = {"actor/pg_clipfrac": 3e-4 + 1e-4 * math.sin(step), "actor/ppo_kl": 2e-4 * step,
+                       "actor/kl_anchor": kl, "actor/kl_convex": kl, "actor/kl_lambda": 1.0,
+                       "critic/score/mean": 0.375, "replay/reincarnated": 0.0,
+                       "replay/age_0/clipfrac": 3e-4 + 5e-5 * math.cos(step), "replay/age_0/ratio_mean": 1.0,
+                       "cost/rollouts": float(8 * step), "timing_s/elapsed": float(step)}
+            if step > 1:
+                metrics |= {"replay/age_1/clipfrac": 1.2e-3, "replay/age_1/ratio_mean": 1.02}
+            sink.on_step(step, metrics)
+        sink.on_end({})
+        sink.close()
+    finally:
+        engine.dispose()
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def stats_run(studio) -> int:
+    return seed_stats_run(studio.data_dir)
+
+
+def _layout(page, chart: str) -> dict:
+    return page.evaluate(f"(() => {{ const p = document.querySelector('#chart-{chart} .plot');"
+                         f" return {{ data: p.data.map(t => ({{ name: t.name, y: t.y, dash: t.line && t.line.dash,"
+                         f" symbol: t.marker && t.marker.symbol, text: t.text }})),"
+                         f" yaxis: p._fullLayout.yaxis.range, tickformat: p.layout.yaxis.tickformat }}; }})()")
+
+
+def _tick_labels(page, chart: str) -> list[str]:
+    return page.eval_on_selector_all(f"#chart-{chart} .ytick text", "els => els.map(e => e.textContent)")
+
+
+def test_run_page_axes_follow_small_values(page, studio, stats_run, screenshot):
+    page.goto(f"/runs/{stats_run}")
+    wait_points(page, "#chart-clipfrac", STATS_STEPS)
+    wait_points(page, "#chart-kl", 3 * STATS_STEPS)
+    clip = _layout(page, "clipfrac")
+    ys = clip["data"][0]["y"]
+    lo, hi = clip["yaxis"]
+    assert lo <= min(ys) and hi >= max(ys), clip["yaxis"]  # covers its data …
+    assert hi <= 2 * max(ys), f"a 0–{hi} axis squashes clip fractions of ~{max(ys):.1e} into a flat line"
+    labels = _tick_labels(page, "clipfrac")
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels  # not "0%, 0%, 0%, 0%"
+    # kl_anchor and kl_convex coincide: different dash styles and markers, and the legend says so
+    kl = {t["name"].split(" ")[0]: t for t in _layout(page, "kl")["data"]}
+    assert set(kl) == {"actor/ppo_kl", "actor/kl_anchor", "actor/kl_convex"}, list(kl)
+    assert len({t["dash"] for t in kl.values()}) == 3 and len({t["symbol"] for t in kl.values()}) == 3
+    names = [t["name"] for t in _layout(page, "kl")["data"]]
+    assert "actor/kl_convex (= actor/kl_anchor)" in names, names
+    kl_lo, kl_hi = _layout(page, "kl")["yaxis"]
+    assert kl_lo <= 0 and kl_hi >= 1e-3 * STATS_STEPS and kl_hi < 0.02, (kl_lo, kl_hi)
+    screenshot(page, "run-small-values")
+
+
+def test_offpolicy_clip_charts_follow_their_data(page, studio, stats_run, screenshot):
+    off = studio.api.get(f"/runs/{stats_run}/offpolicy").json()
+    page.goto(f"/offpolicy/{stats_run}")
+    wait_points(page, "#chart-clip-age", 2)
+    bars = _layout(page, "clip-age")
+    expected = [b["clipfrac"] for b in off["by_age"]]
+    assert bars["data"][0]["y"] == pytest.approx(expected)  # bar heights are the values
+    lo, hi = bars["yaxis"]
+    assert lo == 0 and max(expected) <= hi <= 2 * max(expected), bars["yaxis"]
+    assert bars["data"][0]["text"] == ["0.03%", "0.12%"], bars["data"][0]["text"]
+    labels = _tick_labels(page, "clip-age")
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    wait_points(page, "#chart-clip-time", STATS_STEPS)
+    over_time = _layout(page, "clip-time")
+    lo, hi = over_time["yaxis"]
+    assert hi <= 2 * max(max(t["y"]) for t in over_time["data"]), over_time["yaxis"]
+    assert len({t["dash"] for t in over_time["data"]}) == len(over_time["data"]) == 2
+    screenshot(page, "offpolicy-small-values")
+
+
+def test_trace_list_and_group_statistics(page, studio, stats_run, screenshot):
+    page.goto(f"/traces/{stats_run}?step_min=1&step_max=1&order=asc")
+    page.wait_for_selector("#trace-table tbody tr")
+    # the response preview is readable at 1,400 px: a wide column, inside the list (no clipping)
+    geo = page.evaluate("""() => {
+        const th = [...document.querySelectorAll('#trace-table thead th')].at(-1);
+        const cell = document.querySelector('#trace-table tbody tr td:last-child');
+        const list = document.querySelector('.trace-list');
+        return { th: th.textContent, width: cell.getBoundingClientRect().width, right: cell.getBoundingClientRect().right,
+                 listRight: list.getBoundingClientRect().right, scroll: list.scrollWidth - list.clientWidth,
+                 chars: cell.textContent.length };
+    }""")
+    assert geo["th"] == "response" and geo["width"] >= 220, geo
+    assert geo["right"] <= geo["listRight"] + 1 and geo["scroll"] <= 1, geo
+    # the filters' labels line up
+    tops = page.eval_on_selector_all("#trace-filters .field > label, #trace-filters .field > .field-label",
+                                     "els => els.map(e => Math.round(e.getBoundingClientRect().top))")
+    assert len(set(tops)) == 1, tops
+
+    # the group header's mean and std reproduce the advantages shown (GRPO: sample std, + 1e-6)
+    row = page.locator("#trace-table tbody tr[data-rollout-id]").first
+    row.click()
+    page.wait_for_selector("#group-grid [role='listitem']")
+    group = page.evaluate("""() => ({
+        mean: Number(document.querySelector('#group-mean').textContent),
+        std: Number(document.querySelector('#group-std').textContent),
+        formula: document.querySelector('#group-formula').textContent,
+        items: [...document.querySelectorAll('#group-grid [role=listitem]')].map(x => ({
+            reward: Number(x.dataset.reward), advantage: Number(x.dataset.advantage),
+            shown: Number(x.querySelector('dd strong').textContent) })),
+    })""")
+    assert "n − 1" in group["formula"] and "1e-6" in group["formula"], group["formula"]
+    assert group["std"] > 0
+    for item in group["items"]:
+        assert (item["reward"] - group["mean"]) / (group["std"] + 1e-6) == pytest.approx(item["shown"], abs=2e-3), group
+        assert item["shown"] == pytest.approx(item["advantage"], abs=1e-3)
+    if sorted(i["reward"] for i in group["items"]) == sorted(STATS_GROUP):
+        assert (group["mean"], group["std"]) == (0.25, 0.5)
+    screenshot(page, "traces-statistics")
+
+
+def test_leaderboard_scatter_names_every_point_and_shows_sizes(page, studio, screenshot):
+    table = studio.api.get("/leaderboard", params={"size": "all", "mode": "greedy", "source": "all"}).json()
+    plotted = [r for r in table["rows"] if r["average"] is not None and (r["cost_rollouts"] or 0) > 0]
+    assert len(plotted) >= 10, "the studio ships the paper's published rows"
+    page.goto("/leaderboard")
+    page.wait_for_selector("#lb-chart .plot")
+    page.wait_for_selector("#lb-table tbody tr")
+    traces = page.evaluate("document.querySelector('#lb-chart .plot').data.map(t => ({ name: t.name, meta: t.meta,"
+                           " text: t.text, size: t.marker.size, symbol: t.marker.symbol, x: t.x }))")
+    # every point carries its model's name
+    labels = [label for t in traces for label in t["text"]]
+    assert sorted(labels) == sorted(r["model"] for r in plotted) and all(labels)
+    drawn = page.evaluate("[...document.querySelectorAll('#lb-chart .textpoint text')].map(e => e.textContent).filter(Boolean)")
+    assert sorted(drawn) == sorted(r["model"] for r in plotted), drawn
+    # one legend entry per model size (and source); a bigger model gets a bigger marker and its own shape
+    by_size = {t["meta"]: t for t in traces}
+    if {"1.5B", "7B"} <= set(by_size):
+        assert by_size["7B"]["size"] > by_size["1.5B"]["size"]
+        shapes = lambda t: {s for s in t["symbol"] if s != "triangle-right"}  # noqa: E731 (▷ = lower bound)
+        assert shapes(by_size["7B"]).isdisjoint(shapes(by_size["1.5B"]))
+        assert any("1.5B" in t["name"] for t in traces) and any("7B" in t["name"] for t in traces)
+    # the source is named once (under the table), not repeated and cut off on every row
+    refs = {r["reference"] for r in table["rows"] if r["source"] == "published" and r["reference"]}
+    text = page.text_content("#lb-table")
+    for ref in refs:
+        assert text.count(ref) == 0 and ref in page.text_content("#lb-sources")
+    screenshot(page, "leaderboard")

@@ -12,9 +12,10 @@ from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from backend.auth import require_write
+from backend.auth import require_write, token_holder
 from studio.db import get_engine
 from studio.models import Run
+from studio.paths import Refusal
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -73,6 +74,8 @@ def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+# True when the request carries a valid token: it may see absolute paths, workers and full errors.
+FullView = Annotated[bool, Depends(token_holder)]
 
 
 def get_run_or_404(session: Session, run_id: int) -> Run:
@@ -80,3 +83,10 @@ def get_run_or_404(session: Session, run_id: int) -> Run:
     if run is None:
         raise HTTPException(404, detail=f"run {run_id} not found")
     return run
+
+
+def refused(refusals: list[Refusal], loc: list[Any]) -> HTTPException:
+    """422 naming each field the studio's path policy refused (studio/paths.py)."""
+    return HTTPException(422, detail=[
+        {"type": "policy_error", "loc": [*loc, *r.field.split(".")], "msg": r.message, "field": r.field}
+        for r in refusals])

@@ -42,6 +42,30 @@ async def write_slot() -> AsyncIterator[None]:
 
 WRITE = [Depends(require_write), Depends(write_slot)]
 
+# The error statuses a route can answer, described once for OpenAPI: `responses=errors(404, 409)`,
+# or `(409, "what the conflict is")` for a route's own wording. tests/unit/test_studio_security.py
+# checks that write routes list 401/403, routes with an id 404 and routes with a body 413/422.
+ERRORS = {
+    400: "a query value this endpoint did not make (e.g. a foreign cursor)",
+    401: "no or invalid API token (`Authorization: Bearer <token>`)",
+    403: "a read-only token; writing needs a token from REMIX_API_TOKENS",
+    404: "no such item",
+    409: "conflicts with the item's current state",
+    413: "request body over 2 MiB",
+    422: "invalid input; `detail[].field` names the field",
+}
+
+
+def errors(*codes: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        status, text = code if isinstance(code, tuple) else (code, ERRORS[code])
+        out[status] = {"description": text}
+    return out
+
+
+WRITE_ERRORS = errors(401, 403)
+
 
 class SessionReleasingRoute(APIRoute):
     """Closes a route's database session as soon as its (sync) function returns.

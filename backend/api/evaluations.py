@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import WRITE, FullView, SessionDep, SessionReleasingRoute, refused
+from backend.api.deps import WRITE, WRITE_ERRORS, FullView, SessionDep, SessionReleasingRoute, errors, refused
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import ERROR_DETAIL, JobOut, public_error, public_path, public_value
@@ -196,8 +196,9 @@ def _eval_job_or_404(session: Session, eval_id: int) -> Job:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EvaluationOut,
              dependencies=WRITE, summary="Queue a benchmark evaluation of a checkpoint or model",
-             responses={401: {"description": "no or invalid token"}, 403: {"description": "read-only token"},
-                        422: {"description": "invalid request (names the field)"}, **IDEMPOTENCY_RESPONSES})
+             responses={**WRITE_ERRORS, **errors(413, (422, "invalid request, or a path the studio's policy "
+                                                            "refuses; `detail[].field` names it")),
+                        **IDEMPOTENCY_RESPONSES})
 def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Response,
                       idempotency_key: IdempotencyKeyHeader = None) -> EvaluationOut:
     from remix_engine.evaluate import EvalOptions
@@ -286,12 +287,13 @@ def list_evaluations(session: SessionDep, full: FullView, run_id: int | None = N
     return EvaluationList(data=[evaluation_out(session, j, full) for j in rows], count=count, limit=limit, offset=offset)
 
 
-@router.get("/{eval_id}", response_model=EvaluationOut, summary="One evaluation with per-benchmark results")
+@router.get("/{eval_id}", response_model=EvaluationOut, summary="One evaluation with per-benchmark results",
+            responses=errors(404))
 def get_evaluation(eval_id: int, session: SessionDep, full: FullView) -> EvaluationOut:
     return evaluation_out(session, _eval_job_or_404(session, eval_id), full)
 
 
-@router.get("/{eval_id}/samples", response_model=EvalSamplePage,
+@router.get("/{eval_id}/samples", response_model=EvalSamplePage, responses=errors(404),
             summary="Per-sample rows: response, extracted answer, grader and math-verify verdicts")
 def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None, correct: bool | None = None,
                  disagree: bool = Query(False, description="only samples where math-verify disagrees with the grader"),
@@ -316,7 +318,7 @@ def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None
 
 
 @router.post("/{eval_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=EvaluationOut,
-             dependencies=WRITE,
+             dependencies=WRITE, responses={**WRITE_ERRORS, **errors(404, (409, "the evaluation has already finished"))},
              summary="Cancel: a queued evaluation ends now; a running one stops after its current batch")
 def cancel_evaluation(eval_id: int, session: SessionDep) -> EvaluationOut:
     job = _eval_job_or_404(session, eval_id)

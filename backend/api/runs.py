@@ -11,7 +11,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import WRITE, FullView, SessionDep, SessionReleasingRoute, get_run_or_404, refused
+from backend.api.deps import (
+    WRITE,
+    WRITE_ERRORS,
+    FullView,
+    SessionDep,
+    SessionReleasingRoute,
+    errors,
+    get_run_or_404,
+    refused,
+)
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import (
@@ -126,10 +135,10 @@ def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict
 
 # ----------------------------------------------------------------------------------- routes
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=WRITE,
-             summary="Submit a training run", responses={401: {"description": "no or invalid token"},
-                                                         403: {"description": "read-only token"},
-                                                         422: {"description": "invalid config (names the field)"},
-                                                         **IDEMPOTENCY_RESPONSES})
+             summary="Submit a training run",
+             responses={**WRITE_ERRORS, **errors(413, (422, "invalid config, or a path or field the studio's "
+                                                            "policy refuses; `detail[].field` names it")),
+                        **IDEMPOTENCY_RESPONSES})
 def create_run(body: RunCreate, session: SessionDep, response: Response,
                idempotency_key: IdempotencyKeyHeader = None) -> RunDetail:
     cfg = parse_run_config(body.config)
@@ -156,13 +165,14 @@ def list_runs(session: SessionDep, full: FullView,
     return RunList(data=[RunOut.of(r, full) for r in rows], count=count, limit=limit, offset=offset)
 
 
-@router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints")
+@router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints",
+            responses=errors(404))
 def get_run(run_id: int, session: SessionDep, full: FullView) -> RunDetail:
     return run_detail(session, get_run_or_404(session, run_id), full)
 
 
 @router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunDetail,
-             dependencies=WRITE,
+             dependencies=WRITE, responses={**WRITE_ERRORS, **errors(404, (409, "the run has already finished"))},
              summary="Cancel: a queued run ends now; a running one checkpoints and stops after its current step")
 def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
     run = get_run_or_404(session, run_id)
@@ -180,7 +190,9 @@ def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
 
 
 @router.post("/{run_id}/retry", status_code=status.HTTP_201_CREATED, response_model=RunDetail,
-             dependencies=WRITE, summary="Start a new run with the same config (lineage kept)")
+             dependencies=WRITE, summary="Start a new run with the same config (lineage kept)",
+             responses={**WRITE_ERRORS, **errors(404, (409, "the run is still active, or its config is no longer "
+                                                           "valid or allowed"))})
 def retry_run(run_id: int, session: SessionDep) -> RunDetail:
     parent = get_run_or_404(session, run_id)
     if parent.status in ACTIVE_STATUSES:
@@ -198,6 +210,7 @@ def retry_run(run_id: int, session: SessionDep) -> RunDetail:
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE,
+               responses={**WRITE_ERRORS, **errors(404, (409, "the run is active; cancel it first"))},
                summary="Delete a finished run, its rows and its artefacts")
 def delete_run(run_id: int, session: SessionDep) -> Response:
     run = get_run_or_404(session, run_id)
@@ -214,7 +227,8 @@ def delete_run(run_id: int, session: SessionDep) -> Response:
 
 
 # ----------------------------------------------------------------------------------- metrics
-@router.get("/{run_id}/metrics/keys", response_model=list[str], summary="Metric keys recorded for a run")
+@router.get("/{run_id}/metrics/keys", response_model=list[str], summary="Metric keys recorded for a run",
+            responses=errors(404))
 def metric_keys(run_id: int, session: SessionDep) -> list[str]:
     get_run_or_404(session, run_id)
     return list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)
@@ -222,7 +236,8 @@ def metric_keys(run_id: int, session: SessionDep) -> list[str]:
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsOut,
-            summary="Metric series, downsampled in SQL (min and max of every bucket are kept)")
+            summary="Metric series, downsampled in SQL (min and max of every bucket are kept)",
+            responses=errors(404))
 def get_metrics(run_id: int, session: SessionDep,
                 keys: str | None = Query(None, description="comma-separated metric keys (default: all)"),
                 x: Literal["step", "rollouts", "time"] = Query(

@@ -8,7 +8,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import func, select
 
-from backend.api.deps import FullView, SessionDep, SessionReleasingRoute
+from backend.api.deps import FullView, SessionDep, SessionReleasingRoute, errors
 from backend.api.schemas import BenchmarkOut, HealthOut, JobList, JobOut
 from backend.auth import require_read
 from remix_engine.benchmarks import BENCHMARKS, LABELS
@@ -39,7 +39,7 @@ def list_jobs(session: SessionDep, full: FullView, status_: str | None = Query(N
     return JobList(data=[JobOut.of(j, full) for j in rows], count=count, limit=limit, offset=offset)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job", responses=errors(404))
 def get_job(job_id: int, session: SessionDep, full: FullView) -> JobOut:
     job = session.get(Job, job_id)
     if job is None:

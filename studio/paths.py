@@ -148,8 +148,9 @@ def evaluation_refusals(model_path: str | None, benchmarks: Iterable[str], *, mo
 
 # --------------------------------------------------------------------------- public display
 # An absolute (or home-relative) path inside free text: not preceded by a word character or
-# another path/URL character, so URLs (redis://host/0), fractions and dates are left alone.
-_ABS_PATH = re.compile(r"(?<![\w.:/~\-])~?/[^\s'\"`,;:()\[\]{}<>|]+")
+# another path/URL character, so URLs (redis://host/0), fractions and dates are left alone; or
+# the file of a sqlite:////abs/studio.db URL.
+_ABS_PATH = re.compile(r"(?:(?<=:///)|(?<![\w.:/~\-]))~?/[^\s'\"`,;:()\[\]{}<>|]+")
 
 
 def display_path(path: str | os.PathLike, settings: Settings | None = None) -> str:

@@ -212,7 +212,7 @@ def test_the_worker_refuses_an_evaluation_outside_the_roots(api, monkeypatch, tm
 
 
 # ------------------------------------------------------------------------------- public reads
-ABSOLUTE = re.compile(r"(?<![\w.:/~\-])/(tmp|home|work|root|var|etc|usr)\b")
+ABSOLUTE = re.compile(r"/(tmp|home|work|root|var|etc|usr)/")
 
 
 def test_public_reads_show_no_paths_pids_or_tracebacks_but_a_token_holder_sees_them(api, tmp_path):
@@ -241,7 +241,7 @@ def test_public_reads_show_no_paths_pids_or_tracebacks_but_a_token_holder_sees_t
         r = client.get(path)
         assert r.status_code == 200, (path, r.text)
         texts.append(r.text)
-        assert not ABSOLUTE.search(r.text), (path, ABSOLUTE.search(r.text), r.text[:2000])
+        assert str(tmp_path) not in r.text and not ABSOLUTE.search(r.text), (path, r.text[:2000])
         assert "4242" not in r.text and "gpu-host-7" not in r.text, path
         assert "File \"" not in r.text and "Traceback" not in r.text, path
     run = client.get(f"/api/v1/runs/{run_id}").json()
@@ -268,7 +268,7 @@ def test_public_evaluation_reads_show_no_paths(api):
     spec = str(d["bench"] / "tiny.jsonl")
     ev = client.post("/api/v1/evaluations", headers=WRITE, json={"model": "org/model", "benchmarks": [spec]}).json()
     public = client.get(f"/api/v1/evaluations/{ev['id']}")
-    assert public.status_code == 200 and spec not in public.text and not ABSOLUTE.search(public.text)
+    assert public.status_code == 200 and str(d["bench"].parent) not in public.text and not ABSOLUTE.search(public.text)
     assert public.json()["params"]["benchmarks"] == ["bench/tiny.jsonl"]
     assert spec in client.get(f"/api/v1/evaluations/{ev['id']}", headers=READ).text
     assert spec not in client.get("/api/v1/evaluations").text

@@ -111,7 +111,7 @@ def _is_named(value: str, kind: Kind) -> bool:
 
 def check_source(field: str, value: str, kind: Kind, settings: Settings | None = None) -> Refusal | None:
     """None when `value` may be read by a studio job, else a Refusal (same text whether or not the path exists)."""
-    text = value.strip()
+    text = value.strip() if kind in ("data", "benchmark") else value  # as the engine reads it (models: unstripped)
     if _is_named(text, kind) or _inside_roots(text, data_roots(settings)):
         return None
     shown = value if len(value) <= 200 else value[:200] + "…"

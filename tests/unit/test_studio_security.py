@@ -193,6 +193,9 @@ def test_the_worker_checks_again_a_job_queued_before_the_policy_tightened(api, m
     settle(claim, ctx.heartbeat, out)
     run = client.get(f"/api/v1/runs/{run_id}", headers=READ).json()
     assert run["status"] == "failed" and "data.train" in run["error"]
+    retry = client.post(f"/api/v1/runs/{run_id}/retry", headers=WRITE)
+    assert retry.status_code == 409 and "data.train" in retry.text
+    assert _stored()[:2] == (1, 1)
     assert not list((tmp_path / "data" / "runs").rglob("*.pt"))  # nothing trained
 
 

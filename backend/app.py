@@ -199,8 +199,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(leaderboard_router)
     api.include_router(config_router)
     app.include_router(api)
+    if settings.auth_reads:
+        _mark_reads_as_closed(app)
     _mount_frontend(app, settings.frontend_dir)
     return app
+
+
+def _mark_reads_as_closed(app: FastAPI) -> None:
+    """REMIX_AUTH_READS=true: the GETs need a token too, so OpenAPI says so. (Reads check the token
+    without the security scheme, so that open reads are not marked by default; backend/auth.py.)"""
+    from backend.api.deps import ERRORS
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema
+            for item in schema["paths"].values():
+                if (op := item.get("get")) is not None:
+                    op["security"] = [{"HTTPBearer": []}]
+                    op["responses"].setdefault("401", {"description": ERRORS[401]})
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _mount_frontend(app: FastAPI, frontend_dir: Path) -> None:

@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from studio.settings import Settings, get_settings
@@ -55,16 +55,32 @@ async def require_write(creds: HTTPAuthorizationCredentials | None = Depends(bea
     raise _unauthorized("invalid API token")
 
 
-async def require_read(creds: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+# Reads take the header from the request rather than through `bearer_scheme`, so that OpenAPI does
+# not mark the open GETs as needing a token (backend/app.py marks them when REMIX_AUTH_READS=true).
+async def require_read(request: Request) -> str | None:
     settings = get_settings()
     if not settings.auth_reads:
         return None
-    if creds is None or not creds.credentials:
+    token = _bearer_token(request)
+    if token is None:
         raise _unauthorized("reading needs an API token (REMIX_AUTH_READS=true): send 'Authorization: Bearer <token>'")
-    role = token_role(creds.credentials, settings)
+    role = token_role(token, settings)
     if role is None:
         raise _unauthorized("invalid API token")
     return role
+
+
+async def token_holder(request: Request) -> bool:
+    """Whether the request carries a valid token (read or write). Without one, reads show no
+    absolute paths, worker hosts/PIDs or tracebacks (backend/api/schemas.py); an invalid token on
+    an open read is treated as none, as before."""
+    token = _bearer_token(request)
+    return token is not None and token_role(token, get_settings()) is not None
 
 
 def ensure_embedded_token(data_dir: Path) -> tuple[str, bool]:

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     # Reads are open by default (local studio); set true to require a token for GET endpoints too.
     auth_reads: bool = False
 
+    # Folders whose files studio jobs may read (data, benchmarks, models), os.pathsep-separated;
+    # empty = the benchmark folders, ../shared/data and the data dir. The runs dir is always one.
+    # studio/paths.py applies it, in the API and again in the worker.
+    data_roots: str = ""
+    # Admin switches: let API submissions set model.trust_remote_code=true (runs hub code on the
+    # worker) and warm_start.cache_dir (makes the worker write where the submitter says).
+    allow_remote_code: bool = False
+    allow_cache_dirs: bool = False
+
     # Celery queue for training/evaluation tasks (one worker process per accelerator).
     gpu_queue: str = "gpu"
     # A running job whose heartbeat is older than this is considered lost and is re-queued.

@@ -19,7 +19,7 @@ from remix_engine.data import load_benchmark
 from remix_engine.evaluate import EvalOptions, EvaluationCancelled, Evaluator
 from remix_engine.jsonsafe import json_safe
 from remix_engine.models import n_parameters
-from studio import jobs
+from studio import jobs, paths
 from studio.db import get_engine, retrying, session_scope
 from studio.leaderboard import measured_entries, size_label, store_entries
 from studio.models import EvalSample, Evaluation, Job, JobStatus, LeaderboardEntry, utcnow
@@ -104,6 +104,9 @@ def run_evaluation(ctx: JobContext) -> Outcome:
     evaluator = None
     try:
         options = _options(params)
+        # checked at submission; again here: the policy may have tightened since
+        if refusals := paths.evaluation_refusals(params.get("model_path"), [spec for _, _, spec in todo]):
+            raise paths.PolicyError(refusals)
         benches = []
         for eval_id, name, spec in todo:
             bench = load_benchmark(spec, params.get("limit"))
@@ -137,7 +140,7 @@ def run_evaluation(ctx: JobContext) -> Outcome:
         status, error = ctx.stopped_status(), str(exc)
     except _Lost:
         return Outcome("lost")
-    except EvaluationError as exc:
+    except (EvaluationError, paths.PolicyError) as exc:
         status, error = JobStatus.FAILED.value, str(exc)
     except Exception as exc:  # noqa: BLE001 - recorded on the job
         log.exception("evaluation job %s failed", job_id)

@@ -25,6 +25,7 @@ from sqlalchemy import update
 from studio import jobs
 from studio.db import session_scope
 from studio.models import JobStatus, WorkerNode, utcnow
+from studio.paths import PolicyError
 from studio.settings import get_settings
 
 log = logging.getLogger("remix.worker")
@@ -160,6 +161,8 @@ def _set_current_job(hostname: str, job_id: int | None) -> None:
 
 
 def short_error(exc: BaseException) -> str:
+    if isinstance(exc, PolicyError):  # a refusal, not a crash: its message says it all
+        return str(exc)
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
     return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
 

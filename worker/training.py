@@ -21,7 +21,7 @@ from sqlalchemy import select
 from remix_engine.config import RunConfig
 from remix_engine.jsonsafe import json_safe
 from remix_engine.trainer import STATE_FILE, train
-from studio import jobs
+from studio import jobs, paths
 from studio.db import session_scope
 from studio.models import Checkpoint, JobStatus, Run
 from studio.settings import get_settings
@@ -106,6 +106,8 @@ def run_training(ctx: JobContext) -> Outcome:
     error: str | None = None
     try:
         cfg = RunConfig.model_validate(cfg_dict)
+        if refusals := paths.run_config_refusals(cfg):  # again: the policy may have tightened since submission
+            raise paths.PolicyError(refusals)
         out_dir, resume_step = prepare_attempt_dir(run_id, run_root, attempt)
         jobs.mark_resumed(job_id, resume_step)
         log.info("job %s attempt %s: run %s %s", job_id, attempt, run_id,

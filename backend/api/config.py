@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
-from backend.api.deps import SessionReleasingRoute
+from backend.api.deps import SessionReleasingRoute, errors
 from backend.auth import require_read
 from remix_engine.config import ALGORITHMS, ConfigError, RunConfig, build_config, config_fields
 
@@ -33,6 +33,7 @@ def list_fields() -> list[ConfigField]:
 
 
 @router.get("/presets/{preset}", response_model=RunConfig,
+            responses=errors((404, "no such preset"), (422, "an unknown algorithm")),
             summary="The complete config a preset gives (what POST /runs starts from before overrides)")
 def get_preset(preset: str, algorithm: str | None = Query(None, description=", ".join(ALGORITHMS))) -> RunConfig:
     try:

@@ -12,9 +12,10 @@ from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
-from backend.auth import require_write
+from backend.auth import require_write, token_holder
 from studio.db import get_engine
 from studio.models import Run
+from studio.paths import Refusal
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -40,6 +41,30 @@ async def write_slot() -> AsyncIterator[None]:
 
 
 WRITE = [Depends(require_write), Depends(write_slot)]
+
+# The error statuses a route can answer, described once for OpenAPI: `responses=errors(404, 409)`,
+# or `(409, "what the conflict is")` for a route's own wording. tests/unit/test_studio_security.py
+# checks that write routes list 401/403, routes with an id 404 and routes with a body 413/422.
+ERRORS = {
+    400: "a query value this endpoint did not make (e.g. a foreign cursor)",
+    401: "no or invalid API token (`Authorization: Bearer <token>`)",
+    403: "a read-only token; writing needs a token from REMIX_API_TOKENS",
+    404: "no such item",
+    409: "conflicts with the item's current state",
+    413: "request body over 2 MiB",
+    422: "invalid input; `detail[].field` names the field",
+}
+
+
+def errors(*codes: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        status, text = code if isinstance(code, tuple) else (code, ERRORS[code])
+        out[status] = {"description": text}
+    return out
+
+
+WRITE_ERRORS = errors(401, 403)
 
 
 class SessionReleasingRoute(APIRoute):
@@ -73,6 +98,8 @@ def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+# True when the request carries a valid token: it may see absolute paths, workers and full errors.
+FullView = Annotated[bool, Depends(token_holder)]
 
 
 def get_run_or_404(session: Session, run_id: int) -> Run:
@@ -80,3 +107,10 @@ def get_run_or_404(session: Session, run_id: int) -> Run:
     if run is None:
         raise HTTPException(404, detail=f"run {run_id} not found")
     return run
+
+
+def refused(refusals: list[Refusal], loc: list[Any]) -> HTTPException:
+    """422 naming each field the studio's path policy refused (studio/paths.py)."""
+    return HTTPException(422, detail=[
+        {"type": "policy_error", "loc": [*loc, *r.field.split(".")], "msg": r.message, "field": r.field}
+        for r in refusals])

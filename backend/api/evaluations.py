@@ -16,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import WRITE, SessionDep, SessionReleasingRoute
+from backend.api.deps import WRITE, WRITE_ERRORS, FullView, SessionDep, SessionReleasingRoute, errors, refused
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
-from backend.api.schemas import JobOut
+from backend.api.schemas import ERROR_DETAIL, JobOut, public_error, public_path, public_value
 from backend.auth import require_read
 from remix_engine.benchmarks import BENCHMARKS, EvaluationError, resolve_benchmark_spec
 from remix_engine.reward.grader import GRADER_TAG
-from studio import jobs
+from studio import jobs, paths
 from studio.leaderboard import size_label
 from studio.models import (
     Checkpoint,
@@ -48,12 +48,13 @@ class EvaluationCreate(BaseModel):
     ]})
 
     name: str | None = Field(None, max_length=200, description="leaderboard name (default: run name @ step, or the model)")
-    model: str | None = Field(None, max_length=1000, description="checkpoint directory or hub id (or give run_id)")
+    model: str | None = Field(None, max_length=1000, description="checkpoint directory inside the studio's data roots, or a hub "
+                                                                          "id (or give run_id)")
     run_id: int | None = Field(None, description="evaluate a checkpoint of this training run")
     step: int | None = Field(None, ge=0, description="the run's checkpoint step (default: its newest checkpoint)")
     benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS), min_length=1, max_length=20,
-                                  description="names (aime24, amc23, math500, minerva, olympiadbench), .jsonl paths on "
-                                              "the worker, or hf:<dataset id>[:split]")
+                                  description="names (aime24, amc23, math500, minerva, olympiadbench), .jsonl paths "
+                                              "inside the studio's data roots, or hf:<dataset id>[:split]")
     mode: Literal["greedy", "sample"] = "greedy"
     temperature: float | None = Field(None, gt=0, le=2, description="sample mode (default 0.1)")
     samples: int | None = Field(None, ge=1, le=256, description="k per problem in sample mode "
@@ -103,7 +104,8 @@ class EvaluationOut(BaseModel):
     job: JobOut
     benchmarks: list[EvaluationBenchmarkOut]
     average: dict[str, Any]
-    error: str | None
+    error: str | None = Field(description="one line; without a token without absolute paths")
+    error_detail: str | None = Field(None, description=ERROR_DETAIL)
     created_at: str | None
     finished_at: str | None
 
@@ -158,35 +160,33 @@ def _unprocessable(field: str, msg: str) -> HTTPException:
                          detail=[{"type": "value_error", "loc": ["body", field], "msg": msg, "field": field}])
 
 
-def _check_benchmarks(names: list[str]) -> None:
-    """Standard names, paths and hub ids pass (the worker resolves them); other bare names must exist here."""
-    for i, spec in enumerate(names):
+def _check_sources(body: EvaluationCreate) -> None:
+    """Benchmarks and the model path through the studio's path policy (the worker checks again)."""
+    for i, spec in enumerate(body.benchmarks):
         if not spec.strip():
             raise _unprocessable("benchmarks", f"benchmarks[{i}]: empty name")
-        if spec in BENCHMARKS or spec.startswith("hf:") or "/" in spec or spec.endswith(".jsonl"):
-            continue
-        try:
-            resolve_benchmark_spec(spec)
-        except EvaluationError as exc:
-            raise _unprocessable("benchmarks", str(exc)) from None
-    if len(set(names)) != len(names):
+    if refusals := paths.evaluation_refusals(body.model, body.benchmarks):
+        raise refused(refusals, ["body"])
+    if len(set(body.benchmarks)) != len(body.benchmarks):
         raise _unprocessable("benchmarks", "benchmarks: a benchmark is listed twice")
 
 
-def evaluation_out(session: Session, job: Job) -> EvaluationOut:
+def evaluation_out(session: Session, job: Job, full: bool) -> EvaluationOut:
+    """`full`: the request has a valid token (absolute paths, worker, full error)."""
     p = job.params or {}
     evs = session.execute(select(Evaluation).where(Evaluation.job_id == job.id).order_by(Evaluation.id)).scalars().all()
     return EvaluationOut(
-        id=job.id, name=p.get("name") or "", status=job.status, model=p.get("model") or "",
-        model_path=p.get("model_path"), run_id=p.get("run_id"), step=p.get("step"), mode=p.get("mode", "greedy"),
+        id=job.id, name=public_value(p.get("name") or "", full), status=job.status,
+        model=public_value(p.get("model") or "", full), model_path=public_path(p.get("model_path"), full),
+        run_id=p.get("run_id"), step=p.get("step"), mode=p.get("mode", "greedy"),
         mode_label=p.get("mode_label", "greedy"), temperature=float(p.get("temperature") or 0.0),
-        cost_rollouts=p.get("cost_rollouts"), params=p, job=JobOut.of(job),
+        cost_rollouts=p.get("cost_rollouts"), params=public_value(p, full), job=JobOut.of(job, full),
         benchmarks=[EvaluationBenchmarkOut(
             id=e.id, benchmark=e.benchmark, status=e.status, n_samples=e.n_samples, k=e.k, temperature=e.temperature,
-            pass_at_1=e.pass_at_1, avg_at_k=e.avg_at_k, mathverify=e.mathverify, metrics=e.metrics or {},
-            finished_at=iso(e.finished_at)) for e in evs],
-        average=evaluation_summary(list(evs)), error=job.error, created_at=iso(job.created_at),
-        finished_at=iso(job.finished_at))
+            pass_at_1=e.pass_at_1, avg_at_k=e.avg_at_k, mathverify=e.mathverify,
+            metrics=public_value(e.metrics or {}, full), finished_at=iso(e.finished_at)) for e in evs],
+        average=evaluation_summary(list(evs)), error=public_error(job.error, full),
+        error_detail=job.error if full else None, created_at=iso(job.created_at), finished_at=iso(job.finished_at))
 
 
 def _eval_job_or_404(session: Session, eval_id: int) -> Job:
@@ -198,8 +198,9 @@ def _eval_job_or_404(session: Session, eval_id: int) -> Job:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EvaluationOut,
              dependencies=WRITE, summary="Queue a benchmark evaluation of a checkpoint or model",
-             responses={401: {"description": "no or invalid token"}, 403: {"description": "read-only token"},
-                        422: {"description": "invalid request (names the field)"}, **IDEMPOTENCY_RESPONSES})
+             responses={**WRITE_ERRORS, **errors(413, (422, "invalid request, or a path the studio's policy "
+                                                            "refuses; `detail[].field` names it")),
+                        **IDEMPOTENCY_RESPONSES})
 def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Response,
                       idempotency_key: IdempotencyKeyHeader = None) -> EvaluationOut:
     from remix_engine.evaluate import EvalOptions
@@ -216,7 +217,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
     except EvaluationError as exc:
         field = str(exc).split(":", 1)[0].strip()
         raise _unprocessable(field if field in EvaluationCreate.model_fields else "mode", str(exc)) from None
-    _check_benchmarks(body.benchmarks)
+    _check_sources(body)
     idem = idempotency_of(idempotency_key, body)
 
     params: dict[str, Any] = body.model_dump()
@@ -241,7 +242,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
             cost = 0
     else:
         params["model_path"] = body.model
-    name = body.name or params["model"]
+    name = body.name or paths.scrub(params["model"])  # a leaderboard line is public: no absolute path
     names = []
     for spec in body.benchmarks:
         try:
@@ -271,11 +272,11 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
     else:
         response.status_code = status.HTTP_200_OK
     session.expire_all()
-    return evaluation_out(session, session.get(Job, job.id))
+    return evaluation_out(session, session.get(Job, job.id), full=True)
 
 
 @router.get("", response_model=EvaluationList, summary="Evaluations (newest first)")
-def list_evaluations(session: SessionDep, run_id: int | None = None,
+def list_evaluations(session: SessionDep, full: FullView, run_id: int | None = None,
                      status_: str | None = Query(None, alias="status", description="comma-separated"),
                      limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> EvaluationList:
     cond = [Job.kind == JobKind.EVAL.value]
@@ -285,15 +286,16 @@ def list_evaluations(session: SessionDep, run_id: int | None = None,
         cond.append(Job.id.in_(select(Evaluation.job_id).where(Evaluation.run_id == run_id)))
     count = session.execute(select(func.count()).select_from(Job).where(*cond)).scalar_one()
     rows = session.execute(select(Job).where(*cond).order_by(Job.id.desc()).limit(limit).offset(offset)).scalars().all()
-    return EvaluationList(data=[evaluation_out(session, j) for j in rows], count=count, limit=limit, offset=offset)
+    return EvaluationList(data=[evaluation_out(session, j, full) for j in rows], count=count, limit=limit, offset=offset)
 
 
-@router.get("/{eval_id}", response_model=EvaluationOut, summary="One evaluation with per-benchmark results")
-def get_evaluation(eval_id: int, session: SessionDep) -> EvaluationOut:
-    return evaluation_out(session, _eval_job_or_404(session, eval_id))
+@router.get("/{eval_id}", response_model=EvaluationOut, summary="One evaluation with per-benchmark results",
+            responses=errors(404))
+def get_evaluation(eval_id: int, session: SessionDep, full: FullView) -> EvaluationOut:
+    return evaluation_out(session, _eval_job_or_404(session, eval_id), full)
 
 
-@router.get("/{eval_id}/samples", response_model=EvalSamplePage,
+@router.get("/{eval_id}/samples", response_model=EvalSamplePage, responses=errors(404),
             summary="Per-sample rows: response, extracted answer, grader and math-verify verdicts")
 def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None, correct: bool | None = None,
                  disagree: bool = Query(False, description="only samples where math-verify disagrees with the grader"),
@@ -318,7 +320,7 @@ def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None
 
 
 @router.post("/{eval_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=EvaluationOut,
-             dependencies=WRITE,
+             dependencies=WRITE, responses={**WRITE_ERRORS, **errors(404, (409, "the evaluation has already finished"))},
              summary="Cancel: a queued evaluation ends now; a running one stops after its current batch")
 def cancel_evaluation(eval_id: int, session: SessionDep) -> EvaluationOut:
     job = _eval_job_or_404(session, eval_id)
@@ -328,4 +330,4 @@ def cancel_evaluation(eval_id: int, session: SessionDep) -> EvaluationOut:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"evaluation {eval_id} is {job.status}") from None
     session.commit()
     session.expire_all()
-    return evaluation_out(session, session.get(Job, eval_id))
+    return evaluation_out(session, session.get(Job, eval_id), full=True)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
-from backend.api.deps import WRITE, SessionDep, SessionReleasingRoute
+from backend.api.deps import WRITE, WRITE_ERRORS, SessionDep, SessionReleasingRoute, errors
 from backend.auth import require_read
 from backend.leaderboard_export import FORMATS, render
 from studio.leaderboard import LeaderboardError, delete_entry, leaderboard, parse_import, store_entries
@@ -25,7 +25,8 @@ def _bad(field: str, exc: Exception) -> HTTPException:
 
 @router.get("", summary="The leaderboard for one decoding mode (json, csv, md or latex)",
             responses={200: {"content": {"application/json": {}, "text/csv": {}, "text/markdown": {},
-                                         "application/x-latex": {}}}})
+                                         "application/x-latex": {}}},
+                       **errors((422, "an unknown mode, source, sort, order or format; `detail[].field` names it"))})
 def get_leaderboard(session: SessionDep,
                     size: str | None = Query(None, description="1.5B, 7B, ... or all (default)"),
                     mode: str = Query("greedy", description="greedy or t<temperature> (t0.1: the paper's sampled numbers)"),
@@ -49,6 +50,10 @@ def get_leaderboard(session: SessionDep,
 
 
 @router.post("/import", status_code=status.HTTP_201_CREATED, dependencies=WRITE,
+             responses={**WRITE_ERRORS, **errors(413, (422, "rows that do not parse (the message says which)"))},
+             # the body is read raw (CSV or JSON), so FastAPI cannot describe it by itself
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "text/csv": {"schema": {"type": "string"}}, "application/json": {"schema": {}}}}},
              summary="Import published rows (CSV or JSON, same columns as the shipped table)",
              description="Body: CSV (`Content-Type: text/csv`) with columns size, model, <bench>_<mode> ... "
                          "(e.g. math500_greedy, avg_t0.1), cost_rollouts and optionally reference; or JSON, a list of such "
@@ -78,6 +83,7 @@ async def import_published(request: Request, session: SessionDep,
 
 
 @router.delete("/entries", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE,
+               responses={**WRITE_ERRORS, **errors((404, "no leaderboard entry with this key"))},
                summary="Remove one leaderboard line (all its benchmarks and modes) by its key")
 def remove_entry(session: SessionDep, key: str = Query(..., min_length=1, max_length=255)) -> Response:
     if not delete_entry(session, key):

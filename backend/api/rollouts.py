@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import func, or_, select, tuple_
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep, SessionReleasingRoute, get_run_or_404
+from backend.api.deps import SessionDep, SessionReleasingRoute, errors, get_run_or_404
 from backend.api.schemas import (
     GroupOut,
     OffPolicyOut,
@@ -65,7 +65,8 @@ def _like(q: str) -> str:
     return f"%{escaped}%"
 
 
-@router.get("/runs/{run_id}/rollouts", response_model=RolloutPage, summary="Rollouts of a run (filtered, keyset-paginated)")
+@router.get("/runs/{run_id}/rollouts", response_model=RolloutPage, summary="Rollouts of a run (filtered, keyset-paginated)",
+            responses=errors((400, "cursor: not one this endpoint returned for this order"), 404))
 def list_rollouts(
     run_id: int, session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
@@ -133,7 +134,8 @@ def _uses_of(session: Session, rollout_ids: list[int]) -> dict[int, list[Rollout
     return out
 
 
-@router.get("/rollouts/{rollout_id}", response_model=RolloutDetail, summary="One rollout with its text and uses")
+@router.get("/rollouts/{rollout_id}", response_model=RolloutDetail, summary="One rollout with its text and uses",
+            responses=errors(404))
 def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
     row = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
                           .where(Rollout.id == rollout_id)).first()
@@ -143,7 +145,7 @@ def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
     return RolloutDetail(**_rollout_out(r, t, full_text=True, preview=False), uses=_uses_of(session, [r.id])[r.id])
 
 
-@router.get("/runs/{run_id}/groups/{group_id}", response_model=GroupOut,
+@router.get("/runs/{run_id}/groups/{group_id}", response_model=GroupOut, responses=errors(404),
             summary="A GRPO group: every response to one prompt at one step, side by side")
 def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
     run = get_run_or_404(session, run_id)
@@ -168,7 +170,7 @@ def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
                     advantage_formula=formula, rollouts=rollouts)
 
 
-@router.get("/runs/{run_id}/offpolicy", response_model=OffPolicyOut,
+@router.get("/runs/{run_id}/offpolicy", response_model=OffPolicyOut, responses=errors(404),
             summary="Off-policy reuse: reuse ratio per step, staleness histogram, ratio/clip per policy age")
 def get_offpolicy(run_id: int, session: SessionDep, step_min: int | None = None,
                   step_max: int | None = None) -> OffPolicyOut:

@@ -11,7 +11,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import WRITE, SessionDep, SessionReleasingRoute, get_run_or_404
+from backend.api.deps import (
+    WRITE,
+    WRITE_ERRORS,
+    FullView,
+    SessionDep,
+    SessionReleasingRoute,
+    errors,
+    get_run_or_404,
+    refused,
+)
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import (
@@ -23,10 +32,12 @@ from backend.api.schemas import (
     RunDetail,
     RunList,
     RunOut,
+    public_path,
+    public_value,
 )
 from backend.auth import require_read
 from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
-from studio import jobs, queries
+from studio import jobs, paths, queries
 from studio.models import ACTIVE_STATUSES, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
 from studio.settings import get_settings
 
@@ -50,7 +61,15 @@ def _config_error(message: str) -> HTTPException:
 
 
 def parse_run_config(raw: dict[str, Any]) -> RunConfig:
-    """REST body `config` → RunConfig through the same `build_config` the CLI uses."""
+    """REST body `config` → RunConfig through the same `build_config` the CLI uses, then the
+    studio's path policy (the CLI has no such limits)."""
+    cfg = _build_run_config(raw)
+    if refusals := paths.run_config_refusals(cfg):
+        raise refused(refusals, ["body", "config"])
+    return cfg
+
+
+def _build_run_config(raw: dict[str, Any]) -> RunConfig:
     body = dict(raw)
     preset = body.pop("preset", "toy")
     algorithm = body.pop("algorithm", None)
@@ -80,18 +99,21 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
 
 
 # ----------------------------------------------------------------------------------- helpers
-def run_detail(session: Session, run: Run) -> RunDetail:
+def run_detail(session: Session, run: Run, full: bool) -> RunDetail:
+    """`full`: the request has a valid token (absolute paths, worker, full error)."""
     job = jobs.latest_job(session, run.id)
     latest = {k: v for k, v in session.execute(
         select(LatestMetric.key, LatestMetric.value).where(LatestMetric.run_id == run.id).order_by(LatestMetric.key))}
-    ckpts = [CheckpointOut(step=c.step, policy_version=c.policy_version, path=c.path, policy_path=c.policy_path,
-                           exists=Path(c.path).exists(), created_at=as_utc(c.created_at))
+    ckpts = [CheckpointOut(step=c.step, policy_version=c.policy_version, path=public_path(c.path, full),
+                           policy_path=public_path(c.policy_path, full), exists=Path(c.path).exists(),
+                           created_at=as_utc(c.created_at))
              for c in session.execute(select(Checkpoint).where(Checkpoint.run_id == run.id)
                                       .order_by(Checkpoint.step)).scalars()]
     children = list(session.execute(select(Run.id).where(Run.parent_run_id == run.id).order_by(Run.id)).scalars())
-    return RunDetail(**RunOut.fields_of(run), config=run.config or {}, request=run.request or {}, summary=run.summary,
-                     output_dir=run.output_dir, job=JobOut.of(job) if job else None, latest_metrics=latest,
-                     checkpoints=ckpts, child_run_ids=children)
+    return RunDetail(**RunOut.fields_of(run, full), config=public_value(run.config or {}, full),
+                     request=public_value(run.request or {}, full), summary=public_value(run.summary, full),
+                     output_dir=public_path(run.output_dir, full), job=JobOut.of(job, full) if job else None,
+                     latest_metrics=latest, checkpoints=ckpts, child_run_ids=children)
 
 
 def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict, parent_run_id: int | None,
@@ -108,15 +130,15 @@ def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict
     elif response is not None:
         response.status_code = status.HTTP_200_OK
     session.expire_all()
-    return run_detail(session, session.get(Run, job.run_id))
+    return run_detail(session, session.get(Run, job.run_id), full=True)
 
 
 # ----------------------------------------------------------------------------------- routes
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=WRITE,
-             summary="Submit a training run", responses={401: {"description": "no or invalid token"},
-                                                         403: {"description": "read-only token"},
-                                                         422: {"description": "invalid config (names the field)"},
-                                                         **IDEMPOTENCY_RESPONSES})
+             summary="Submit a training run",
+             responses={**WRITE_ERRORS, **errors(413, (422, "invalid config, or a path or field the studio's "
+                                                            "policy refuses; `detail[].field` names it")),
+                        **IDEMPOTENCY_RESPONSES})
 def create_run(body: RunCreate, session: SessionDep, response: Response,
                idempotency_key: IdempotencyKeyHeader = None) -> RunDetail:
     cfg = parse_run_config(body.config)
@@ -125,7 +147,7 @@ def create_run(body: RunCreate, session: SessionDep, response: Response,
 
 
 @router.get("", response_model=RunList, summary="List runs (newest first)")
-def list_runs(session: SessionDep,
+def list_runs(session: SessionDep, full: FullView,
               status_: str | None = Query(None, alias="status", description="comma-separated: queued,running,..."),
               algorithm: str | None = Query(None, description="comma-separated algorithms"),
               parent_run_id: int | None = None,
@@ -140,16 +162,17 @@ def list_runs(session: SessionDep,
     count = session.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
     rows = session.execute(select(Run).where(*cond).order_by(Run.created_at.desc(), Run.id.desc())
                            .limit(limit).offset(offset)).scalars().all()
-    return RunList(data=[RunOut.of(r) for r in rows], count=count, limit=limit, offset=offset)
+    return RunList(data=[RunOut.of(r, full) for r in rows], count=count, limit=limit, offset=offset)
 
 
-@router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints")
-def get_run(run_id: int, session: SessionDep) -> RunDetail:
-    return run_detail(session, get_run_or_404(session, run_id))
+@router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints",
+            responses=errors(404))
+def get_run(run_id: int, session: SessionDep, full: FullView) -> RunDetail:
+    return run_detail(session, get_run_or_404(session, run_id), full)
 
 
 @router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunDetail,
-             dependencies=WRITE,
+             dependencies=WRITE, responses={**WRITE_ERRORS, **errors(404, (409, "the run has already finished"))},
              summary="Cancel: a queued run ends now; a running one checkpoints and stops after its current step")
 def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
     run = get_run_or_404(session, run_id)
@@ -163,11 +186,13 @@ def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
                                                              "or running runs can be cancelled") from None
     session.commit()
     session.expire_all()
-    return run_detail(session, session.get(Run, run_id))
+    return run_detail(session, session.get(Run, run_id), full=True)
 
 
 @router.post("/{run_id}/retry", status_code=status.HTTP_201_CREATED, response_model=RunDetail,
-             dependencies=WRITE, summary="Start a new run with the same config (lineage kept)")
+             dependencies=WRITE, summary="Start a new run with the same config (lineage kept)",
+             responses={**WRITE_ERRORS, **errors(404, (409, "the run is still active, or its config is no longer "
+                                                           "valid or allowed"))})
 def retry_run(run_id: int, session: SessionDep) -> RunDetail:
     parent = get_run_or_404(session, run_id)
     if parent.status in ACTIVE_STATUSES:
@@ -176,12 +201,16 @@ def retry_run(run_id: int, session: SessionDep) -> RunDetail:
         cfg = RunConfig.model_validate(parent.config)
     except Exception as exc:  # the stored config no longer validates (schema changed)
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id}'s config is no longer valid: {exc}") from None
+    if refusals := paths.run_config_refusals(cfg):  # the policy tightened since the run was submitted
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id}'s config is refused by the studio's "
+                                                             "policy: " + "; ".join(r.message for r in refusals))
     base = re.sub(r" \(retry of #\d+\)$", "", parent.name)
     return _submit(session, name=f"{base} (retry of #{parent.id})"[:200], cfg=cfg, request=parent.request or {},
                    parent_run_id=parent.id)
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE,
+               responses={**WRITE_ERRORS, **errors(404, (409, "the run is active; cancel it first"))},
                summary="Delete a finished run, its rows and its artefacts")
 def delete_run(run_id: int, session: SessionDep) -> Response:
     run = get_run_or_404(session, run_id)
@@ -198,7 +227,8 @@ def delete_run(run_id: int, session: SessionDep) -> Response:
 
 
 # ----------------------------------------------------------------------------------- metrics
-@router.get("/{run_id}/metrics/keys", response_model=list[str], summary="Metric keys recorded for a run")
+@router.get("/{run_id}/metrics/keys", response_model=list[str], summary="Metric keys recorded for a run",
+            responses=errors(404))
 def metric_keys(run_id: int, session: SessionDep) -> list[str]:
     get_run_or_404(session, run_id)
     return list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)
@@ -206,7 +236,8 @@ def metric_keys(run_id: int, session: SessionDep) -> list[str]:
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsOut,
-            summary="Metric series, downsampled in SQL (min and max of every bucket are kept)")
+            summary="Metric series, downsampled in SQL (min and max of every bucket are kept)",
+            responses=errors(404))
 def get_metrics(run_id: int, session: SessionDep,
                 keys: str | None = Query(None, description="comma-separated metric keys (default: all)"),
                 x: Literal["step", "rollouts", "time"] = Query(

@@ -7,7 +7,28 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studio import paths
 from studio.models import Job, Run, as_utc
+
+ERROR_DETAIL = "the full error text (with the traceback); only for requests with a valid token"
+
+
+def public_error(error: str | None, full: bool) -> str | None:
+    """The error's first line; without a token also without absolute paths (the full text is
+    `error_detail`, given only to token holders)."""
+    if not error or not error.strip():
+        return error
+    line = error.strip().splitlines()[0]
+    return line if full else paths.scrub(line)[:500]
+
+
+def public_path(path: str | None, full: bool) -> str | None:
+    return path if full or path is None else paths.display_path(path)
+
+
+def public_value(value: Any, full: bool) -> Any:
+    """Configs, requests and params: absolute paths in them shown relative to their root."""
+    return value if full else paths.scrub(value)
 
 
 class RunCreate(BaseModel):
@@ -34,7 +55,7 @@ class JobOut(BaseModel):
     lost_attempts: int
     max_attempts: int
     queue: str
-    worker: str | None
+    worker: str | None = Field(description="host and PID of the worker; only for requests with a valid token")
     cancel_requested: bool
     progress_step: int
     progress_total: int
@@ -42,7 +63,8 @@ class JobOut(BaseModel):
     last_checkpoint_step: int | None
     phase: str | None = Field(None, description="what a running attempt does outside its steps (the warm start, "
                                                 "with its ETA); null while it trains")
-    error: str | None
+    error: str | None = Field(description="one line; without a token without absolute paths")
+    error_detail: str | None = Field(None, description=ERROR_DETAIL)
     celery_task_id: str | None
     created_at: datetime
     queued_at: datetime | None
@@ -51,13 +73,16 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, full: bool) -> JobOut:
+        """`full`: the request has a valid token (worker host and PID, full error)."""
         return cls(
             id=job.id, run_id=job.run_id, kind=job.kind, status=job.status, attempt=job.attempt,
-            lost_attempts=job.lost_attempts, max_attempts=job.max_attempts, queue=job.queue, worker=job.worker, cancel_requested=job.cancel_requested,
+            lost_attempts=job.lost_attempts, max_attempts=job.max_attempts, queue=job.queue,
+            worker=job.worker if full else None, cancel_requested=job.cancel_requested,
             progress_step=job.progress_step, progress_total=job.progress_total,
-            resumed_from_step=job.resumed_from_step, last_checkpoint_step=job.last_checkpoint_step, phase=job.phase,
-            error=job.error,
+            resumed_from_step=job.resumed_from_step, last_checkpoint_step=job.last_checkpoint_step,
+            phase=public_error(job.phase, full),  # a warm-start line may name the cache folder
+            error=public_error(job.error, full), error_detail=job.error if full else None,
             celery_task_id=job.celery_task_id, created_at=as_utc(job.created_at), queued_at=as_utc(job.queued_at),
             started_at=as_utc(job.started_at), heartbeat_at=as_utc(job.heartbeat_at),
             finished_at=as_utc(job.finished_at))
@@ -76,31 +101,33 @@ class RunOut(BaseModel):
     rollouts_generated: int
     tokens_generated: int
     elapsed_s: float
-    error: str | None
+    error: str | None = Field(description="one line; without a token without absolute paths")
+    error_detail: str | None = Field(None, description=ERROR_DETAIL)
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
 
     @classmethod
-    def fields_of(cls, run: Run) -> dict[str, Any]:
+    def fields_of(cls, run: Run, full: bool) -> dict[str, Any]:
         return dict(
             id=run.id, name=run.name, preset=run.preset, algorithm=run.algorithm, status=run.status,
             cancel_requested=run.cancel_requested, parent_run_id=run.parent_run_id, steps_total=run.steps_total,
             steps_done=run.steps_done, rollouts_generated=run.rollouts_generated,
-            tokens_generated=run.tokens_generated, elapsed_s=run.elapsed_s, error=run.error,
+            tokens_generated=run.tokens_generated, elapsed_s=run.elapsed_s, error=public_error(run.error, full),
+            error_detail=run.error if full else None,
             created_at=as_utc(run.created_at), started_at=as_utc(run.started_at),
             finished_at=as_utc(run.finished_at), updated_at=as_utc(run.updated_at))
 
     @classmethod
-    def of(cls, run: Run) -> RunOut:
-        return cls(**cls.fields_of(run))
+    def of(cls, run: Run, full: bool) -> RunOut:
+        return cls(**cls.fields_of(run, full))
 
 
 class CheckpointOut(BaseModel):
     step: int
     policy_version: int
-    path: str
+    path: str = Field(description="absolute with a valid token, else relative to its root (runs/<id>/...)")
     policy_path: str | None
     exists: bool
     created_at: datetime
@@ -110,7 +137,7 @@ class RunDetail(RunOut):
     config: dict[str, Any]
     request: dict[str, Any]
     summary: dict[str, Any] | None
-    output_dir: str | None
+    output_dir: str | None = Field(description="absolute with a valid token, else relative to its root (runs/<id>)")
     job: JobOut | None
     latest_metrics: dict[str, float | None] = Field(default_factory=dict, description="last value of every metric key")
     checkpoints: list[CheckpointOut] = Field(default_factory=list)

@@ -8,10 +8,11 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import func, select
 
-from backend.api.deps import SessionDep, SessionReleasingRoute
+from backend.api.deps import FullView, SessionDep, SessionReleasingRoute, errors
 from backend.api.schemas import BenchmarkOut, HealthOut, JobList, JobOut
 from backend.auth import require_read
 from remix_engine.benchmarks import BENCHMARKS, LABELS
+from studio import paths
 from studio.migrate import current_revision, head_revision
 from studio.models import Job, WorkerNode, as_utc, utcnow
 from studio.settings import get_settings, redact_url
@@ -22,7 +23,7 @@ _probe_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_p
 
 
 @router.get("/jobs", response_model=JobList, summary="Jobs (newest first)")
-def list_jobs(session: SessionDep, status_: str | None = Query(None, alias="status", description="comma-separated"),
+def list_jobs(session: SessionDep, full: FullView, status_: str | None = Query(None, alias="status", description="comma-separated"),
               run_id: int | None = None, kind: str | None = None,
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> JobList:
     cond = []
@@ -35,15 +36,15 @@ def list_jobs(session: SessionDep, status_: str | None = Query(None, alias="stat
     count = session.execute(select(func.count()).select_from(Job).where(*cond)).scalar_one()
     rows = session.execute(select(Job).where(*cond).order_by(Job.created_at.desc(), Job.id.desc())
                            .limit(limit).offset(offset)).scalars().all()
-    return JobList(data=[JobOut.of(j) for j in rows], count=count, limit=limit, offset=offset)
+    return JobList(data=[JobOut.of(j, full) for j in rows], count=count, limit=limit, offset=offset)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
-def get_job(job_id: int, session: SessionDep) -> JobOut:
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job", responses=errors(404))
+def get_job(job_id: int, session: SessionDep, full: FullView) -> JobOut:
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, detail=f"job {job_id} not found")
-    return JobOut.of(job)
+    return JobOut.of(job, full)
 
 
 @router.get("/benchmarks", response_model=list[BenchmarkOut],
@@ -64,7 +65,7 @@ def _probe_broker() -> dict:
 
 @router.get("/health", response_model=HealthOut, summary="Database, broker and the workers seen recently",
             responses={503: {"description": "the database is unreachable"}})
-def health(session: SessionDep, response: Response) -> HealthOut:
+def health(session: SessionDep, response: Response, full: FullView) -> HealthOut:
     from remix_engine import __version__
 
     settings = get_settings()
@@ -91,7 +92,8 @@ def health(session: SessionDep, response: Response) -> HealthOut:
             seen = as_utc(w.last_seen_at)
             alive = w.status == "online" and seen is not None and seen >= fresh
             workers["online"] += int(alive)
-            workers["items"].append({"hostname": w.hostname, "pid": w.pid, "queues": w.queues,
+            workers["items"].append({"hostname": w.hostname if full else None, "pid": w.pid if full else None,
+                                     "queues": w.queues,
                                      "status": "online" if alive else (w.status if w.status != "online" else "lost"),
                                      "current_job_id": w.current_job_id, "last_seen_at": seen,
                                      "started_at": as_utc(w.started_at)})
@@ -100,4 +102,6 @@ def health(session: SessionDep, response: Response) -> HealthOut:
     if not db.get("ok"):
         overall = "error"
         response.status_code = 503
+    if not full:  # the SQLite file's absolute path, error texts
+        db, broker = paths.scrub(db), paths.scrub(broker)
     return HealthOut(status=overall, database=db, broker=broker, workers=workers, version=__version__)

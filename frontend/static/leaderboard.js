@@ -322,7 +322,7 @@ function renderEvals(list) {
       h("td", { class: "col-name" }, h("span", { class: "model-name" }, ev.name || ev.model),
         h("div", { class: "ev-scores" }, scoresLine(ev))),
       h("td", {}, statusBadge(ev.status, ev.job.cancel_requested),
-        ev.error ? h("div", { class: "error-text small", title: ev.error }, ev.error.split("\n")[0].slice(0, 140)) : null),
+        ev.error ? h("div", { class: "error-text small", title: ev.error_detail || ev.error }, ev.error.split("\n")[0].slice(0, 140)) : null),
       h("td", {}, progressBar(ev.job.progress_step, ev.job.progress_total)),
       h("td", {}, MODE_NAMES[ev.mode_label] || ev.mode_label),
       h("td", { class: "num" }, pct(ev.average["pass@1"], 2)),

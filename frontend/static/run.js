@@ -129,15 +129,18 @@ function renderJob(run) {
     h("dl", { class: "kv" },
       h("dt", {}, "status"), h("dd", {}, job.status, job.cancel_requested ? " (cancel requested)" : ""),
       h("dt", {}, "progress"), h("dd", {}, `${job.progress_step} / ${job.progress_total} steps`),
-      h("dt", {}, "worker"), h("dd", {}, job.worker || h("span", { class: "muted" }, "none yet")),
+      // the worker's host and PID are only sent to requests with a token
+      h("dt", {}, "worker"), h("dd", {}, job.worker || h("span", { class: "muted" },
+        job.started_at ? "shown with an API token" : "none yet")),
       h("dt", {}, "heartbeat"), h("dd", {}, job.heartbeat_at ? timeEl(job.heartbeat_at) : "—",
         ACTIVE.has(job.status) && job.heartbeat_at && (Date.now() - new Date(job.heartbeat_at)) > 60000
           ? h("span", { class: "error-text" }, " — stale: the worker may be gone; the studio re-queues the job") : null),
       h("dt", {}, "attempt"), h("dd", {}, `${job.attempt} / ${job.max_attempts}`)),
     h("h3", { class: "section" }, "Log"),
     h("pre", { class: "log", id: "job-log", tabindex: "0", "aria-label": "Job log" }, lines.join("\n")),
+    // error is one line; error_detail (the traceback) comes only with a token
     job.error || run.error ? h("div", { class: "notice notice-error section" },
-      h("strong", {}, "Error"), h("pre", {}, job.error || run.error)) : null,
+      h("strong", {}, "Error"), h("pre", {}, job.error_detail || job.error || run.error_detail || run.error)) : null,
     run.summary ? summaryBlock(run.summary) : null);
 }
 

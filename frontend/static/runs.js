@@ -180,7 +180,7 @@ function row(run) {
       h("a", { href: `/runs/${run.id}` }, run.name),
       h("span", { class: "muted small" }, ` #${run.id}`),
       run.parent_run_id ? h("span", { class: "muted small", title: "retry of" }, ` ↻ #${run.parent_run_id}`) : null,
-      run.error ? h("div", { class: "small error-text", title: run.error }, run.error.split("\n")[0].slice(0, 120)) : null),
+      run.error ? h("div", { class: "small error-text", title: run.error_detail || run.error }, run.error.split("\n")[0].slice(0, 120)) : null),
     h("td", {}, statusBadge(run.status, run.cancel_requested)),
     h("td", {}, h("code", {}, run.algorithm), h("span", { class: "muted small" }, ` ${run.preset}`)),
     h("td", { class: "col-progress" }, progressBar(run.steps_done, run.steps_total)),

@@ -153,7 +153,8 @@ class Deployment:
         return r.json()
 
     def run(self, run_id: int) -> dict[str, Any]:
-        r = self.client.get(f"/runs/{run_id}")
+        """The run as a token holder sees it (absolute paths, worker, full error)."""
+        r = self.client.get(f"/runs/{run_id}", headers=self.read_headers)
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -163,7 +164,7 @@ class Deployment:
             if run["status"] in statuses:
                 return run
             if run["status"] == "failed" and "failed" not in statuses:
-                raise AssertionError(f"run {run_id} failed: {run['error']}\n{self.logs_tail()}")
+                raise AssertionError(f"run {run_id} failed: {run['error_detail']}\n{self.logs_tail()}")
             return None
 
         try:

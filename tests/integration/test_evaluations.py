@@ -38,11 +38,11 @@ def _submit(dep: Deployment, body: dict) -> dict:
 
 def _wait(dep: Deployment, eval_id: int, statuses: tuple[str, ...], timeout: float = 300) -> dict:
     def done() -> dict | None:
-        ev = dep.client.get(f"/evaluations/{eval_id}").json()
+        ev = dep.client.get(f"/evaluations/{eval_id}", headers=dep.read_headers).json()  # full error
         if ev["status"] in statuses:
             return ev
         if ev["status"] in ("failed", "succeeded", "cancelled"):
-            raise AssertionError(f"evaluation {eval_id} ended {ev['status']}: {ev['error']}\n{dep.logs_tail()}")
+            raise AssertionError(f"evaluation {eval_id} ended {ev['status']}: {ev['error_detail']}\n{dep.logs_tail()}")
         return None
 
     try:
@@ -100,11 +100,12 @@ def test_evaluate_a_run_checkpoint_and_see_it_on_the_leaderboard(deployment: Dep
     assert page.status_code == 200 and "leaderboard.js" in page.text
 
 
-def test_exact_scores_through_rest_and_sample_filters(deployment: Deployment, tmp_path_factory) -> None:
+def test_exact_scores_through_rest_and_sample_filters(deployment: Deployment) -> None:
     import torch
 
     helpers = _helpers()
-    root = tmp_path_factory.mktemp("seven")
+    root = Path(deployment.env["REMIX_DATA_DIR"]) / "seven"  # the studio reads files inside its data roots only
+    root.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the worker shares the cores; more threads only slow both down
     try:
@@ -141,7 +142,8 @@ def test_exact_scores_through_rest_and_sample_filters(deployment: Deployment, tm
 
 def test_cancel_and_bad_requests(deployment: Deployment) -> None:
     c, h = deployment.client, deployment.write_headers
-    big = _submit(deployment, {"model": str(REPO / "no-such-dir-but-queued"), "benchmarks": ["math500"],
+    missing = Path(deployment.env["REMIX_DATA_DIR"]) / "no-such-dir-but-queued"  # inside a root: accepted
+    big = _submit(deployment, {"model": str(missing), "benchmarks": ["math500"],
                                "max_new_tokens": 64, "batch_size": 2})
     r = c.post(f"/evaluations/{big['id']}/cancel", headers=h)
     assert r.status_code == 202
@@ -168,6 +170,7 @@ def test_cancel_and_bad_requests(deployment: Deployment) -> None:
     bad({"model": "x", "run_id": 1}, "model")
     bad({"run_id": 999999}, "run_id")
     bad({"model": "x", "benchmarks": ["nosuch"]}, "nosuch")
+    bad({"model": str(REPO / "no-such-dir"), "benchmarks": ["math500"]}, "REMIX_DATA_ROOTS")  # outside the roots
     bad({"model": "x", "mode": "greedy", "temperature": 0.5}, "temperature")
     bad({"model": "x", "samples": 4}, "samples")
     bad({"model": "x", "prompt_template": "no slot"}, "prompt_template")

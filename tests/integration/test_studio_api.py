@@ -339,7 +339,8 @@ def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:
     assert all(b["fresh"] == per_step for b in off["reuse_by_step"])
     assert run["rollouts_generated"] == steps * per_step and run["steps_done"] == steps
     assert [ck["step"] for ck in run["checkpoints"]][-1] == steps
-    workers = {w["pid"]: w for w in deployment.client.get("/health").json()["workers"]["items"]}
+    health = deployment.client.get("/health", headers=deployment.read_headers).json()  # PIDs need a token
+    workers = {w["pid"]: w for w in health["workers"]["items"]}
     assert workers[victim.pid]["status"] == "lost"
     assert any(w["status"] == "online" for w in workers.values())
 

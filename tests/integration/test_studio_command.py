@@ -62,9 +62,11 @@ def test_studio_command_and_documented_curl_sequence(tmp_path: Path) -> None:
         health = wait_for(worker_online, 180, what="the studio and its worker")
         assert health["database"]["dialect"] == "sqlite" and health["broker"]["url"].startswith("filesystem")
         assert (data_dir / "studio.db").is_file() and (data_dir / "broker").is_dir()
+        assert health["workers"]["items"][0]["pid"] is None  # not shown without a token
+        token = (data_dir / "api_token").read_text().strip()
+        health = httpx.get(f"{api}/health", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
         worker_pid = health["workers"]["items"][0]["pid"]
         assert worker_pid != studio.pid
-        token = (data_dir / "api_token").read_text().strip()
         assert token and token in log_path.read_text(), "the new token is printed on first start"
         assert oct((data_dir / "api_token").stat().st_mode & 0o777) == "0o600"
 

@@ -106,17 +106,19 @@ def _start_studio(data_dir: Path, port: int, log_path: Path, cwd: Path) -> subpr
 
 
 def _workers_on(data_dir: Path) -> list[int]:
-    """Pids of the worker processes serving `data_dir` (found by their lock-file argument)."""
+    """Pids of the worker processes serving `data_dir` (found by their lock-file argument); the
+    processes they fork (grading pool) carry the same command line and are left out."""
     lock = str(data_dir / "worker.lock")
-    pids = []
+    parents = {}
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if b"worker.cli" in argv and lock.encode() in argv:
-            pids.append(int(entry.name))
-    return pids
+            parents[int(entry.name)] = ppid
+    return [pid for pid, ppid in parents.items() if ppid not in parents]
 
 
 def test_kill_9_of_the_studio_leaves_no_orphan_and_the_next_studio_resumes_the_job(tmp_path: Path) -> None:
@@ -137,7 +139,8 @@ def test_kill_9_of_the_studio_leaves_no_orphan_and_the_next_studio_resumes_the_j
                 return None
             return health if health["workers"]["online"] >= 1 else None
 
-        old_worker = wait_for(online, 180, what="the first studio's worker")["workers"]["items"][0]["pid"]
+        wait_for(online, 180, what="the first studio's worker")
+        (old_worker,) = _workers_on(data_dir)
         token = (data_dir / "api_token").read_text().strip()
         cfg = fast_config(12, **{"trainer.checkpoint_every": 1})
         r = httpx.post(f"{api}/runs", json={"config": cfg}, headers={"Authorization": f"Bearer {token}"}, timeout=30)

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= studio,postgres,redis,mathverify,datasets,dev
 
-.PHONY: setup studio train-demo test test-main lint
+.PHONY: setup studio prepare train-demo test test-main lint
 
 # A venv with the project installed (editable). torch is pinned to the CPU build in pyproject.toml.
 setup: $(VENV)/.installed
@@ -16,10 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# `remix prepare` caches the toy warm start (3.5–5 minutes once on 2 cores, measured; a progress bar shows it), so a first run starts at once.
+# Serves at once; the first toy run's job computes and caches the warm start (3.5–5 minutes once on
+# 2 cores, measured), shown on its run page with an ETA. `make prepare` builds it ahead of time.
 studio: setup
-	$(BIN)/remix prepare --preset toy --seeds 0
 	$(BIN)/remix studio
+
+prepare: setup
+	$(BIN)/remix prepare --preset toy --seeds 0
 
 train-demo: setup
 	$(BIN)/remix train --preset toy --algorithm remix-grpo --seed 0 --output runs/demo

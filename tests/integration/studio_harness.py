@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,16 @@ class Deployment:
             cursor = page["next_cursor"]
             if not cursor:
                 return out
+
+
+def assert_every_step_once(deployment: Deployment, run_id: int, cfg: dict, steps: int) -> None:
+    """Each step's metrics and rollouts are in SQL exactly once (none lost, none written twice)."""
+    per_step = fresh_per_step(cfg)
+    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "cost/rollouts,critic/score/mean"}).json()
+    series = {s["key"]: s for s in m["series"]}
+    assert series["cost/rollouts"]["step"] == list(range(0, steps + 1))
+    assert series["cost/rollouts"]["y"] == [float(per_step * s) for s in range(steps + 1)]
+    assert series["critic/score/mean"]["step"] == list(range(1, steps + 1))
+    rows = deployment.all_rollouts(run_id)
+    assert len({r["uid"] for r in rows}) == len(rows) == steps * per_step
+    assert Counter(r["step"] for r in rows) == {s: per_step for s in range(1, steps + 1)}

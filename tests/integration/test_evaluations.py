@@ -71,7 +71,8 @@ def test_evaluate_a_run_checkpoint_and_see_it_on_the_leaderboard(deployment: Dep
     assert ev["job"]["progress_step"] == ev["job"]["progress_total"] == 10
     samples = c.get(f"/evaluations/{ev['id']}/samples", params={"limit": 100}).json()
     assert samples["count"] == 10 and {s["benchmark"] for s in samples["data"]} == set(BENCHMARKS)
-    assert all(s["prompt"].endswith("\\boxed{}.\n<think>") for s in samples["data"])
+    # prompted the way the run trained (saved with the checkpoint): the toy has no instruction suffix
+    assert all(s["prompt"].endswith("\n<think>") and "\\boxed{}" not in s["prompt"] for s in samples["data"])
     # the run is not touched by its evaluation job
     assert deployment.run(run["id"])["status"] == "succeeded"
 

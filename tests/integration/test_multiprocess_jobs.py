@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from studio_harness import Deployment, fast_config, fresh_per_step, wait_for
+from studio_harness import Deployment, assert_every_step_once, fast_config, fresh_per_step, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,19 +45,6 @@ def rank_processes(run_id: int) -> dict[int, str]:
         except (OSError, ValueError, IndexError):  # the process ended while we looked
             continue
     return found
-
-
-def assert_every_step_once(deployment: Deployment, run_id: int, cfg: dict, steps: int) -> None:
-    """Rank 0 alone wrote the events: each step's metrics and rollouts exactly once."""
-    per_step = fresh_per_step(cfg)
-    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "cost/rollouts,critic/score/mean"}).json()
-    series = {s["key"]: s for s in m["series"]}
-    assert series["cost/rollouts"]["step"] == list(range(0, steps + 1))
-    assert series["cost/rollouts"]["y"] == [float(per_step * s) for s in range(steps + 1)]
-    assert series["critic/score/mean"]["step"] == list(range(1, steps + 1))
-    rows = deployment.all_rollouts(run_id)
-    assert len({r["uid"] for r in rows}) == len(rows) == steps * per_step
-    assert Counter(r["step"] for r in rows) == {s: per_step for s in range(1, steps + 1)}
 
 
 def test_two_process_run_trains_to_completion(deployment: Deployment) -> None:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from studio_harness import Deployment, fast_config, fresh_per_step, wait_for
+from studio_harness import Deployment, assert_every_step_once, fast_config, fresh_per_step, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -324,16 +324,8 @@ def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:
     assert job["attempt"] == 2 and job["lost_attempts"] == 1, job
     assert job["resumed_from_step"] is not None and job["resumed_from_step"] >= 3
     assert job["worker"] != before["job"]["worker"]
-    # no duplicated or missing steps
+    assert_every_step_once(deployment, run_id, cfg, steps)
     per_step = fresh_per_step(cfg)
-    m = deployment.client.get(f"/runs/{run_id}/metrics", params={"keys": "cost/rollouts,critic/score/mean"}).json()
-    series = {s["key"]: s for s in m["series"]}
-    assert series["cost/rollouts"]["step"] == list(range(0, steps + 1))
-    assert series["cost/rollouts"]["y"] == [float(per_step * s) for s in range(steps + 1)]
-    assert series["critic/score/mean"]["step"] == list(range(1, steps + 1))
-    rows = deployment.all_rollouts(run_id)
-    assert len({r["uid"] for r in rows}) == len(rows) == steps * per_step
-    assert Counter(r["step"] for r in rows) == {s: per_step for s in range(1, steps + 1)}
     off = deployment.client.get(f"/runs/{run_id}/offpolicy").json()
     assert [b["step"] for b in off["reuse_by_step"]] == list(range(1, steps + 1))
     assert all(b["fresh"] == per_step for b in off["reuse_by_step"])

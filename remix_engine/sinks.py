@@ -16,8 +16,9 @@ from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecor
 
 
 class StopRequested(Exception):
-    """Raised inside a long phase (warm start, generation) when `Sink.should_abort` turned true: the
-    phase is abandoned and the run ends at its last checkpoint instead of finishing the phase."""
+    """Raised inside a long phase (warm start, generation, evaluation) when `Sink.should_abort`
+    turned true: the phase is dropped instead of finished, and the run ends cancelled at the last
+    completed step (checkpointed; an interrupted warm start leaves nothing)."""
 
 
 class Sink:
@@ -46,7 +47,7 @@ class Sink:
     def should_abort(self) -> bool:
         """Polled often during the long phases (every warm-start step, every generated token): True
         when the work in progress may be thrown away (a cancel, unlike a shutdown); the phase then
-        raises StopRequested and the run ends at its last checkpoint. Keep it cheap."""
+        raises StopRequested and the run ends at its last completed step. Keep it cheap."""
         return False
 
 

@@ -200,8 +200,8 @@ class Trainer:
             "dtype": None if self.device.type == "cpu" else cfg.model.dtype}
         self.backend = make_backend(cfg.rollout.backend, self._generation_module(), self.tokenizer, **backend_kwargs)
         if self.world.size == 1 and hasattr(self.backend, "should_stop"):
-            # One process: a cancel may also cut a long generation short (the step is then abandoned
-            # and the run ends at its last checkpoint). Several processes stop between steps.
+            # One process: a cancel may also cut a long generation short (the step in flight is
+            # dropped; the run ends at the step before it). Several processes stop between steps.
             self.backend.should_stop = self.sink.should_abort
         self.grader = GraderPool(processes=2, timeout_s=5.0)
 
@@ -246,16 +246,23 @@ class Trainer:
                 break
             t = self.state.step + 1
             started = time.perf_counter()
+            data_position = (self.state.data_epoch, self.state.data_pos)
             try:
                 metrics = self._train_step(t)
-                last_step = t == cfg.trainer.steps or self._budget_spent()
-                if t % cfg.trainer.eval_every == 0 or last_step:
-                    last_eval = self._evaluate()
-                    metrics.update(last_eval)
-            except StopRequested:  # mid-step: its state is half-updated, so the last checkpoint stays the end
-                status, abandoned = "cancelled", True
+            except StopRequested:
+                # Aborted while generating step t's rollouts, before anything but the data position
+                # changed: put it back and the state is step t−1's, checkpointed below as usual.
+                self.state.data_epoch, self.state.data_pos = data_position
+                status = "cancelled"
                 break
             self.state.step = t
+            last_step = t == cfg.trainer.steps or self._budget_spent()
+            if t % cfg.trainer.eval_every == 0 or last_step:
+                try:
+                    last_eval = self._evaluate()
+                    metrics.update(last_eval)
+                except StopRequested:  # the step itself is complete: keep it, without its evaluation
+                    status, last_step = "cancelled", True
             self.state.elapsed_s += time.perf_counter() - started
             metrics["timing_s/step"] = time.perf_counter() - started
             metrics[ELAPSED_S] = self.state.elapsed_s
@@ -264,6 +271,8 @@ class Trainer:
             if t % cfg.trainer.checkpoint_every == 0 or last_step:
                 self._save_checkpoint()
             self._finish_checkpoint(wait=False)
+            if status == "cancelled":
+                break
         self._finish_checkpoint(wait=True)
         if status == "cancelled" and not abandoned and self._checkpointed_step != self.state.step:
             self._save_checkpoint()
@@ -360,7 +369,7 @@ class Trainer:
             else:  # precedent = "current": π_k itself, i.e. verl's old_log_prob
                 precedent_lp = old_lp
         if self.precedent is not None:  # π_t becomes next step's precedent π_{k−1}
-            self.precedent.load_from(self._generation_module() if self.world.size > 1 else self.model)
+            self.precedent.load_from(self._generation_module())  # the policy, or its whole copy when sharded
         metrics["timing_s/old_log_prob"] = time.perf_counter() - tick
 
         # 4. advantages per token: group-relative (GRPO family) or critic + GAE (PPO family)

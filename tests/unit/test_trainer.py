@@ -208,9 +208,9 @@ class _AbortAfter(Sink):
 
 
 def test_a_cancel_cuts_a_generation_short_and_keeps_the_last_checkpoint(tmp_path):
-    """should_abort is polled during generation: the step in flight is abandoned (no half-step
-    checkpoint) and the run ends cancelled at its last checkpoint."""
-    cfg = build_config("toy", "remix-grpo", overrides=TINY, steps=6)
+    """should_abort is polled during generation: the step in flight is dropped and the run ends
+    cancelled at the step before it, checkpointed there (not at a half-done step)."""
+    cfg = build_config("toy", "remix-grpo", overrides={**TINY, "trainer.checkpoint_every": 5}, steps=6)
     sink = _AbortAfter(steps=2)  # step 0 (initial eval), 1 and 2 emitted, then step 3's generation aborts
     summary = train(cfg, tmp_path / "run", sink)
     assert summary["status"] == "cancelled" and summary["steps"] == 2 and sink.seen == [0, 1, 2]

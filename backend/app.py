@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if reaper is not None:
                 reaper.stop()
 
+    started_at = time.monotonic()
     app = FastAPI(
         title="ReMix Studio API",
         version="1",
@@ -184,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
     )
+    app.state.started_at = started_at  # /health: `starting` within REMIX_WORKER_START_GRACE_S of this
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["*"], allow_headers=["*"])

@@ -11,6 +11,7 @@ job row decides whether a delivered message may run (studio/jobs.py).
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -42,11 +43,21 @@ def broker_transport_options(settings: Settings) -> dict:
     return {"visibility_timeout": settings.visibility_timeout_s}
 
 
+def celery_broker_url(settings: Settings) -> str:
+    """The broker URL handed to Celery. The filesystem transport ignores the host, but kombu logs
+    "No hostname was supplied. Reverting to default 'localhost'" for the host-less `filesystem://`
+    on every connection (worker start, each /health probe): give it that host itself."""
+    url = settings.celery_broker_url
+    if settings.broker_is_filesystem and urlsplit(url).hostname is None:
+        return "filesystem://localhost//"
+    return url
+
+
 def make_celery_app(settings: Settings) -> Celery:
     app = Celery("remix")
     filesystem = settings.broker_is_filesystem
     app.conf.update(
-        broker_url=settings.celery_broker_url,
+        broker_url=celery_broker_url(settings),
         result_backend=settings.celery_result_backend,
         broker_transport_options=broker_transport_options(settings),
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},

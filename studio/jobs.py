@@ -433,8 +433,9 @@ def reap(settings: Settings | None = None) -> dict[str, int]:
         if retrying(_refresh_token) and dispatch(job_id, settings):
             counts["redispatched"] += 1
     with session_scope() as s:
+        # a lost worker runs nothing any more: its job (if any) was re-queued above
         s.execute(_upd(WorkerNode).where(WorkerNode.status == "online", WorkerNode.last_seen_at < stale)
-                  .values(status="lost"))
+                  .values(status="lost", current_job_id=None))
         # forget workers that have been gone for a day (each embedded start registers a new name)
         s.execute(delete(WorkerNode).where(WorkerNode.status != "online",
                                            WorkerNode.last_seen_at < now - timedelta(days=1))

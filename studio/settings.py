@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(60.0, gt=0)
     # How often the reaper (in the API process) looks for lost jobs and undelivered dispatches.
     reaper_interval_s: float = Field(5.0, gt=0)
+    # /health says `starting` (not `degraded`) for this long after the API started while no worker
+    # has come online yet (the studio's own worker imports torch first: tens of seconds).
+    worker_start_grace_s: float = Field(180.0, ge=0)
     # A job still PENDING this long after creation had its dispatch fail: send it again.
     dispatch_retry_s: float = Field(30.0, gt=0)
     # A job lost this many times is marked failed instead of being re-queued again.

@@ -294,7 +294,9 @@ class BenchmarkOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    # ok | starting | degraded | error (docs/studio.md, "Health"); `reasons` says why it is not ok
     status: str
+    reasons: list[str] = []
     database: dict[str, Any]
     broker: dict[str, Any]
     workers: dict[str, Any]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from datetime import timedelta
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy import func, select
 
 from backend.api.deps import FullView, SessionDep, SessionReleasingRoute, errors
@@ -63,9 +64,10 @@ def _probe_broker() -> dict:
     return {"ok": True}
 
 
-@router.get("/health", response_model=HealthOut, summary="Database, broker and the workers seen recently",
+@router.get("/health", response_model=HealthOut,
+            summary="Database, broker and the workers seen recently; status ok | starting | degraded | error",
             responses={503: {"description": "the database is unreachable"}})
-def health(session: SessionDep, response: Response, full: FullView) -> HealthOut:
+def health(request: Request, session: SessionDep, response: Response, full: FullView) -> HealthOut:
     from remix_engine import __version__
 
     settings = get_settings()
@@ -85,23 +87,45 @@ def health(session: SessionDep, response: Response, full: FullView) -> HealthOut
         broker.update(_probe_pool.submit(_probe_broker).result(timeout=5))
     except Exception as exc:  # noqa: BLE001
         broker.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
-    workers: dict = {"online": 0, "items": []}
+    workers: dict = {"online": 0, "lost": 0, "items": []}
+    reasons: list[str] = []
     if db.get("ok"):
         fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
         for w in session.execute(select(WorkerNode).order_by(WorkerNode.last_seen_at.desc()).limit(50)).scalars():
             seen = as_utc(w.last_seen_at)
             alive = w.status == "online" and seen is not None and seen >= fresh
+            # online and silent: lost, even before the reaper's next pass marks it so
+            state = "online" if alive else (w.status if w.status != "online" else "lost")
             workers["online"] += int(alive)
+            if state == "lost":
+                workers["lost"] += 1
+                who = f"worker {w.hostname}" if full else "a worker"
+                reasons.append(f"{who} is lost: no heartbeat since {seen.isoformat() if seen else '?'} "
+                               "(it died without stopping; its job was re-queued)")
             workers["items"].append({"hostname": w.hostname if full else None, "pid": w.pid if full else None,
-                                     "queues": w.queues,
-                                     "status": "online" if alive else (w.status if w.status != "online" else "lost"),
-                                     "current_job_id": w.current_job_id, "last_seen_at": seen,
-                                     "started_at": as_utc(w.started_at)})
-    healthy = db.get("ok") and db.get("schema_current") and broker.get("ok") and workers["online"] > 0
-    overall = "ok" if healthy else "degraded"
+                                     "queues": w.queues, "status": state,
+                                     # a lost worker runs nothing (the reaper re-queued its job)
+                                     "current_job_id": w.current_job_id if state == "online" else None,
+                                     "last_seen_at": seen, "started_at": as_utc(w.started_at)})
+        if not db.get("schema_current"):
+            reasons.append("the database schema is behind the code")
+    if not broker.get("ok"):
+        reasons.append("the broker is unreachable")
+    # The documented rule (docs/studio.md, "Health"): `starting` while no worker has come online yet,
+    # none is lost and the API started less than REMIX_WORKER_START_GRACE_S ago; after that no
+    # online worker is `degraded`.
+    booting = time.monotonic() - getattr(request.app.state, "started_at", 0.0) < settings.worker_start_grace_s
+    starting = False
+    if db.get("ok") and workers["online"] == 0:
+        if booting and not workers["lost"]:
+            starting = True
+        else:
+            reasons.append("no worker is online: jobs wait in the queue")
+    overall = "degraded" if reasons else "starting" if starting else "ok"
     if not db.get("ok"):
+        reasons.insert(0, "the database is unreachable")
         overall = "error"
         response.status_code = 503
     if not full:  # the SQLite file's absolute path, error texts
         db, broker = paths.scrub(db), paths.scrub(broker)
-    return HealthOut(status=overall, database=db, broker=broker, workers=workers, version=__version__)
+    return HealthOut(status=overall, reasons=reasons, database=db, broker=broker, workers=workers, version=__version__)

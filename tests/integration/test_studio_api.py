@@ -135,7 +135,7 @@ def test_health_and_openapi(deployment: Deployment) -> None:
     c = deployment.client
     health = wait_for(lambda: (h := c.get("/health").json())["workers"]["online"] >= 1 and h, 120,
                       what="a worker to announce itself")
-    assert health["status"] == "ok", health
+    assert health["status"] == "ok" and health["reasons"] == [], health
     assert health["database"]["ok"] and health["broker"]["ok"]
     assert health["database"]["dialect"] == ("postgresql" if deployment.name == "postgres" else "sqlite")
     spec = c.get(deployment.base_url + "/openapi.json").json()
@@ -333,8 +333,12 @@ def test_worker_sigkill_resumes_on_new_worker(deployment: Deployment) -> None:
     assert [ck["step"] for ck in run["checkpoints"]][-1] == steps
     health = deployment.client.get("/health", headers=deployment.read_headers).json()  # PIDs need a token
     workers = {w["pid"]: w for w in health["workers"]["items"]}
-    assert workers[victim.pid]["status"] == "lost"
+    lost = workers[victim.pid]
+    assert lost["status"] == "lost" and lost["current_job_id"] is None, lost  # it runs nothing any more
     assert any(w["status"] == "online" for w in workers.values())
+    # a worker died without stopping: not `ok` though another one took over, and it is named
+    assert health["status"] == "degraded" and health["workers"]["lost"] == 1, health
+    assert any(f"worker {lost['hostname']} is lost" in r for r in health["reasons"]), health
 
 
 def test_config_help_is_served_for_the_new_run_page(deployment: Deployment) -> None:

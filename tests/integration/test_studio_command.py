@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,62 @@ def test_studio_command_and_documented_curl_sequence(tmp_path: Path) -> None:
     assert worker_pid is not None
     wait_for(lambda: not _pid_alive(worker_pid), 10, what="the worker process to exit")
     assert "worker stopped (exit 0)" in log_path.read_text()
+
+
+# Start-up lines nobody can act on (issue 15): Celery's root warning, kombu's host-less URL warning,
+# an unexpanded node name, progress bars logged as warnings.
+NOISE = ("SecurityWarning", "superuser privileges", "No hostname was supplied", "%h", "Loading weights")
+
+
+def test_studio_starts_quietly_and_health_says_starting_not_degraded(tmp_path: Path) -> None:
+    data_dir, log_path = tmp_path / "studio-data", tmp_path / "studio.log"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1"
+    studio = _start_studio(data_dir, port, log_path, tmp_path)
+    seen: list[str] = []
+    try:
+        def online() -> dict | None:
+            assert studio.poll() is None, log_path.read_text()[-4000:]
+            try:
+                health = httpx.get(f"{api}/health", timeout=10).json()
+            except httpx.HTTPError:
+                return None
+            seen.append(health["status"])
+            return health if health["workers"]["online"] >= 1 else None
+
+        health = wait_for(online, 180, what="the studio's worker")
+        assert health["status"] == "ok", seen
+        assert set(seen) <= {"starting", "ok"}, seen  # never `degraded` while its own worker boots
+    finally:
+        studio.send_signal(signal.SIGINT)
+        studio.wait(timeout=90)
+    log = log_path.read_text()
+    assert "worker stopped (exit 0)" in log, log[-4000:]
+    assert not [n for n in NOISE if n in log], log[-4000:]
+
+
+def test_a_worker_names_its_embedded_fallback_and_refuses_it_on_request(tmp_path: Path) -> None:
+    data_dir = tmp_path / "d"
+    env = _child_env({"REMIX_DATA_DIR": str(data_dir)})  # no REMIX_DATABASE_URL / REMIX_BROKER_URL
+    refused = subprocess.run([sys.executable, "-m", "worker.cli", "worker", "--require-urls"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4 and refused.stderr.count("\n") == 1, refused
+    assert "REMIX_DATABASE_URL and REMIX_BROKER_URL not set" in refused.stderr
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker", "-n", "probe@%h"], cwd=tmp_path,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: " ready." in log_path.read_text(), 180, what="the worker to be ready")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    text = log_path.read_text()
+    first = text.splitlines()[0]
+    assert first.startswith(f"remix worker probe@{socket.gethostname()}: "), first  # %h expanded
+    assert f"embedded SQLite file {data_dir.resolve() / 'studio.db'}" in first, first
+    assert f"filesystem broker {data_dir.resolve() / 'broker'}" in first, first
+    assert not [n for n in NOISE if n in text], text
 
 
 def _start_studio(data_dir: Path, port: int, log_path: Path, cwd: Path) -> subprocess.Popen:

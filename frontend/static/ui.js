@@ -223,9 +223,13 @@ async function refreshHealth() {
     const data = await health();
     const workers = data.workers?.online ?? 0;
     el.dataset.state = data.status;
-    text.textContent = workers > 0 ? `${workers} worker${workers > 1 ? "s" : ""} online` : "no worker online";
+    const starting = data.status === "starting";
+    text.textContent = workers > 0 ? `${workers} worker${workers > 1 ? "s" : ""} online`
+      : starting ? "worker starting…" : "no worker online";
     el.title = workers > 0 ? `database ${data.database?.dialect}, broker ${data.broker?.ok ? "ok" : "down"}`
+      : starting ? "The studio's worker is starting; queued runs begin when it is online."
       : "No worker is online: queued runs wait. `remix studio` starts one; on other machines run `remix worker`.";
+    if (data.reasons?.length && !starting) el.title += `\n${data.reasons.join("\n")}`;
     if (data.broker && !data.broker.ok) {
       text.textContent = "broker down";
       el.title = `The message broker is unreachable: ${data.broker.error || ""}`;

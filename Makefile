@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --progress-bar off -e ".[$(EXTRAS)]"  # one line per package: visible progress
 	touch $@
 
 # Serves at once; the first toy run's job computes and caches the warm start (3.5–5 minutes once on

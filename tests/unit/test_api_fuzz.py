@@ -72,7 +72,7 @@ def _load_schema():  # noqa: ANN202
     from studio.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        return schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(data_dir=tmp)))
+        return schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(data_dir=tmp, reaper_enabled=False)))
 
 
 schema = _load_schema()

@@ -146,9 +146,11 @@ class BodySizeLimit:
 async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
     # A value the database cannot hold (an id like 2**64 in a path, query or body) is the client's
     # input, not a server fault: SQLite refuses to bind it (OverflowError), PostgreSQL raises a
-    # DataError (for integers, numeric_value_out_of_range).
-    return JSONResponse({"detail": "a value in the request is out of range for the database "
-                                   "(ids and counts are at most 2^63-1)"}, status_code=422)
+    # DataError (for integers, numeric_value_out_of_range). The detail has the documented 422 shape
+    # (a list of {loc, msg, type}); which parameter it was is not known here.
+    msg = "a value in the request is out of range for the database (ids and counts are at most 2^63-1)"
+    return JSONResponse({"detail": [{"type": "value_error", "loc": ["request"], "msg": msg, "field": None}]},
+                        status_code=422)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

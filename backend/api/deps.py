@@ -44,7 +44,8 @@ WRITE = [Depends(require_write), Depends(write_slot)]
 
 # The error statuses a route can answer, described once for OpenAPI: `responses=errors(404, 409)`,
 # or `(409, "what the conflict is")` for a route's own wording. tests/unit/test_studio_security.py
-# checks that write routes list 401/403, routes with an id 404 and routes with a body 413/422.
+# checks that write routes list 401/403, routes with an id 404 and routes with a body 413/422
+# (and a JSON body 400: UNREADABLE_BODY).
 ERRORS = {
     400: "a query value this endpoint did not make (e.g. a foreign cursor)",
     401: "no or invalid API token (`Authorization: Bearer <token>`)",
@@ -65,6 +66,8 @@ def errors(*codes: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
 
 
 WRITE_ERRORS = errors(401, 403)
+# FastAPI answers 400 (not 422) to a JSON body it cannot decode at all (e.g. bytes that are not UTF-8)
+UNREADABLE_BODY = (400, "a body that cannot be read as JSON text (e.g. not UTF-8)")
 
 
 class SessionReleasingRoute(APIRoute):

@@ -16,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from backend.api.deps import WRITE, WRITE_ERRORS, FullView, SessionDep, SessionReleasingRoute, errors, refused
+from backend.api.deps import (
+    UNREADABLE_BODY,
+    WRITE,
+    WRITE_ERRORS,
+    FullView,
+    SessionDep,
+    SessionReleasingRoute,
+    errors,
+    refused,
+)
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import ERROR_DETAIL, JobOut, public_error, public_path, public_value
@@ -198,7 +207,7 @@ def _eval_job_or_404(session: Session, eval_id: int) -> Job:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=EvaluationOut,
              dependencies=WRITE, summary="Queue a benchmark evaluation of a checkpoint or model",
-             responses={**WRITE_ERRORS, **errors(413, (422, "invalid request, or a path the studio's policy "
+             responses={**WRITE_ERRORS, **errors(UNREADABLE_BODY, 413, (422, "invalid request, or a path the studio's policy "
                                                             "refuses; `detail[].field` names it")),
                         **IDEMPOTENCY_RESPONSES})
 def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Response,

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from backend.api.deps import (
+    UNREADABLE_BODY,
     WRITE,
     WRITE_ERRORS,
     FullView,
@@ -136,7 +137,7 @@ def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict
 # ----------------------------------------------------------------------------------- routes
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RunDetail, dependencies=WRITE,
              summary="Submit a training run",
-             responses={**WRITE_ERRORS, **errors(413, (422, "invalid config, or a path or field the studio's "
+             responses={**WRITE_ERRORS, **errors(UNREADABLE_BODY, 413, (422, "invalid config, or a path or field the studio's "
                                                             "policy refuses; `detail[].field` names it")),
                         **IDEMPOTENCY_RESPONSES})
 def create_run(body: RunCreate, session: SessionDep, response: Response,

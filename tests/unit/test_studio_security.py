@@ -306,3 +306,23 @@ def test_openapi_lists_status_codes_and_security_per_route(tmp_path):
     closed = create_app(Settings(data_dir=tmp_path, auth_reads=True)).openapi()
     runs = closed["paths"]["/api/v1/runs"]["get"]
     assert runs["security"] == [{"HTTPBearer": []}] and "401" in runs["responses"]
+
+
+# ------------------------------------------------------------- found by tests/unit/test_api_fuzz.py
+def test_out_of_range_ids_answer_the_documented_422_shape(api):
+    client, _ = api
+    for path, params in (("/api/v1/runs", {"parent_run_id": 2 ** 70}), ("/api/v1/evaluations", {"offset": 2 ** 72})):
+        r = client.get(path, params=params)
+        assert r.status_code == 422, (path, r.text)
+        detail = r.json()["detail"]
+        assert isinstance(detail, list) and {"loc", "msg", "type"} <= set(detail[0]), r.text
+        assert "out of range" in detail[0]["msg"]
+
+
+def test_a_body_that_is_not_utf8_is_a_documented_400(api):
+    client, _ = api
+    spec = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/v1/runs", "/api/v1/evaluations"):
+        r = client.post(path, headers={**WRITE, "Content-Type": "application/json"}, content=b"\xd1\x82\xc0")
+        assert r.status_code == 400, (path, r.text)
+        assert "400" in spec[path]["post"]["responses"], path

@@ -472,8 +472,12 @@ def test_trace_list_and_group_statistics(page, studio, stats_run, screenshot):
 
     # the group header's mean and std reproduce the advantages shown (GRPO: sample std, + 1e-6)
     row = page.locator("#trace-table tbody tr[data-rollout-id]").first
+    clicked = row.get_attribute("data-rollout-id")
     row.click()
-    page.wait_for_selector("#group-grid [role='listitem']")
+    # wait for the clicked rollout's group, not for the group of a rollout selected before (the URL
+    # may preselect one): its grid marks the clicked rollout as current, with the header beside it
+    page.wait_for_selector(f"#group-grid .group-item.current[data-rollout-id='{clicked}']")
+    page.wait_for_selector("#group-mean")
     group = page.evaluate("""() => ({
         mean: Number(document.querySelector('#group-mean').textContent),
         std: Number(document.querySelector('#group-std').textContent),

@@ -5,7 +5,7 @@ shuffles. Only the expensive parts are split: each rank generates and grades its
 step's prompts (whole groups, so group-relative advantages are computed where the group lives) and
 the results are all-gathered; each rank computes log-probs and gradients for its share of every
 mini-batch while FSDP2 shards the policy and critic. Because sampling is seeded per prompt (see
-`rollout.base.prompt_seed`), the rollouts do not depend on the number of processes, and a
+`SamplingParams.prompt_seeds`), the rollouts do not depend on the number of processes, and a
 2-process run reproduces the 1-process run up to float summation order.
 
 Launch: `remix train --nproc N` re-executes itself under `torch.distributed.run` (the launcher

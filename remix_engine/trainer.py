@@ -613,7 +613,7 @@ class Trainer:
             return list(self.world.shard(len(prompts), rank))
 
         passes = 0
-        if model is self.model or model is self.critic:  # sharded: forward passes are collectives
+        if model is self.model:  # sharded: its forward passes are collectives
             passes = max(len(logprob_micro_batches([prompts[i] for i in share(r)], [responses[i] for i in share(r)],
                                                    max_tokens)) for r in range(self.world.size))
         mine = share(self.world.rank)

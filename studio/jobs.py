@@ -403,6 +403,35 @@ def latest_job(session: Session, run_id: int) -> Job | None:
     return session.execute(select(Job).where(Job.run_id == run_id).order_by(Job.id.desc()).limit(1)).scalar_one_or_none()
 
 
+def waiting_reason(session: Session, job: Job, settings: Settings | None = None) -> str | None:
+    """Why a pending/queued job has not started, in one line for the run page; None once it has.
+
+    Read from SQL alone (no broker round trip): the workers that heartbeat for the job's queue, the
+    jobs running there (with their phase, e.g. the toy warm start's ETA) and the jobs queued before it.
+    """
+    if job.status not in (JobStatus.PENDING.value, JobStatus.QUEUED.value):
+        return None
+    settings = settings or get_settings()
+    fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+    serving = [w for w in session.execute(select(WorkerNode).where(WorkerNode.status == "online",
+                                                                   WorkerNode.last_seen_at >= fresh)).scalars()
+               if job.queue in w.queues.split(",")]
+    if not serving:
+        return f"waiting for a worker: none is online for queue '{job.queue}'"
+    ahead = session.execute(select(func.count()).select_from(Job).where(
+        Job.queue == job.queue, Job.status.in_((JobStatus.PENDING.value, JobStatus.QUEUED.value)),
+        Job.id < job.id)).scalar_one()
+    then = f"; {ahead} queued job{'s' if ahead != 1 else ''} ahead of it" if ahead else ""
+    if any(w.current_job_id is None for w in serving):
+        return f"queued{then}" if ahead else "queued: a free worker takes it next"
+    busy = session.get(Job, min(w.current_job_id for w in serving))
+    what = f"run #{busy.run_id}" if busy and busy.run_id is not None else f"job #{busy.id if busy else '?'}"
+    doing = (busy.phase or (f"step {busy.progress_step} of {busy.progress_total}" if busy.progress_total
+                            else "starting")) if busy else "starting"
+    workers = "the worker is" if len(serving) == 1 else f"all {len(serving)} workers are"
+    return f"waiting: {workers} busy, with {what} ({doing}){then}"
+
+
 # ------------------------------------------------------------------------------------ reaper
 def reap(settings: Settings | None = None) -> dict[str, int]:
     """One pass: re-queue jobs whose worker stopped heartbeating, re-send undelivered dispatches,

@@ -113,7 +113,8 @@ def run_detail(session: Session, run: Run, full: bool) -> RunDetail:
     children = list(session.execute(select(Run.id).where(Run.parent_run_id == run.id).order_by(Run.id)).scalars())
     return RunDetail(**RunOut.fields_of(run, full), config=public_value(run.config or {}, full),
                      request=public_value(run.request or {}, full), summary=public_value(run.summary, full),
-                     output_dir=public_path(run.output_dir, full), job=JobOut.of(job, full) if job else None,
+                     output_dir=public_path(run.output_dir, full),
+                     job=JobOut.of(job, full, jobs.waiting_reason(session, job)) if job else None,
                      latest_metrics=latest, checkpoints=ckpts, child_run_ids=children)
 
 

@@ -63,6 +63,9 @@ class JobOut(BaseModel):
     last_checkpoint_step: int | None
     phase: str | None = Field(None, description="what a running attempt does outside its steps (the warm start, "
                                                 "with its ETA); null while it trains")
+    waiting: str | None = Field(None, description="why a pending/queued job has not started yet (no worker online "
+                                                  "for its queue, or what the busy worker is doing and how many "
+                                                  "jobs are ahead); null once it runs")
     error: str | None = Field(description="one line; without a token without absolute paths")
     error_detail: str | None = Field(None, description=ERROR_DETAIL)
     celery_task_id: str | None
@@ -73,7 +76,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job, full: bool) -> JobOut:
+    def of(cls, job: Job, full: bool, waiting: str | None = None) -> JobOut:
         """`full`: the request has a valid token (worker host and PID, full error)."""
         return cls(
             id=job.id, run_id=job.run_id, kind=job.kind, status=job.status, attempt=job.attempt,
@@ -82,6 +85,7 @@ class JobOut(BaseModel):
             progress_step=job.progress_step, progress_total=job.progress_total,
             resumed_from_step=job.resumed_from_step, last_checkpoint_step=job.last_checkpoint_step,
             phase=public_error(job.phase, full),  # a warm-start line may name the cache folder
+            waiting=public_error(waiting, full),  # it quotes the busy job's phase
             error=public_error(job.error, full), error_detail=job.error if full else None,
             celery_task_id=job.celery_task_id, created_at=as_utc(job.created_at), queued_at=as_utc(job.queued_at),
             started_at=as_utc(job.started_at), heartbeat_at=as_utc(job.heartbeat_at),

@@ -61,7 +61,9 @@ export function renderRunHeader(run, activeTab, { onChange } = {}) {
           h("div", { style: { width: "180px" } }, progressBar(run.steps_done, run.steps_total)),
           // what the job does before its first step (the toy's warm start and its ETA)
           run.status === "running" && run.job?.phase
-            ? h("span", { class: "small muted", id: "run-phase", role: "status" }, run.job.phase) : null),
+            ? h("span", { class: "small muted", id: "run-phase", role: "status" }, run.job.phase) : null,
+          // why a queued run has not started (a busy worker and its warm start, or no worker at all)
+          run.job?.waiting ? h("span", { class: "small muted", id: "run-waiting", role: "status" }, run.job.waiting) : null),
         meta),
       actions),
     h("nav", { class: "tabs", "aria-label": "Run views" },

@@ -415,14 +415,20 @@ def test_oversized_bodies_are_refused(deployment: Deployment) -> None:
 
 
 def test_cancel_is_honoured_during_the_warm_start(deployment: Deployment) -> None:
-    """A warm start of thousands of steps (minutes) shows as the job's phase and ends within seconds
-    of a cancel: it is checked every warm-start step, nothing is cached, the run ends cancelled."""
+    """A warm start of thousands of steps (minutes) shows as the job's phase (and as the reason a run
+    queued behind it waits) and ends within seconds of a cancel: it is checked every warm-start step,
+    nothing is cached, the run ends cancelled."""
     c, h = deployment.client, deployment.write_headers
     run = deployment.submit(fast_config(5, **{"warm_start.steps": 20000, "warm_start.batch_size": 4}))
     rid = run["id"]
     running = deployment.wait_progress(rid, lambda r: r["status"] == "running" and (r["job"]["phase"] or "")
                                        .startswith("warm start"), what="the warm start to begin")
     assert "20000 steps" in running["job"]["phase"]  # the run page shows what the job is doing
+    # a run submitted meanwhile says what it waits for
+    queued = deployment.submit(fast_config(5))
+    waiting = c.get(f"/runs/{queued['id']}").json()["job"]["waiting"]
+    assert waiting.startswith(f"waiting: the worker is busy, with run #{rid} (warm start"), waiting
+    assert c.post(f"/runs/{queued['id']}/cancel", headers=h).status_code == 202
     r = c.post(f"/runs/{rid}/cancel", headers=h)
     assert r.status_code == 202, r.text
     done = deployment.wait_status(rid, ("cancelled",), timeout=60)

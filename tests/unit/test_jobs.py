@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from studio import jobs
 from studio.db import get_engine, session_scope
-from studio.models import Evaluation, Job, JobKind, JobStatus, Run, utcnow
+from studio.models import Evaluation, Job, JobKind, JobStatus, Run, WorkerNode, utcnow
 from studio.settings import get_settings, reset_settings_cache
 
 
@@ -269,6 +269,33 @@ def test_a_run_goes_to_its_resources_queue_and_is_requeued_there(studio_env):
     assert jobs.dispatch(other, studio_env)
     assert _job(other).queue == studio_env.gpu_queue == "gpu"
     assert _queues_of_messages(studio_env) == ["gpu", "gpu8", "gpu8"]
+
+
+def test_a_queued_job_says_why_it_waits(studio_env):
+    """The run page's line for a queued run: no worker for its queue, or what the busy worker does."""
+    def reason(job_id: int) -> str | None:
+        with Session(get_engine()) as s:
+            return jobs.waiting_reason(s, s.get(Job, job_id), studio_env)
+
+    first_run, first = _new_run(studio_env)
+    assert jobs.dispatch(first, studio_env)
+    assert reason(first) == "waiting for a worker: none is online for queue 'gpu'"
+    with session_scope() as s:
+        s.add(WorkerNode(hostname="w1", queues="gpu,other"))
+        s.add(WorkerNode(hostname="stale", queues="gpu", last_seen_at=utcnow() - timedelta(hours=1)))
+    assert reason(first) == "queued: a free worker takes it next"
+    claim = jobs.claim(first, _job(first).dispatch_token, "w1")
+    with session_scope() as s:
+        s.execute(update(WorkerNode).where(WorkerNode.hostname == "w1").values(current_job_id=first))
+    assert reason(first) is None, "a running job waits for nothing"
+    jobs.set_phase(first, claim.attempt, "warm start: step 70 of 700, about 200 s left")
+    _, second = _new_run(studio_env)
+    _, third = _new_run(studio_env)
+    assert reason(second) == (f"waiting: the worker is busy, with run #{first_run} "
+                              "(warm start: step 70 of 700, about 200 s left)")
+    assert reason(third).endswith("; 1 queued job ahead of it")
+    jobs.set_phase(first, claim.attempt, None)
+    assert f"run #{first_run} (step 0 of 3)" in reason(second)
 
 
 # ----------------------------------------------------------------------------------- evaluation jobs

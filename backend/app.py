@@ -154,6 +154,7 @@ async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    from backend.api.alerts import router as alerts_router
     from backend.api.config import router as config_router
     from backend.api.evaluations import router as evaluations_router
     from backend.api.leaderboard import router as leaderboard_router
@@ -199,6 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(runs_router)
     api.include_router(rollouts_router)
+    api.include_router(alerts_router)
     api.include_router(system_router)
     api.include_router(evaluations_router)
     api.include_router(leaderboard_router)

@@ -15,6 +15,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from remix_engine.alerts import RULES
 from remix_engine.config import ALGORITHMS, PRESETS, ConfigError, build_config
 from remix_engine.sinks import JsonlSink, MultiSink, Sink
 
@@ -55,6 +56,10 @@ class ProgressSink(Sink):
         self.bar.set_postfix(reward=f"{metrics.get('critic/score/mean', 0):.3f}",
                              acc=f"{self.acc:.3f}" if self.acc is not None else "-",
                              rollouts=f"{int(metrics.get('cost/rollouts', 0)):,}")
+
+    def on_alert(self, step, alert):
+        if alert.status == "firing" and alert.first_step == step:  # once per episode, when it opens
+            self.bar.write(f"alert at step {step}: {RULES[alert.rule].title} ({alert.detail})")
 
     def on_end(self, summary):
         self.bar.close()

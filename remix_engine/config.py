@@ -199,6 +199,11 @@ class WarmStartConfig(_Section):
     steps: int = Field(300, ge=0, le=1_000_000, description="Supervised steps on the toy task's demonstrations (0 = none).")
     batch_size: int = Field(64, ge=1, le=65_536, description="Demonstrations per warm-start step.")
     lr: float = Field(3e-3, gt=0, le=1, description="Warm-start learning rate.")
+    mixed_precision: Literal["no", "bf16", "auto"] = Field(
+        "no", description="Compute precision of the warm start's forward passes: 'bf16' = bf16 autocast over "
+                          "float32 master weights (about 2x faster on CPUs with native bf16, much slower on "
+                          "CPUs without); 'auto' = bf16 where the device computes bf16 natively, else full "
+                          "precision. The resolved precision is part of the cache key.")
     cache_dir: str | None = Field(None, description="Where the warm-started weights are cached when "
                                                     "$REMIX_CACHE_DIR is not set; null = "
                                                     "~/.cache/remix-studio/warmstart.")
@@ -211,6 +216,28 @@ class ResourcesConfig(_Section):
     queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                               description="Celery queue the studio sends the job to (e.g. 'gpu8' for whole-node "
                                           "jobs); null = the worker default (REMIX_GPU_QUEUE, 'gpu').")
+
+
+class AlertsConfig(_Section):
+    """Thresholds of the health alerts (remix_engine/alerts.py); null turns a rule off. Relative rules
+    compare the mean of the last 3 steps with the mean of the run's first 3."""
+
+    entropy_collapse: float | None = Field(0.2, gt=0, lt=1, description="Fires when actor/entropy falls below this "
+                                                                        "fraction of its start.")
+    zero_variance_groups: float | None = Field(0.8, gt=0, le=1, description="Fires when at least this share of GRPO "
+                                                                            "groups has one reward for all responses.")
+    truncation: float | None = Field(0.2, gt=0, le=1, description="Fires when at least this share of responses hits "
+                                                                  "rollout.max_new_tokens.")
+    mismatch_growth: float | None = Field(4.0, gt=1, description="Fires when the engine–trainer KL (rollout_corr/kl_k3) "
+                                                                 "grows to this multiple of its start (and above 1e-3).")
+    ratio_blowup: float | None = Field(10.0, gt=1, description="Fires when the largest importance ratio of any "
+                                                               "replayed policy age exceeds this.")
+    replay_clipfrac: float | None = Field(0.3, gt=0, le=1, description="Fires when the clipped-token share of any "
+                                                                       "replayed policy age exceeds this.")
+    length_runaway: float | None = Field(2.0, gt=1, description="Fires when the mean response length grows to this "
+                                                                "multiple of its start, or shrinks to its inverse.")
+    reflection_collapse: float | None = Field(0.5, gt=0, lt=1, description="Fires when the self-reflection rate falls "
+                                                                           "below this fraction of its start.")
 
 
 class RunConfig(_Section):
@@ -229,6 +256,7 @@ class RunConfig(_Section):
                                                                                      "start.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Processes (GPUs) and queue "
                                                                                      "of the run.")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Health alert thresholds.")
 
     @property
     def family(self) -> str:

@@ -95,3 +95,18 @@ class CheckpointRecord(_Record):
     policy_version: int
     path: str
     policy_path: str | None = None  # the Hugging Face export inside it
+
+
+@dataclass(frozen=True)
+class AlertRecord(_Record):
+    """One episode of a health alert (remix_engine/alerts.py): the rule fired from `first_step` to
+    `last_step`; re-emitted as it goes on (same rule and first step) and once more when resolved."""
+
+    rule: str
+    status: str  # firing | resolved
+    first_step: int
+    last_step: int
+    value: float  # the worst value of the episode (the rule's own measure: a share, a ratio …)
+    threshold: float
+    detail: str  # one line with the numbers behind it
+    metric: str  # the chart it marks

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord
+from remix_engine.events import AlertRecord, CheckpointRecord, RolloutRecord, RolloutUseRecord
 
 
 class StopRequested(Exception):
@@ -38,6 +38,9 @@ class Sink:
 
     def on_phase(self, phase: str | None) -> None:
         """What the trainer does outside its steps (a warm-start progress line), None once it trains."""
+
+    def on_alert(self, step: int, alert: AlertRecord) -> None:
+        """A health-alert episode opened, went on or resolved at `step` (remix_engine/alerts.py)."""
 
     def should_stop(self) -> bool:
         """Polled between steps: True asks the trainer to checkpoint and stop (a cancel, or a worker
@@ -83,6 +86,10 @@ class MultiSink(Sink):
         for s in self.sinks:
             s.on_phase(phase)
 
+    def on_alert(self, step, alert):
+        for s in self.sinks:
+            s.on_alert(step, alert)
+
     def should_stop(self):
         return any(s.should_stop() for s in self.sinks)
 
@@ -91,7 +98,8 @@ class MultiSink(Sink):
 
 
 class JsonlSink(Sink):
-    """Writes DIR/metrics.jsonl, DIR/rollouts.jsonl, DIR/rollout_uses.jsonl and DIR/summary.json.
+    """Writes DIR/metrics.jsonl, DIR/rollouts.jsonl, DIR/rollout_uses.jsonl, DIR/alerts.jsonl and
+    DIR/summary.json.
 
     On resume the files are truncated to the resumed step first, so no step appears twice.
     """
@@ -99,7 +107,7 @@ class JsonlSink(Sink):
     def __init__(self, out_dir: str | Path, resume_step: int | None = None):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: self.dir / f"{name}.jsonl" for name in ("metrics", "rollouts", "rollout_uses")}
+        self.paths = {name: self.dir / f"{name}.jsonl" for name in ("metrics", "rollouts", "rollout_uses", "alerts")}
         if resume_step is not None:
             for path in self.paths.values():
                 _truncate_after_step(path, resume_step)
@@ -120,6 +128,9 @@ class JsonlSink(Sink):
 
     def on_rollout_uses(self, step, uses):
         self._append("rollout_uses", [asdict(u) for u in uses])
+
+    def on_alert(self, step, alert):
+        self._append("alerts", [{"step": step, **asdict(alert)}])  # the last row of an episode is its state
 
     def on_end(self, summary):
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))

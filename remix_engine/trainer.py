@@ -21,13 +21,14 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from remix_engine import algorithms as algo
+from remix_engine.alerts import AlertMonitor
 from remix_engine.buffer import Group, ReplayBuffer, Sample
 from remix_engine.config import RunConfig, load_saved_config, save_config
 from remix_engine.critic import ValueModel
@@ -83,6 +84,7 @@ class TrainState:
     data_pos: int = 0
     elapsed_s: float = 0.0  # training wall time, carried across resumes
     reincarnated_at: int | None = None
+    alert_history: dict = field(default_factory=dict)  # the metrics the health alerts watch (alerts.py)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -135,6 +137,7 @@ class Trainer:
         self.out = Path(output_dir)
         self.sink = sink if self.world.is_main else Sink()
         self.state = TrainState()
+        self._start_alerts()
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.trainer.torch_threads:
             torch.set_num_threads(cfg.trainer.torch_threads)
@@ -268,6 +271,8 @@ class Trainer:
             metrics[ELAPSED_S] = self.state.elapsed_s
             metrics.update(self._cost_metrics())
             self.sink.on_step(t, metrics)
+            for alert in self.alerts.observe(t, metrics):
+                self.sink.on_alert(t, alert)
             if t % cfg.trainer.checkpoint_every == 0 or last_step:
                 self._save_checkpoint()
             self._finish_checkpoint(wait=False)
@@ -295,6 +300,12 @@ class Trainer:
         }
         self.sink.on_end(summary)
         return summary
+
+    def _start_alerts(self) -> None:
+        """The health-alert monitor, rebuilt from the (restored) state's history so that a resumed
+        run continues the same open alerts."""
+        self.alerts = AlertMonitor(self.cfg.alerts.model_dump(), self.state.alert_history)
+        self.state.alert_history = self.alerts.history
 
     def _budget_spent(self) -> bool:
         budget = self.cfg.trainer.max_rollouts
@@ -522,7 +533,8 @@ class Trainer:
                 return x[idx, :width].to(dev)
 
             with self._autocast():
-                logp, entropy = forward_response(self.model, mb, temp, with_entropy=cfg.entropy_coef > 0)
+                # entropy always: actor/entropy feeds the entropy-collapse alert even without a bonus
+                logp, entropy = forward_response(self.model, mb, temp, with_entropy=True)
             old_lp, behavior_lp = cut(batch.old_lp), cut(batch.behavior_lp)
             loss, m = algo.mix_ppg_policy_loss(
                 logp, old_lp, behavior_lp, cut(batch.advantages), mb.response_mask,
@@ -534,11 +546,11 @@ class Trainer:
                     lam, mb.response_mask, kind=cfg.kl_estimator, agg=cfg.loss_agg, **counts)
                 loss = loss + cfg.kl_coef * kl_loss
                 m.update(kl_m)
-            if entropy is not None:
-                ent_loss, ent_m = algo.entropy_bonus_loss(entropy, mb.response_mask, cfg.entropy_coef, cfg.loss_agg,
-                                                          **counts)
+            ent_loss, ent_m = algo.entropy_bonus_loss(entropy if cfg.entropy_coef > 0 else entropy.detach(),
+                                                      mb.response_mask, cfg.entropy_coef, cfg.loss_agg, **counts)
+            if cfg.entropy_coef > 0:
                 loss = loss + ent_loss
-                m.update(ent_m)
+            m.update(ent_m)
             (loss * self.world.size).backward()  # FSDP averages gradients over ranks; the loss is already global
             total_loss += float(loss.detach())
             _accumulate_metrics(metrics, m, share=float(mb.response_mask.sum()) / n_tokens)
@@ -929,6 +941,7 @@ class Trainer:
         if blob.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
         self.state = TrainState(**blob["state"])
+        self._start_alerts()
         if blob["anchor"] is not None and self.anchor is not None:
             self.anchor.load_state_dict(blob["anchor"])
         if blob["precedent"] is not None and self.precedent is not None:

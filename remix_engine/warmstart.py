@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from remix_engine import toy
+from remix_engine.logprobs import autocast
 from remix_engine.sinks import StopRequested
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | Non
         "chat_template": getattr(tokenizer, "chat_template", None),
         "model": config,
         "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        "precision": compute_precision(cfg, next(model.parameters()).device),
         "schedule": [WARMUP_STEPS, MIN_LR_RATIO, WEIGHT_DECAY, GRAD_CLIP],
         "demos": demo_mix or DEMO_MIX,
         "code": _code_signature(),
@@ -82,6 +84,18 @@ def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | Non
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def compute_precision(cfg, device: torch.device | str = "cpu") -> str:
+    """`cfg.mixed_precision` with 'auto' resolved: bf16 where `device` computes it natively (a GPU that
+    supports it; a CPU whose oneDNN has bf16 kernels, i.e. AVX-512 or newer), else 'no'."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private, hence the guard
+    return "bf16" if device.type == "cpu" and native is not None and native() else "no"
 
 
 def _code_signature() -> str:
@@ -132,9 +146,13 @@ def train_on_demonstrations(
     lr: float,
     seed: int,
     demo_mix: dict[str, float] | None = None,
+    mixed_precision: str = "no",
     callback: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """The supervised loop itself (no caching). Returns {'loss': [...], 'seconds': s}.
+
+    `mixed_precision` 'bf16' runs the forward pass under bf16 autocast; the weights, gradients and
+    AdamW state stay float32 and the loss is taken in float32.
 
     `callback(step, loss)` is called after every step (step counts from 1).
     """
@@ -159,9 +177,10 @@ def train_on_demonstrations(
             batch = {k: v.to(device) for k, v in batch.items()}
             for group in optim.param_groups:
                 group["lr"] = _lr_at(step, steps, lr)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            with autocast(device, mixed_precision):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+                logits[:, :-1].float().reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
             )
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -209,9 +228,10 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
         # Another process may have filled the entry while this one waited for the lock.
         if _try_load(model, entry, initial, log):
             return model
+        precision = compute_precision(cfg, next(model.parameters()).device)
         if log:
-            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name}); "
-                "runs once per seed, later runs load it from the cache")
+            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations, precision {precision} "
+                f"(cache miss: {entry.name}); runs once per seed, later runs load it from the cache")
         with _progress(cfg.steps, log) as report:
             def step_done(step: int, loss: float) -> None:
                 report(step, loss)
@@ -219,11 +239,12 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
                     raise StopRequested(f"stopped during the warm start (step {step} of {cfg.steps})")
 
             stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
-                                             lr=cfg.lr, seed=seed, callback=step_done)
+                                             lr=cfg.lr, seed=seed, mixed_precision=precision,
+                                             callback=step_done)
         tail = stats["loss"][-20:]
         _store(model, entry, {
             "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
-            "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
+            "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "precision": precision},
             "demos": DEMO_MIX, "final_loss": sum(tail) / len(tail),
             "seconds": round(stats["seconds"], 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })

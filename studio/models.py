@@ -188,6 +188,24 @@ class LatestMetric(SQLModel, table=True):
     wall_time: float = Field(sa_type=Double)
 
 
+class Alert(SQLModel, table=True):
+    """A health-alert episode (remix_engine/alerts.py), upserted on (run, rule, first step) as it goes on."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("run_id", "rule", "first_step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE", index=True)
+    rule: str = Field(max_length=64)
+    status: str = Field(max_length=16)  # firing | resolved
+    first_step: int
+    last_step: int
+    value: float | None = Field(default=None, sa_type=Double)
+    threshold: float = Field(sa_type=Double)
+    detail: str = Field(max_length=500)
+    metric: str = Field(max_length=250)
+
+
 class Checkpoint(SQLModel, table=True):
     """Policy versions with a checkpoint on disk (under REMIX_RUNS_DIR/<run id>/checkpoints/)."""
 

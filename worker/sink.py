@@ -31,12 +31,13 @@ from sqlalchemy import ARRAY, String, Table, any_, case, delete, func, literal, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord, StepMetrics
+from remix_engine.events import AlertRecord, CheckpointRecord, RolloutRecord, RolloutUseRecord, StepMetrics
 from remix_engine.jsonsafe import finite_or_none
 from remix_engine.sinks import Sink
 from studio import jobs
 from studio.db import get_engine, retrying
 from studio.models import (
+    Alert,
     Checkpoint,
     LatestMetric,
     Metric,
@@ -49,6 +50,7 @@ from studio.models import (
 log = logging.getLogger("remix.sink")
 
 _IN_CHUNK = 500
+_ALERTS: Table = Alert.__table__
 _METRICS: Table = Metric.__table__
 _LATEST: Table = LatestMetric.__table__
 _CKPTS: Table = Checkpoint.__table__
@@ -115,6 +117,9 @@ class SqlSink(Sink):
     def on_rollout_uses(self, step: int, uses: list[RolloutUseRecord]) -> None:
         if uses:
             self._put(("uses", int(step), [RolloutUseRecord.coerce(u) for u in uses], time.time()))
+
+    def on_alert(self, step: int, alert: AlertRecord) -> None:
+        self._put(("alert", int(step), AlertRecord.coerce(alert), time.time()))
 
     def on_checkpoint(self, step: int, path: str, info: CheckpointRecord) -> None:
         self._put(("checkpoint", int(step), CheckpointRecord.coerce(info), time.time()))
@@ -223,6 +228,9 @@ class SqlSink(Sink):
                 elif kind == "checkpoint":
                     self._write_checkpoint(conn, step, payload)
                     written += 1
+                elif kind == "alert":
+                    self._write_alert(conn, payload)
+                    written += 1
             if use_steps:
                 used = select(_USES.c.rollout_id).where(_USES.c.run_id == self.run_id, _USES.c.step.in_(sorted(use_steps)),
                                                         _USES.c.rollout_id.is_not(None))
@@ -265,6 +273,10 @@ class SqlSink(Sink):
         conn.execute(delete(_ROLLOUTS).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step))
         conn.execute(delete(_METRICS).where(_METRICS.c.run_id == rid, _METRICS.c.step > after_step))
         conn.execute(delete(_CKPTS).where(_CKPTS.c.run_id == rid, _CKPTS.c.step > after_step))
+        # alerts: episodes that began later go; one still open at `after_step` is open again there
+        conn.execute(delete(_ALERTS).where(_ALERTS.c.run_id == rid, _ALERTS.c.first_step > after_step))
+        conn.execute(update(_ALERTS).where(_ALERTS.c.run_id == rid, _ALERTS.c.last_step > after_step)
+                     .values(last_step=after_step, status="firing"))
         for chunk in _chunks(touched):
             conn.execute(update(_ROLLOUTS).where(_ROLLOUTS.c.id.in_(chunk)).values(
                 use_count=0, reuse_count=0, max_age=None, ratio_mean=None, ratio_max=None, clipfrac=None,
@@ -374,6 +386,16 @@ class SqlSink(Sink):
                                                                               "info", "created_at")})
         conn.execute(stmt, values)
         jobs.record_checkpoint(conn, self.job_id, step)
+
+    def _write_alert(self, conn: Connection, alert: AlertRecord) -> None:
+        stmt = self._insert(_ALERTS)
+        values = {"run_id": self.run_id, **{f: getattr(alert, f) for f in AlertRecord.field_names()}}
+        values["value"] = finite_or_none(alert.value)
+        values["detail"] = alert.detail[:500]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "rule", "first_step"],
+            set_={c: stmt.excluded[c] for c in ("status", "last_step", "value", "threshold", "detail", "metric")})
+        conn.execute(stmt, values)
 
     def _update_counters(self, conn: Connection, metrics: StepMetrics) -> None:
         values: dict[str, Any] = {}

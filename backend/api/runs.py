@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from backend.api.alerts import alert_counts
 from backend.api.deps import (
     UNREADABLE_BODY,
     WRITE,
@@ -25,6 +26,7 @@ from backend.api.deps import (
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
 from backend.api.schemas import (
+    AlertCounts,
     CheckpointOut,
     JobOut,
     MetricSeries,
@@ -111,7 +113,8 @@ def run_detail(session: Session, run: Run, full: bool) -> RunDetail:
              for c in session.execute(select(Checkpoint).where(Checkpoint.run_id == run.id)
                                       .order_by(Checkpoint.step)).scalars()]
     children = list(session.execute(select(Run.id).where(Run.parent_run_id == run.id).order_by(Run.id)).scalars())
-    return RunDetail(**RunOut.fields_of(run, full), config=public_value(run.config or {}, full),
+    counts = alert_counts(session, [run.id]).get(run.id, AlertCounts())
+    return RunDetail(**RunOut.fields_of(run, full), alerts=counts, config=public_value(run.config or {}, full),
                      request=public_value(run.request or {}, full), summary=public_value(run.summary, full),
                      output_dir=public_path(run.output_dir, full),
                      job=JobOut.of(job, full, jobs.waiting_reason(session, job)) if job else None,
@@ -164,7 +167,9 @@ def list_runs(session: SessionDep, full: FullView,
     count = session.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
     rows = session.execute(select(Run).where(*cond).order_by(Run.created_at.desc(), Run.id.desc())
                            .limit(limit).offset(offset)).scalars().all()
-    return RunList(data=[RunOut.of(r, full) for r in rows], count=count, limit=limit, offset=offset)
+    counts = alert_counts(session, (r.id for r in rows))
+    return RunList(data=[RunOut(**RunOut.fields_of(r, full), alerts=counts.get(r.id, AlertCounts())) for r in rows],
+                   count=count, limit=limit, offset=offset)
 
 
 @router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints",

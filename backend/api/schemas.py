@@ -92,6 +92,30 @@ class JobOut(BaseModel):
             finished_at=as_utc(job.finished_at))
 
 
+class AlertLinks(BaseModel):
+    metrics: str = Field(description="API: the series the rule watches, over the episode's steps")
+    traces: str = Field(description="the trace page, filtered to the rollouts generated during the episode")
+
+
+class AlertOut(BaseModel):
+    rule: str
+    title: str
+    explanation: str = Field(description="what it means and what to try")
+    status: str = Field(description="firing (still true at the last step seen) or resolved")
+    first_step: int
+    last_step: int
+    value: float | None = Field(description="the episode's worst value of the rule's measure")
+    threshold: float = Field(description="the run's setting alerts.<rule>")
+    detail: str = Field(description="one line with the numbers behind it")
+    metric: str = Field(description="the chart the alert marks")
+    links: AlertLinks
+
+
+class AlertCounts(BaseModel):
+    firing: int = 0
+    total: int = 0
+
+
 class RunOut(BaseModel):
     id: int
     name: str
@@ -111,6 +135,7 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    alerts: AlertCounts = Field(default_factory=AlertCounts, description="health alerts: still firing, and all")
 
     @classmethod
     def fields_of(cls, run: Run, full: bool) -> dict[str, Any]:

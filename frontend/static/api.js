@@ -109,6 +109,7 @@ export const cancelRun = (id) => request(`/runs/${id}/cancel`, { method: "POST" 
 export const retryRun = (id) => request(`/runs/${id}/retry`, { method: "POST" });
 export const deleteRun = (id) => request(`/runs/${id}`, { method: "DELETE" });
 
+export const alerts = (id) => request(`/runs/${id}/alerts`);
 export const metricKeys = (id) => request(`/runs/${id}/metrics/keys`);
 /** keys: array of metric names; x: "step" | "rollouts" | "time". */
 export const metrics = (id, keys, x = "step", maxPoints = 500) =>

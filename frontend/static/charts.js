@@ -32,7 +32,6 @@ export const STANDARD_CHARTS = [
   { id: "clipfrac", title: "Clip fraction", keys: ["actor/pg_clipfrac"], format: "pct",
     help: "Share of tokens whose ratio hit the clip window. Small (≲ 0.1) is healthy; high means stale data or too-large steps." },
   { id: "entropy", title: "Entropy", keys: ["actor/entropy"],
-    missing: "Entropy is computed only when actor.entropy_coef > 0 (the toy preset uses 0): set it in the overrides.",
     help: "Token entropy of the policy. Declines slowly while learning; a collapse towards 0 means exploration stopped." },
   { id: "ratio", title: "Importance ratio", keys: ["actor/importance_ratio_mean", "actor/importance_ratio_max"],
     help: "π_θ / π_behaviour. The mean should stay near 1; a max far above 1 means replayed data is too off-policy." },

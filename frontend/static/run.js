@@ -23,7 +23,10 @@ const state = {
   updatedAt: null,
   workersOnline: null,
   configShown: false,
+  alerts: [], // GET /runs/{id}/alerts
+  alertsSeen: "", // counts of the last fetch (refetch when they change)
 };
+const ALERT_COLOR = "#dc2626";
 
 // ------------------------------------------------------------------------------------ charts
 function extraKeys() {
@@ -40,8 +43,15 @@ function saveExtraKeys(keys) {
 
 function chartDefs() {
   const extras = extraKeys().filter((k) => !STANDARD_CHARTS.some((c) => c.keys.includes(k)));
-  return [...STANDARD_CHARTS, ...extras.map((k) => ({ id: `extra-${k.replace(/[^\w]+/g, "-")}`, title: k, keys: [k],
-                                                     help: keyHelp(k), extra: true }))];
+  const defs = [...STANDARD_CHARTS, ...extras.map((k) => ({ id: `extra-${k.replace(/[^\w]+/g, "-")}`, title: k, keys: [k],
+                                                           help: keyHelp(k), extra: true }))];
+  // an alert's metric is always charted, so its marker has a place
+  for (const a of state.alerts) {
+    if (!defs.some((d) => d.keys.includes(a.metric))) {
+      defs.push({ id: `alert-${a.metric.replace(/[^\w]+/g, "-")}`, title: a.metric, keys: [a.metric], help: keyHelp(a.metric) });
+    }
+  }
+  return defs;
 }
 
 function buildCharts() {
@@ -63,7 +73,7 @@ function emptyMessage(def) {
   if (run.status === "queued" || run.status === "pending") {
     return state.workersOnline === 0
       ? "Queued, but no worker is online. Start one: `remix studio` runs a worker, or `remix worker` on a GPU machine."
-      : "Queued: waiting for a worker to pick this run up.";
+      : `Queued — ${run.job?.waiting || "waiting for a worker to pick this run up"}.`;
   }
   if (def.missing && run.steps_done > 0) return def.missing;
   if (run.status === "running") {
@@ -81,6 +91,22 @@ function reincarnationMarker() {
   return mark ? [{ x: mark.x, label: `reincarnation (step ${mark.step})` }] : [];
 }
 
+/** The x of a training step on the current axis (step, rollouts or time), from any loaded series. */
+function stepX(step) {
+  if (state.x === "step") return step;
+  for (const s of state.series.values()) {
+    const i = s.step.indexOf(step);
+    if (i >= 0) return s.x[i];
+  }
+  return null;
+}
+
+/** Where each alert began, on the charts of the metric it watches. */
+function alertMarkers(def) {
+  return state.alerts.filter((a) => def.keys.includes(a.metric))
+    .map((a) => ({ x: stepX(a.first_step), label: `⚠ ${a.title}`, color: ALERT_COLOR }));
+}
+
 function draw() {
   const markers = reincarnationMarker();
   let points = 0;
@@ -88,7 +114,8 @@ function draw() {
     const series = def.keys.map((key) => ({ key, name: key, ...(state.series.get(key) || { x: [], y: [] }) }))
       .filter((s) => s.x.length);
     points += drawLines(body, series, {
-      xTitle: X_CHOICES[state.x].title, format: def.format, markers, smoothing: state.smoothing,
+      xTitle: X_CHOICES[state.x].title, format: def.format, markers: [...markers, ...alertMarkers(def)],
+      smoothing: state.smoothing,
       empty: emptyMessage(def),
     });
   }
@@ -237,6 +264,38 @@ function renderCheckpoints(run) {
       h("td", {}, timeEl(c.created_at)))))));
 }
 
+function renderAlerts(run) {
+  const box = $("#alerts");
+  box.hidden = !state.alerts.length;
+  if (!state.alerts.length) return;
+  const firing = state.alerts.filter((a) => a.status === "firing").length;
+  replace(box,
+    h("h2", { id: "alerts-title" }, "Health alerts ",
+      h("span", { class: "muted small" }, `${firing} firing, ${state.alerts.length} in all`)),
+    h("ul", { class: "alert-list" }, state.alerts.map((a) => h("li", { class: `alert-item alert-item-${a.status}`, "data-rule": a.rule },
+      h("details", { open: a.status === "firing" },
+        h("summary", {},
+          h("span", { class: `badge ${a.status === "firing" ? "alert-firing" : "alert-resolved"}` }, a.status),
+          " ", h("strong", {}, a.title), " ",
+          h("span", { class: "muted small" }, a.first_step === a.last_step ? `step ${a.first_step}` : `steps ${a.first_step}–${a.last_step}`),
+          h("div", { class: "small" }, a.detail)),
+        h("p", { class: "small" }, a.explanation),
+        h("p", { class: "small" },
+          h("a", { href: a.links.traces }, "Rollouts of these steps"), " · ",
+          h("a", { href: a.links.metrics }, `${a.metric} (API)`), " · ",
+          h("span", { class: "muted" }, `threshold alerts.${a.rule} = ${a.threshold}`)))))));
+}
+
+async function refreshAlerts(run) {
+  const counts = JSON.stringify([run.alerts, run.updated_at]);
+  if (counts === state.alertsSeen) return;
+  state.alertsSeen = counts;
+  const before = state.alerts.map((a) => a.metric).join();
+  state.alerts = run.alerts?.total ? await api.alerts(runId) : [];
+  if (state.alerts.map((a) => a.metric).join() !== before) buildCharts(); // a new alert metric gets its chart
+  renderAlerts(run);
+}
+
 function renderNotice(run) {
   const box = $("#run-notice");
   const notes = [];
@@ -275,6 +334,7 @@ async function refresh() {
   }
   renderRunHeader(run, "overview", { onChange: () => ticker.now() });
   renderNotice(run);
+  await refreshAlerts(run);
   if (!was || was.updated_at !== run.updated_at || !state.series.size) {
     await refreshMetrics();
     renderJob(run);

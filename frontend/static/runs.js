@@ -162,6 +162,17 @@ function actionButtons(run) {
   return buttons;
 }
 
+/** Health alerts of a run: a badge linking to the run page's alert list (firing ones stand out). */
+function alertBadge(run) {
+  const { firing = 0, total = 0 } = run.alerts || {};
+  if (!total) return null;
+  const label = firing ? `⚠ ${firing} alert${firing > 1 ? "s" : ""}` : `${total} resolved`;
+  return h("a", {
+    class: `badge alert-badge ${firing ? "alert-firing" : "alert-resolved"}`, href: `/runs/${run.id}#alerts`,
+    title: `${firing} firing, ${total} in all: open the run to read them`,
+  }, label);
+}
+
 function row(run) {
   const checked = state.selected.has(run.id);
   const acc = latest(run, ACC_KEY);
@@ -181,7 +192,7 @@ function row(run) {
       h("span", { class: "muted small" }, ` #${run.id}`),
       run.parent_run_id ? h("span", { class: "muted small", title: "retry of" }, ` ↻ #${run.parent_run_id}`) : null,
       run.error ? h("div", { class: "small error-text", title: run.error_detail || run.error }, run.error.split("\n")[0].slice(0, 120)) : null),
-    h("td", {}, statusBadge(run.status, run.cancel_requested)),
+    h("td", {}, statusBadge(run.status, run.cancel_requested), alertBadge(run)),
     h("td", {}, h("code", {}, run.algorithm), h("span", { class: "muted small" }, ` ${run.preset}`)),
     h("td", { class: "col-progress" }, progressBar(run.steps_done, run.steps_total)),
     h("td", { class: "num" }, acc === null ? h("span", { class: "muted" }, "—") : pct(acc)),
@@ -195,7 +206,7 @@ let lastSignature = "";
 
 function render() {
   // Skip identical re-renders (the list is polled): keeps focus and hover where the user left them.
-  const signature = JSON.stringify([state.runs.map((r) => [r.id, r.updated_at, r.status]), state.count, state.loaded,
+  const signature = JSON.stringify([state.runs.map((r) => [r.id, r.updated_at, r.status, r.alerts?.firing, r.alerts?.total]), state.count, state.loaded,
     String(state.error), [...state.selected], state.sort, Object.values(filters()),
     state.runs.map((r) => state.details.get(r.id)?.updated_at), Math.floor(Date.now() / 30000)]);
   if (signature === lastSignature) return;

@@ -112,3 +112,58 @@ def test_dict_events_must_hold_exactly_the_record_fields(engine):
     with pytest.raises(TypeError):
         sink.on_rollout_uses(1, [{"rollout_uid": "r1", "step": 1}])  # no silent defaults
     sink.close()
+
+
+def test_alert_episodes_upsert_and_a_resume_reopens_them_at_its_checkpoint(engine, studio_env):
+    """An episode is one row however often it is re-emitted; the API lists it with its rule's text
+    and links, and the runs list counts it; a resume forgets episodes that began after the checkpoint."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from remix_engine.events import AlertRecord
+
+    def alert(rule: str, first: int, last: int, status: str = "firing") -> AlertRecord:
+        return AlertRecord(rule=rule, status=status, first_step=first, last_step=last, value=0.9, threshold=0.8,
+                           detail="90% of groups had one reward", metric="critic/frac_reward_zero_std")
+
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=claim.attempt)
+    sink.on_start({"resumed_from": None})
+    _emit_steps(sink, range(1, 5))
+    for step in (2, 3):
+        sink.on_alert(step, alert("zero_variance_groups", 2, step))
+    sink.on_alert(4, alert("zero_variance_groups", 2, 3, "resolved"))
+    sink.on_alert(4, alert("truncation", 4, 4))
+    sink.on_end({})
+    sink.close()
+
+    client = TestClient(create_app(studio_env))
+    listed = client.get(f"/api/v1/runs/{claim.run_id}/alerts").json()
+    assert [(a["rule"], a["status"], a["first_step"], a["last_step"]) for a in listed] == [
+        ("truncation", "firing", 4, 4), ("zero_variance_groups", "resolved", 2, 3)]  # firing first
+    zv = listed[1]
+    assert zv["title"] == "Zero-variance groups" and "group_size" in zv["explanation"]
+    assert zv["links"]["traces"] == f"/traces/{claim.run_id}?step_min=2&step_max=3"
+    assert listed[0]["links"]["traces"].endswith("&truncated=true")
+    series = client.get(zv["links"]["metrics"]).json()
+    assert series["keys"] == ["critic/frac_reward_zero_std"]
+    runs = {r["id"]: r for r in client.get("/api/v1/runs").json()["data"]}
+    assert runs[claim.run_id]["alerts"] == {"firing": 1, "total": 2}
+    assert client.get(f"/api/v1/runs/{claim.run_id}").json()["alerts"] == {"firing": 1, "total": 2}
+    assert client.get("/api/v1/runs/999999/alerts").status_code == 404
+
+    # resumed from the checkpoint at step 2: the truncation episode (from step 4) is gone, the
+    # zero-variance one is open again at step 2 (the restored monitor carries it on)
+    jobs.requeue(claim.job_id, claim.attempt, reason="lost")
+    again = jobs.claim(claim.job_id, _job_token(claim.job_id), "w2")
+    sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=again.attempt)
+    sink.on_start({"resumed_from": 2})
+    sink.close()
+    listed = client.get(f"/api/v1/runs/{claim.run_id}/alerts").json()
+    assert [(a["rule"], a["status"], a["first_step"], a["last_step"]) for a in listed] == [
+        ("zero_variance_groups", "firing", 2, 2)]
+
+
+def _job_token(job_id: int) -> str:
+    with Session(get_engine()) as s:
+        return s.get(Job, job_id).dispatch_token

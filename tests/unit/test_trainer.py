@@ -81,6 +81,10 @@ def test_resume_is_exact(tmp_path, algorithm, tiny):
 
     assert _metrics(straight) == _metrics(out)
     assert (straight / "rollouts.jsonl").read_text() == (out / "rollouts.jsonl").read_text()
+    # health alerts too: the monitor's history is part of the checkpoint (a barely warm-started toy
+    # gives all-wrong groups, so the zero-variance alert opens at step 3 and goes on at step 4)
+    alerts = (straight / "alerts.jsonl").read_text()
+    assert '"rule": "zero_variance_groups"' in alerts and alerts == (out / "alerts.jsonl").read_text()
 
 
 def test_remix_run_emits_the_documented_metrics_and_artifacts(tmp_path):
@@ -89,7 +93,8 @@ def test_remix_run_emits_the_documented_metrics_and_artifacts(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert "eval/heldout/pass@1" in rows[0] and "eval/heldout/pass@1" in rows[2]
     for key in ("cost/rollouts", "cost/tokens", "critic/score/mean", "actor/pg_loss", "actor/pg_clipfrac",
-                "actor/ppo_kl", "response_length/mean", "replay/fresh_share", "behavior/self_reflection_rate"):
+                "actor/ppo_kl", "actor/entropy", "response_length/mean", "replay/fresh_share",
+                "behavior/self_reflection_rate"):
         assert key in rows[1], key
     # Phase 1: 60% of the 4 prompts are fresh (2 prompts x 4 samples); replay appears from step 2.
     assert rows[1]["cost/rollouts"] == 8 and rows[2]["replay/fresh_share"] < 1.0

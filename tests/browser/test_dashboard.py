@@ -523,3 +523,40 @@ def test_leaderboard_scatter_names_every_point_and_shows_sizes(page, studio, scr
     for ref in refs:
         assert text.count(ref) == 0 and ref in page.text_content("#lb-sources")
     screenshot(page, "leaderboard")
+
+
+# ------------------------------------------------------------------------------------ health alerts
+@pytest.fixture(scope="module")
+def alert_run(studio) -> int:
+    """A run built to raise alerts: no warm start, so every response of the random toy policy is
+    wrong (all groups zero-variance) and runs into max_new_tokens (truncation)."""
+    r = studio.api.post("/runs", headers=studio.write_headers(), json={
+        "name": "browser alerts", "config": {"preset": "toy", "algorithm": "grpo", "steps": 4, "seed": 0,
+                                              "overrides": TINY + ["warm_start.steps=0", "rollout.max_new_tokens=16"]}})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def test_health_alerts_on_the_runs_list_and_the_run_page(page, studio, alert_run, screenshot):
+    studio.wait_run(alert_run, lambda r: r["status"] == "succeeded", 300, "finish")
+    alerts = {a["rule"]: a for a in studio.api.get(f"/runs/{alert_run}/alerts").json()}
+    assert "zero_variance_groups" in alerts, alerts
+    zero = alerts["zero_variance_groups"]
+    assert zero["status"] == "firing" and zero["first_step"] == 3 and zero["value"] == 1.0
+
+    page.goto("/")
+    badge = page.wait_for_selector(f"tr[data-run-id='{alert_run}'] .alert-badge")
+    firing = sum(a["status"] == "firing" for a in alerts.values())
+    assert badge.text_content() == f"⚠ {firing} alert{'s' if firing > 1 else ''}"
+
+    badge.click()
+    item = page.wait_for_selector("#alerts li[data-rule='zero_variance_groups']")
+    text = item.text_content()
+    assert "Zero-variance groups" in text and zero["detail"] in text and "group_size" in text  # opened: firing
+    assert item.eval_on_selector("a", "a => a.getAttribute('href')") == zero["links"]["traces"]
+    # the metric it watches gets a chart, marked where the alert began
+    chart = "#chart-alert-critic-frac_reward_zero_std"
+    wait_points(page, chart, 4)
+    marks = page.evaluate(f"document.querySelector('{chart} .plot').layout.annotations.map(a => [a.x, a.text])")
+    assert [3, "⚠ Zero-variance groups"] in marks, marks
+    screenshot(page, "run-alerts")

@@ -161,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from backend.api.rollouts import router as rollouts_router
     from backend.api.runs import router as runs_router
     from backend.api.system import router as system_router
+    from backend.api.tokens import router as tokens_router
 
     settings = settings or get_settings()
 
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(runs_router)
     api.include_router(rollouts_router)
     api.include_router(alerts_router)
+    api.include_router(tokens_router)
     api.include_router(system_router)
     api.include_router(evaluations_router)
     api.include_router(leaderboard_router)

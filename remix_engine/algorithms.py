@@ -34,6 +34,7 @@ __all__ = [
     "KL_KINDS",
     "agg_loss",
     "broadcast_to_tokens",
+    "clipped_tokens",
     "drgrpo_advantages",
     "entropy_bonus_loss",
     "entropy_from_logits",
@@ -518,6 +519,19 @@ def mix_ppg_policy_loss(
     return loss, metrics
 
 
+def clipped_tokens(
+    logp: Tensor, behavior_logp: Tensor, old_logp: Tensor, clip_eps_low: float, clip_eps_high: float | None = None,
+) -> Tensor:
+    """1.0 where the token's Mix-PPG ratio r = exp(logp − behavior_logp) lies outside its clip window
+    [max(c − ε_low, 0), c + ε_high] (c = exp(old_logp − behavior_logp)), else 0.0 — [B, R], detached.
+    Whatever the sign of A: this marks where the clip is active for r."""
+    with torch.no_grad():
+        behavior = behavior_logp.detach()
+        ratio = torch.exp((logp.detach() - behavior).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND))
+        _, low, high = mix_ppg_clip_window(old_logp, behavior, clip_eps_low, clip_eps_high)
+        return ((ratio < low) | (ratio > high)).to(ratio.dtype)
+
+
 def per_sample_ratio_stats(
     logp: Tensor,
     behavior_logp: Tensor,
@@ -544,8 +558,8 @@ def per_sample_ratio_stats(
         behavior = behavior_logp.detach()
         lp = logp.detach()
         ratio = torch.exp((lp - behavior).clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND))
-        center, low, high = mix_ppg_clip_window(old_logp, behavior, clip_eps_low, clip_eps_high)
-        outside = ((ratio < low) | (ratio > high)).to(ratio.dtype)
+        center, _, _ = mix_ppg_clip_window(old_logp, behavior, clip_eps_low, clip_eps_high)
+        outside = clipped_tokens(logp, behavior_logp, old_logp, clip_eps_low, clip_eps_high)
         ratio_max = torch.where(valid, ratio, torch.full_like(ratio, -math.inf)).amax(dim=-1)
         ratio_max = torch.where(valid.any(dim=-1), ratio_max, torch.zeros_like(ratio_max))
         return {

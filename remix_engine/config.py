@@ -190,6 +190,10 @@ class TrainerConfig(_Section):
                           "anyway; on CPU the write is synchronous and copies nothing.")
     log_rollouts: bool = Field(True, description="Emit every rollout and rollout use to the sinks (the traces and "
                                                  "off-policy views need them).")
+    token_stats_every: int = Field(
+        1, ge=0, le=1_000_000, description="Per-token statistics (the tokens, behaviour log-probs and, at every use, "
+                                           "π_k's log-probs, advantages, entropy and clipped tokens: the trace page's "
+                                           "token lens) for one rollout in N, chosen by a hash of its uid; 0 = none.")
     torch_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch's default.")
 
 
@@ -302,7 +306,8 @@ _PAPER_COMMON: dict[str, Any] = {
     "actor": {"mini_batch_size": 32, "max_tokens_per_microbatch": 17408, "logprob_max_tokens_per_microbatch": 17408},
     "critic": {"max_tokens_per_microbatch": 17408},
     "remix": {"reincarnate_at": 100},
-    "trainer": {"steps": 500, "eval_every": 25, "checkpoint_every": 50},
+    # token statistics for 1 rollout in 16: 8k-token responses make them the largest rows per rollout
+    "trainer": {"steps": 500, "eval_every": 25, "checkpoint_every": 50, "token_stats_every": 16},
     "warm_start": {"steps": 0},
 }
 

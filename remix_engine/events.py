@@ -88,6 +88,23 @@ class RolloutUseRecord(_Record):
 
 
 @dataclass(frozen=True)
+class TokenStatsRecord(_Record):
+    """Per-token statistics of one use of a sampled rollout (trainer.token_stats_every); lists run
+    over the response tokens. The use at the rollout's own step (age 0) also carries the tokens and
+    the behaviour log-probs, which do not change."""
+
+    rollout_uid: str
+    step: int  # the consuming step
+    age: int
+    logprobs: list[float]  # π_k, the consuming step's policy before its update (ratio = exp(this − behaviour))
+    advantages: list[float]
+    entropy: list[float]  # the policy's entropy at the token, mean over the update's epochs
+    clipped: list[int]  # in how many of the update's epochs the clip was active at the token
+    tokens: list[str] | None = None  # age 0 only
+    behavior_logprobs: list[float] | None = None  # age 0 only
+
+
+@dataclass(frozen=True)
 class CheckpointRecord(_Record):
     """A checkpoint written completely (its folder is final)."""
 

@@ -12,7 +12,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from remix_engine.events import AlertRecord, CheckpointRecord, RolloutRecord, RolloutUseRecord
+from remix_engine.events import (
+    AlertRecord,
+    CheckpointRecord,
+    RolloutRecord,
+    RolloutUseRecord,
+    TokenStatsRecord,
+)
 
 
 class StopRequested(Exception):
@@ -41,6 +47,9 @@ class Sink:
 
     def on_alert(self, step: int, alert: AlertRecord) -> None:
         """A health-alert episode opened, went on or resolved at `step` (remix_engine/alerts.py)."""
+
+    def on_token_stats(self, step: int, rows: list[TokenStatsRecord]) -> None:
+        """Per-token statistics of the sampled rollouts used at `step` (trainer.token_stats_every)."""
 
     def should_stop(self) -> bool:
         """Polled between steps: True asks the trainer to checkpoint and stop (a cancel, or a worker
@@ -90,6 +99,10 @@ class MultiSink(Sink):
         for s in self.sinks:
             s.on_alert(step, alert)
 
+    def on_token_stats(self, step, rows):
+        for s in self.sinks:
+            s.on_token_stats(step, rows)
+
     def should_stop(self):
         return any(s.should_stop() for s in self.sinks)
 
@@ -98,8 +111,8 @@ class MultiSink(Sink):
 
 
 class JsonlSink(Sink):
-    """Writes DIR/metrics.jsonl, DIR/rollouts.jsonl, DIR/rollout_uses.jsonl, DIR/alerts.jsonl and
-    DIR/summary.json.
+    """Writes DIR/metrics.jsonl, DIR/rollouts.jsonl, DIR/rollout_uses.jsonl, DIR/token_stats.jsonl,
+    DIR/alerts.jsonl and DIR/summary.json.
 
     On resume the files are truncated to the resumed step first, so no step appears twice.
     """
@@ -107,7 +120,8 @@ class JsonlSink(Sink):
     def __init__(self, out_dir: str | Path, resume_step: int | None = None):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {name: self.dir / f"{name}.jsonl" for name in ("metrics", "rollouts", "rollout_uses", "alerts")}
+        self.paths = {name: self.dir / f"{name}.jsonl" for name in ("metrics", "rollouts", "rollout_uses", "alerts",
+                                                                      "token_stats")}
         if resume_step is not None:
             for path in self.paths.values():
                 _truncate_after_step(path, resume_step)
@@ -128,6 +142,9 @@ class JsonlSink(Sink):
 
     def on_rollout_uses(self, step, uses):
         self._append("rollout_uses", [asdict(u) for u in uses])
+
+    def on_token_stats(self, step, rows):
+        self._append("token_stats", [asdict(r) for r in rows])
 
     def on_alert(self, step, alert):
         self._append("alerts", [{"step": step, **asdict(alert)}])  # the last row of an episode is its state

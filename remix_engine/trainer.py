@@ -20,6 +20,7 @@ import random
 import shutil
 import threading
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from remix_engine.events import (
     CheckpointRecord,
     RolloutRecord,
     RolloutUseRecord,
+    TokenStatsRecord,
 )
 from remix_engine.logprobs import (
     autocast,
@@ -415,6 +417,7 @@ class Trainer:
         metrics.update(self._replay_metrics(t, batch, replayed, per_sample, share, utd, lam))
         self._emit_rollouts(t, problems, fresh, result, grades)
         self._emit_uses(t, batch, per_sample)
+        self._emit_token_stats(t, batch, update_batch, per_sample)
         return metrics
 
     def _gae(self, batch: list[Sample], mask: torch.Tensor, replayed: list[Sample]):
@@ -558,6 +561,11 @@ class Trainer:
                 stats = algo.per_sample_ratio_stats(logp.detach(), behavior_lp, old_lp, mb.response_mask,
                                                     cfg.clip_eps, cfg.clip_eps_high)
             _accumulate_ratio_stats(stats_acc, stats, idx, len(batch.prompts), utd)
+            if self.cfg.trainer.token_stats_every:  # the token lens: per-token entropy and clip activity
+                tokens = {"token_entropy": entropy.detach() / utd,
+                          "token_clipped": algo.clipped_tokens(logp, behavior_lp, old_lp, cfg.clip_eps, cfg.clip_eps_high)}
+                for key, value in tokens.items():
+                    stats_acc.setdefault(key, torch.zeros(batch.mask.shape))[idx, :width] += value.cpu()
         self._idle_backward(self.model, idle, lambda out: forward_response(out, idle_batch(self.pad_id).to(dev), temp)[0])
         metrics["actor/loss"] = total_loss
         metrics = self._reduce_over_ranks(metrics)
@@ -838,6 +846,26 @@ class Trainer:
             clipfrac=float(per_sample["clipfrac"][i]), kl_to_behavior=float(per_sample["kl_to_behavior"][i]),
         ) for i, s in enumerate(batch)]
         self.sink.on_rollout_uses(t, rows)
+
+    def _emit_token_stats(self, t, batch: list[Sample], update: UpdateBatch, per_sample) -> None:
+        """Per-token statistics of the sampled rollouts in this step's batch (trainer.token_stats_every)."""
+        every = self.cfg.trainer.token_stats_every
+        if not (self.cfg.trainer.log_rollouts and every):
+            return
+        rows = []
+        for i, s in enumerate(batch):
+            if zlib.crc32(s.uid.encode()) % every:
+                continue
+            n = len(s.response_ids)
+            fresh = s.step == t
+            rows.append(TokenStatsRecord(
+                rollout_uid=s.uid, step=t, age=t - s.policy_version, logprobs=update.old_lp[i, :n].tolist(),
+                advantages=update.advantages[i, :n].tolist(), entropy=per_sample["token_entropy"][i, :n].tolist(),
+                clipped=[int(c) for c in per_sample["token_clipped"][i, :n].tolist()],
+                tokens=self.tokenizer.batch_decode([[tok] for tok in s.response_ids]) if fresh else None,
+                behavior_logprobs=list(s.behavior_logprobs) if fresh else None))
+        if rows:
+            self.sink.on_token_stats(t, rows)
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_dir(self, step: int) -> Path:

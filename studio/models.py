@@ -11,11 +11,14 @@ unit test checks that the migrations and these models agree.
 
 from __future__ import annotations
 
+import json
+import math
+import zlib
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -291,6 +294,38 @@ class RolloutUse(SQLModel, table=True):
     ratio_max: float | None = Field(default=None, sa_type=Double)
     clipfrac: float | None = Field(default=None, sa_type=Double)
     kl_to_behavior: float | None = Field(default=None, sa_type=Double)
+
+
+class RolloutTokenStats(SQLModel, table=True):
+    """The token lens of one use of a sampled rollout (trainer.token_stats_every): a zlib-compressed
+    JSON object of per-token lists (remix_engine.events.TokenStatsRecord, values to 4 decimals)."""
+
+    __tablename__ = "rollout_token_stats"
+    __table_args__ = (UniqueConstraint("run_id", "rollout_uid", "step"),)
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE")
+    rollout_uid: str = Field(max_length=64)
+    step: int  # the consuming step
+    age: int
+    payload: bytes = Field(sa_type=LargeBinary)
+
+    LISTS: ClassVar[tuple[str, ...]] = ("logprobs", "advantages", "entropy", "clipped", "tokens", "behavior_logprobs")
+
+    @classmethod
+    def pack(cls, record: Any) -> bytes:
+        """A TokenStatsRecord's lists as compressed JSON; 4 decimals are plenty for a colour scale."""
+        data = {}
+        for name in cls.LISTS:
+            values = getattr(record, name)
+            if values is not None:
+                data[name] = [(round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v
+                              for v in values]
+        return zlib.compress(json.dumps(data, separators=(",", ":"), allow_nan=False).encode(), 6)
+
+    @staticmethod
+    def unpack(payload: bytes) -> dict[str, list]:
+        return json.loads(zlib.decompress(payload))
 
 
 # -------------------------------------------------------------------------------------- evaluations

@@ -5,10 +5,11 @@ transaction. `on_checkpoint` and `on_end` are barriers: they return only when ev
 before them is committed, so every step up to a checkpoint recorded in SQL is in SQL too (a resumed
 job starts from the newest checkpoint SQL knows about, see worker/tasks.py).
 
-Idempotent ingestion: metrics upsert on (run, key, step), rollouts on (run, uid), uses on
-(run, rollout uid, step), checkpoints on (run, step). On start the sink deletes the run's rows after
-the step the trainer resumed from (everything for a fresh start), so a re-delivered or resumed job
-ends with exactly one row per step and rollout.
+Idempotent ingestion: metrics upsert on (run, key, step), rollouts on (run, uid), uses and token
+statistics on (run, rollout uid, step), checkpoints on (run, step), alert episodes on (run, rule,
+first step). On start the sink deletes the run's rows after the step the trainer resumed from
+(everything for a fresh start), so a re-delivered or resumed job ends with exactly one row per step
+and rollout.
 
 When the sink belongs to a job it is fenced: each batch first refreshes the job's heartbeat with
 `WHERE id = job AND attempt = ours AND status = running` (studio.jobs.fence, in the batch's own
@@ -31,7 +32,14 @@ from sqlalchemy import ARRAY, String, Table, any_, case, delete, func, literal, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from remix_engine.events import AlertRecord, CheckpointRecord, RolloutRecord, RolloutUseRecord, StepMetrics
+from remix_engine.events import (
+    AlertRecord,
+    CheckpointRecord,
+    RolloutRecord,
+    RolloutUseRecord,
+    StepMetrics,
+    TokenStatsRecord,
+)
 from remix_engine.jsonsafe import finite_or_none
 from remix_engine.sinks import Sink
 from studio import jobs
@@ -43,6 +51,7 @@ from studio.models import (
     Metric,
     Rollout,
     RolloutText,
+    RolloutTokenStats,
     RolloutUse,
     utcnow,
 )
@@ -56,7 +65,8 @@ _LATEST: Table = LatestMetric.__table__
 _CKPTS: Table = Checkpoint.__table__
 _ROLLOUTS: Table = Rollout.__table__
 _TEXTS: Table = RolloutText.__table__
-_USES: Table = RolloutUse.__table__  # ids per IN (...) list (SQLite's bound-parameter limit)
+_USES: Table = RolloutUse.__table__
+_TOKEN_STATS: Table = RolloutTokenStats.__table__  # ids per IN (...) list (SQLite's bound-parameter limit)
 
 
 def _chunks(items: list, n: int = _IN_CHUNK) -> Iterable[list]:
@@ -117,6 +127,10 @@ class SqlSink(Sink):
     def on_rollout_uses(self, step: int, uses: list[RolloutUseRecord]) -> None:
         if uses:
             self._put(("uses", int(step), [RolloutUseRecord.coerce(u) for u in uses], time.time()))
+
+    def on_token_stats(self, step: int, rows: list[TokenStatsRecord]) -> None:
+        if rows:
+            self._put(("tokens", int(step), [TokenStatsRecord.coerce(r) for r in rows], time.time()))
 
     def on_alert(self, step: int, alert: AlertRecord) -> None:
         self._put(("alert", int(step), AlertRecord.coerce(alert), time.time()))
@@ -231,6 +245,8 @@ class SqlSink(Sink):
                 elif kind == "alert":
                     self._write_alert(conn, payload)
                     written += 1
+                elif kind == "tokens":
+                    written += self._write_token_stats(conn, payload)
             if use_steps:
                 used = select(_USES.c.rollout_id).where(_USES.c.run_id == self.run_id, _USES.c.step.in_(sorted(use_steps)),
                                                         _USES.c.rollout_id.is_not(None))
@@ -268,6 +284,7 @@ class SqlSink(Sink):
         touched = [r for (r,) in conn.execute(select(_USES.c.rollout_id).where(
             _USES.c.run_id == rid, _USES.c.step > after_step, _USES.c.rollout_id.is_not(None)).distinct())]
         conn.execute(delete(_USES).where(_USES.c.run_id == rid, _USES.c.step > after_step))
+        conn.execute(delete(_TOKEN_STATS).where(_TOKEN_STATS.c.run_id == rid, _TOKEN_STATS.c.step > after_step))
         doomed = select(_ROLLOUTS.c.id).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step)
         conn.execute(delete(_TEXTS).where(_TEXTS.c.rollout_id.in_(doomed)))
         conn.execute(delete(_ROLLOUTS).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step))
@@ -387,6 +404,14 @@ class SqlSink(Sink):
         conn.execute(stmt, values)
         jobs.record_checkpoint(conn, self.job_id, step)
 
+    def _write_token_stats(self, conn: Connection, rows: list[TokenStatsRecord]) -> int:
+        stmt = self._insert(_TOKEN_STATS)
+        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "rollout_uid", "step"],
+                                          set_={"age": stmt.excluded.age, "payload": stmt.excluded.payload})
+        conn.execute(stmt, [{"run_id": self.run_id, "rollout_uid": r.rollout_uid, "step": r.step, "age": r.age,
+                             "payload": RolloutTokenStats.pack(r)} for r in rows])
+        return len(rows)
+
     def _write_alert(self, conn: Connection, alert: AlertRecord) -> None:
         stmt = self._insert(_ALERTS)
         values = {"run_id": self.run_id, **{f: getattr(alert, f) for f in AlertRecord.field_names()}}
@@ -410,7 +435,7 @@ class SqlSink(Sink):
 
 def _rows_in(item: tuple) -> int:
     kind, _step, payload, _wall = item
-    if kind in ("rollouts", "uses"):
+    if kind in ("rollouts", "uses", "tokens"):
         return len(payload)
     if kind == "step":
         return len(payload.values)

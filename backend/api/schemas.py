@@ -246,6 +246,27 @@ class RolloutDetail(RolloutOut):
     uses: list[RolloutUseOut]
 
 
+class TokenUseOut(BaseModel):
+    step: int = Field(description="the consuming step")
+    age: int
+    logprobs: list[float | None] = Field(description="π_k's log-prob of each token: the consuming step's policy before "
+                                                      "its update")
+    ratios: list[float | None] = Field(description="exp(logprob − behaviour log-prob): the token's importance ratio "
+                                                   "at this use")
+    advantages: list[float | None]
+    entropy: list[float | None] = Field(description="the policy's entropy at the token, mean over the update's epochs")
+    clipped: list[int] = Field(description="in how many of the update's epochs the clip was active at the token")
+
+
+class TokenLensOut(BaseModel):
+    rollout_id: int
+    run_id: int
+    tokens: list[str] | None = Field(description="the response's tokens as text (null if its generating step's "
+                                                 "record is missing)")
+    behavior_logprobs: list[float | None] | None = Field(description="log-probs of the policy that generated it")
+    uses: list[TokenUseOut]
+
+
 class RolloutPage(BaseModel):
     data: list[RolloutOut]
     count: int = Field(description="rollouts matching the filters (all pages)")

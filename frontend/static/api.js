@@ -117,6 +117,7 @@ export const metrics = (id, keys, x = "step", maxPoints = 500) =>
 
 export const listRollouts = (id, params = {}) => request(`/runs/${id}/rollouts`, { params });
 export const getRollout = (rolloutId) => request(`/rollouts/${rolloutId}`);
+export const rolloutTokens = (rolloutId) => request(`/rollouts/${rolloutId}/tokens`);
 export const getGroup = (runId, groupId) => request(`/runs/${runId}/groups/${encodeURIComponent(groupId)}`);
 export const offpolicy = (id, params = {}) => request(`/runs/${id}/offpolicy`, { params });
 

@@ -7,6 +7,7 @@
 import * as api from "./api.js";
 import { fractionText } from "./charts.js";
 import { loadRunOrExplain, renderRunHeader } from "./run_header.js";
+import { loadTokenLens } from "./token_lens.js";
 import {
   $, ACTIVE, debounce, emptyState, errorState, h, initChrome, itemId, loadingState, num, replace,
 } from "./ui.js";
@@ -205,6 +206,7 @@ async function openRollout(id, { scroll = true } = {}) {
   if (state.selected !== id) return;
   renderTrace(r);
   if (scroll && window.matchMedia("(max-width: 1000px)").matches) view.scrollIntoView({ behavior: "smooth" });
+  loadTokenLens($("#token-lens"), r.id);
   loadGroup(r);
 }
 
@@ -243,6 +245,7 @@ function renderTrace(r) {
       parts.closed ? null : h("p", { class: "small error-text" }, "No </think> in this response: the grader requires one before the answer."),
       h("div", { class: "muted small" }, parts.closed ? "final part" : "whole response"),
       finalBox),
+    h("div", { class: "trace-block", id: "token-lens" }),
     lineage(r));
 }
 

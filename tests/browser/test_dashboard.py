@@ -8,6 +8,7 @@ Every page is saved as test-artifacts/screenshots/<page>.png.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -560,3 +561,37 @@ def test_health_alerts_on_the_runs_list_and_the_run_page(page, studio, alert_run
     marks = page.evaluate(f"document.querySelector('{chart} .plot').layout.annotations.map(a => [a.x, a.text])")
     assert [3, "⚠ Zero-variance groups"] in marks, marks
     screenshot(page, "run-alerts")
+
+
+# ------------------------------------------------------------------------------------ token lens
+def test_token_lens_colours_each_token_with_the_api_values(page, studio, toy_run, screenshot):
+    studio.wait_run(toy_run, lambda r: r["status"] == "succeeded", 300, "finish")
+    replayed = studio.api.get(f"/runs/{toy_run}/rollouts", params={"reuse_min": 1, "limit": 1}).json()["data"][0]
+    lens = studio.api.get(f"/rollouts/{replayed['id']}/tokens").json()
+    assert len(lens["tokens"]) == replayed["length"] and [u["age"] for u in lens["uses"]][:2] == [0, 1]
+
+    page.goto(f"/traces/{toy_run}?rollout={replayed['id']}")
+    page.wait_for_selector("#token-text .tok")
+
+    def shown() -> list[tuple[float | None, str, bool]]:
+        return page.eval_on_selector_all("#token-text .tok", """els => els.map(e => [
+            e.dataset.value === '' ? null : Number(e.dataset.value), e.style.background, e.classList.contains('tok-clipped')])""")
+
+    def values() -> list[float | None]:
+        return [v for v, _, _ in shown()]
+
+    # default: the importance ratio at the first (fresh) use — 1 everywhere (behaviour log-probs recomputed)
+    assert values() == pytest.approx(lens["uses"][0]["ratios"])
+    page.select_option("#lens-use", "1")  # the replay one step later
+    replay = lens["uses"][1]
+    assert values() == pytest.approx(replay["ratios"])
+    assert [c for _, _, c in shown()] == [bool(c) for c in replay["clipped"]]  # clipped tokens are outlined
+    page.select_option("#lens-quantity", "entropy")
+    assert values() == pytest.approx(replay["entropy"], abs=1e-4)
+    assert all(bg.startswith("rgba(234, 88, 12") for _, bg, _ in shown())  # every token coloured by its entropy
+    page.select_option("#lens-quantity", "behavior")
+    assert page.is_disabled("#lens-use")
+    assert values() == pytest.approx(lens["behavior_logprobs"], abs=1e-4)
+    title = page.get_attribute("#token-text .tok[data-i='0']", "title")
+    assert title.startswith(f"token 0: {json.dumps(lens['tokens'][0])}") and "behaviour log-prob" in title
+    screenshot(page, "token-lens")

@@ -509,3 +509,14 @@ def test_log_probs_from_logits():
     tok = torch.randint(0, 13, (2, 5), generator=g)
     ref = torch.log_softmax(rl / 0.7, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(A.log_probs_from_logits(rl, tok, temperature=0.7), ref)
+
+
+def test_clipped_tokens_mark_ratios_outside_the_mix_ppg_window():
+    # c = π_k/π_b = 1 on every token; ε = 0.2: the window is [0.8, 1.2]
+    behavior = torch.zeros(1, 4)
+    old = torch.zeros(1, 4)
+    theta = torch.log(torch.tensor([[1.0, 1.19, 1.3, 0.7]]))
+    assert A.clipped_tokens(theta, behavior, old, 0.2).tolist() == [[0.0, 0.0, 1.0, 1.0]]
+    # the window follows c: with π_k = 1.3 π_b, r = 1.3 is inside and r = 1.0 outside
+    old_moved = torch.log(torch.full((1, 4), 1.3))
+    assert A.clipped_tokens(theta, behavior, old_moved, 0.2).tolist() == [[1.0, 0.0, 0.0, 1.0]]

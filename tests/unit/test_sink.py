@@ -167,3 +167,56 @@ def test_alert_episodes_upsert_and_a_resume_reopens_them_at_its_checkpoint(engin
 def _job_token(job_id: int) -> str:
     with Session(get_engine()) as s:
         return s.get(Job, job_id).dispatch_token
+
+
+def test_token_stats_are_stored_compactly_and_served_per_use(engine, studio_env):
+    """The token lens: one row per use (compressed JSON, 4 decimals); the API joins the generation's
+    tokens and behaviour log-probs with every use and computes the per-token ratios."""
+    import math
+
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from remix_engine.events import TokenStatsRecord
+    from studio.models import RolloutTokenStats
+
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=claim.attempt)
+    sink.on_start({"resumed_from": None})
+    _emit_steps(sink, range(1, 4))
+    behavior = [-0.5, -1.25, -2.0, -0.123456]
+    sink.on_token_stats(1, [TokenStatsRecord(
+        rollout_uid="r1", step=1, age=0, logprobs=behavior, advantages=[0.5] * 4, entropy=[1.0, 0.5, 0.25, 0.1],
+        clipped=[0, 0, 0, 0], tokens=["</think>", " \\boxed{", "2", "}"], behavior_logprobs=behavior)])
+    sink.on_token_stats(3, [TokenStatsRecord(
+        rollout_uid="r1", step=3, age=2, logprobs=[-0.4, -1.25, -3.0, float("-inf")], advantages=[-0.5] * 4,
+        entropy=[0.9, 0.5, 0.2, 0.1], clipped=[0, 0, 2, 1])])
+    sink.on_end({})
+    with Session(engine) as s:
+        payloads = [row.payload for row in s.execute(select(RolloutTokenStats)).scalars()]
+    assert len(payloads) == 2 and RolloutTokenStats.unpack(payloads[0])["behavior_logprobs"][3] == -0.1235
+
+    client = TestClient(create_app(studio_env))
+    with Session(engine) as s:
+        rid = s.execute(select(Rollout.id).where(Rollout.uid == "r1")).scalar_one()
+        other = s.execute(select(Rollout.id).where(Rollout.uid == "r2")).scalar_one()
+    lens = client.get(f"/api/v1/rollouts/{rid}/tokens").json()
+    assert lens["tokens"] == ["</think>", " \\boxed{", "2", "}"] and lens["run_id"] == claim.run_id
+    fresh, replayed = lens["uses"]
+    assert (fresh["step"], fresh["age"], replayed["step"], replayed["age"]) == (1, 0, 3, 2)
+    assert fresh["ratios"] == [1.0, 1.0, 1.0, 1.0]
+    assert replayed["ratios"][0] == pytest.approx(math.exp(0.1)) and replayed["ratios"][2] == pytest.approx(math.exp(-1))
+    assert replayed["logprobs"][3] is None and replayed["ratios"][3] is None  # -inf stored as null
+    assert replayed["clipped"] == [0, 0, 2, 1] and replayed["advantages"] == [-0.5] * 4
+    missing = client.get(f"/api/v1/rollouts/{other}/tokens")
+    assert missing.status_code == 404 and "token_stats_every" in missing.json()["detail"]
+    assert client.get("/api/v1/rollouts/999999/tokens").status_code == 404
+
+    # a resume from step 2 forgets the use at step 3
+    sink.close()
+    jobs.requeue(claim.job_id, claim.attempt, reason="lost")
+    again = jobs.claim(claim.job_id, _job_token(claim.job_id), "w2")
+    sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=again.attempt)
+    sink.on_start({"resumed_from": 2})
+    sink.close()
+    assert [u["step"] for u in client.get(f"/api/v1/rollouts/{rid}/tokens").json()["uses"]] == [1]

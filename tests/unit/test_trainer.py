@@ -5,6 +5,7 @@ import json
 import pytest
 
 from remix_engine.config import build_config
+from remix_engine.models import build_toy_tokenizer
 from remix_engine.sinks import JsonlSink, Sink
 from remix_engine.trainer import latest_checkpoint, train
 
@@ -112,6 +113,23 @@ def test_remix_run_emits_the_documented_metrics_and_artifacts(tmp_path):
     assert len({r["uid"] for r in rollouts}) == len(rollouts) == summary["cost/rollouts"]
     used_uids = {u["rollout_uid"] for u in uses}
     assert used_uids <= {r["uid"] for r in rollouts}
+
+    # the token lens (trainer.token_stats_every = 1: every rollout): one record per use; the fresh
+    # use carries the tokens (they spell the response) and the behaviour log-probs, which with
+    # behavior_logprobs=recompute are π_k's own at that step
+    stats = [json.loads(x) for x in (out / "token_stats.jsonl").read_text().splitlines()]
+    assert sorted((t["rollout_uid"], t["step"]) for t in stats) == sorted((u["rollout_uid"], u["step"]) for u in uses)
+    by_uid = {r["uid"]: r for r in rollouts}
+    special = set(build_toy_tokenizer().all_special_tokens)  # the stored response text skips them
+    for t in stats:
+        n = by_uid[t["rollout_uid"]]["length"]
+        assert len(t["logprobs"]) == len(t["advantages"]) == len(t["entropy"]) == len(t["clipped"]) == n
+        if t["age"] == 0:
+            text = "".join(tok for tok in t["tokens"] if tok not in special)
+            assert text == by_uid[t["rollout_uid"]]["response"] and t["logprobs"] == t["behavior_logprobs"]
+        else:
+            assert t["tokens"] is None and t["behavior_logprobs"] is None
+    assert any(t["age"] > 0 for t in stats)
 
     ckpt = latest_checkpoint(out)
     from transformers import AutoModelForCausalLM

@@ -93,3 +93,17 @@ def test_trained_weights_reach_the_engine(runs):
     ref = HFRolloutBackend(trainer.model, trainer.tokenizer).generate(prompts, params)
     assert ours.response_ids == ref.response_ids
     assert ours.texts == ref.texts
+
+
+def test_token_lens_records_the_vllm_rollouts(runs):
+    """trainer.token_stats_every (1 on the toy) covers the vLLM backend's rollouts too: one record per
+    use, the fresh one with the tokens of the generated response and their behaviour log-probs."""
+    run_dir = runs["vllm"][1]
+    rollouts = {json.loads(x)["uid"]: json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()}
+    uses = [json.loads(x) for x in (run_dir / "rollout_uses.jsonl").read_text().splitlines()]
+    stats = [json.loads(x) for x in (run_dir / "token_stats.jsonl").read_text().splitlines()]
+    assert sorted((t["rollout_uid"], t["step"]) for t in stats) == sorted((u["rollout_uid"], u["step"]) for u in uses)
+    fresh = [t for t in stats if t["age"] == 0]
+    assert len(fresh) == len(rollouts)
+    for t in fresh:
+        assert len(t["tokens"]) == len(t["behavior_logprobs"]) == len(t["entropy"]) == rollouts[t["rollout_uid"]]["length"]

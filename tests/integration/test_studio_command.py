@@ -83,6 +83,7 @@ def test_studio_command_and_documented_curl_sequence(tmp_path: Path) -> None:
         page = httpx.get(f"{api}/runs/1/rollouts", params={"limit": 5, "order": "desc"}).json()
         assert page["count"] == run["rollouts_generated"] > 0
         assert page["data"][0]["uid"] in out, "the listed rollouts are printed"
+        assert '"rule":"zero_variance_groups"' in out, "the run's health alerts are printed"
     finally:
         if studio.poll() is None:
             studio.send_signal(signal.SIGINT)  # Ctrl-C

@@ -549,8 +549,8 @@ class Trainer:
                     lam, mb.response_mask, kind=cfg.kl_estimator, agg=cfg.loss_agg, **counts)
                 loss = loss + cfg.kl_coef * kl_loss
                 m.update(kl_m)
-            ent_loss, ent_m = algo.entropy_bonus_loss(entropy if cfg.entropy_coef > 0 else entropy.detach(),
-                                                      mb.response_mask, cfg.entropy_coef, cfg.loss_agg, **counts)
+            ent_loss, ent_m = algo.entropy_bonus_loss(entropy, mb.response_mask, cfg.entropy_coef, cfg.loss_agg,
+                                                      **counts)
             if cfg.entropy_coef > 0:
                 loss = loss + ent_loss
             m.update(ent_m)

@@ -151,8 +151,8 @@ def train_on_demonstrations(
 ) -> dict[str, Any]:
     """The supervised loop itself (no caching). Returns {'loss': [...], 'seconds': s}.
 
-    `mixed_precision` 'bf16' runs the forward pass under bf16 autocast; the weights, gradients and
-    AdamW state stay float32 and the loss is taken in float32.
+    `mixed_precision` 'bf16' runs the decoder under bf16 autocast; the output head, the loss, the
+    weights, gradients and AdamW state stay float32.
 
     `callback(step, loss)` is called after every step (step counts from 1).
     """
@@ -167,6 +167,7 @@ def train_on_demonstrations(
         lr=lr, betas=(0.9, 0.98),
     )
     device = next(model.parameters()).device
+    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -178,9 +179,10 @@ def train_on_demonstrations(
             for group in optim.param_groups:
                 group["lr"] = _lr_at(step, steps, lr)
             with autocast(device, mixed_precision):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            logits = head(hidden.float())  # the output head in float32: bf16 logits made the loss too coarse
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+                logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
             )
             optim.zero_grad(set_to_none=True)
             loss.backward()

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from remix_engine import toy  # noqa: E402
 from remix_engine.data import encode_prompts  # noqa: E402
 from remix_engine.models import build_toy_model, build_toy_tokenizer, n_parameters  # noqa: E402
-from remix_engine.warmstart import DEMO_MIX, compute_precision, train_on_demonstrations  # noqa: E402
+from remix_engine.warmstart import DEMO_MIX, train_on_demonstrations  # noqa: E402
 
 REFLECTION_WORDS = ("verify", "re-examine", "double-check", "why", "root cause", "validate", "abduct",
                     "question", "check", "but", "wait", "confirm", "scrutinize", "analyze", "investigate",
@@ -53,11 +53,11 @@ def _preset_defaults() -> dict:
 
         c = build_config("toy")
         return {"steps": c.warm_start.steps, "batch": c.warm_start.batch_size, "lr": c.warm_start.lr,
-                "mixed_precision": c.warm_start.mixed_precision, "heldout": c.data.heldout_size, "temperature": c.rollout.temperature,
+                "heldout": c.data.heldout_size, "temperature": c.rollout.temperature,
                 "max_new_tokens": c.rollout.max_new_tokens, "prompts": c.rollout.prompts_per_step,
                 "group": c.rollout.group_size, "rl_lr": c.actor.lr, "max_prompt_tokens": c.data.max_prompt_tokens}
     except ImportError:  # e.g. a machine without pydantic: the preset's values at the time of writing
-        return {"steps": 300, "batch": 64, "lr": 3e-3, "mixed_precision": "no", "heldout": 200, "temperature": 1.0, "max_new_tokens": 96,
+        return {"steps": 300, "batch": 64, "lr": 3e-3, "heldout": 200, "temperature": 1.0, "max_new_tokens": 96,
                 "prompts": 16, "group": 8, "rl_lr": 3e-4, "max_prompt_tokens": 64}
 
 
@@ -197,8 +197,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[d["steps"]], help="warm-start lengths to compare")
     ap.add_argument("--batch", type=int, default=d["batch"])
     ap.add_argument("--lr", type=float, default=d["lr"])
-    ap.add_argument("--mixed-precision", choices=["no", "bf16", "auto"], default=d["mixed_precision"],
-                    help="warm-start compute precision ('auto': bf16 where the CPU has native bf16 kernels)")
     ap.add_argument("--seed", type=int, nargs="+", default=[0])
     ap.add_argument("--heldout", type=int, default=d["heldout"])
     ap.add_argument("--k", type=int, default=d["group"], help="samples per problem for pass@k")
@@ -230,7 +228,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.tag}{msg}", flush=True)
 
     tokenizer = build_toy_tokenizer()
-    precision = compute_precision(argparse.Namespace(mixed_precision=args.mixed_precision), args.device)
     problems = toy.toy_problems("heldout", args.heldout)
     prompt_ids = prompt_ids_for(tokenizer, problems, d["max_prompt_tokens"])
     mix = {"forget": args.forget, "notice": args.notice, "slip": args.slip, "check": args.check}
@@ -239,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         f"always follows the demonstrator's most likely step)")
     log(f"toy task {toy.TASK_VERSION}: start {toy.START_RANGE}, terms {toy.TERMS_RANGE}; demos {mix}; "
         f"held-out {len(problems)}; k={args.k} at T={args.temperature}; max_new_tokens={args.max_new_tokens}; "
-        f"device {args.device}, torch threads {torch.get_num_threads()}, warm-start precision {precision}")
+        f"device {args.device}, torch threads {torch.get_num_threads()}")
     header = (f"{'seed':>4} {'steps':>5} {'batch':>5} {'lr':>7} {'loss':>6} {'train_s':>7} {'greedy':>6} "
               f"{'sampled':>7} {'pass@k':>6} {'mixed':>5} {'reflect':>7} {'len':>5} {'gen128_s':>8}  greedy by #carries")
     log(header)
@@ -259,8 +256,7 @@ def main(argv: list[str] | None = None) -> None:
 
             if steps:
                 stats = train_on_demonstrations(model, tokenizer, steps=steps, batch_size=args.batch, lr=args.lr,
-                                                seed=seed, demo_mix=mix, mixed_precision=precision,
-                                                callback=probe if args.eval_at else None)
+                                                seed=seed, demo_mix=mix, callback=probe if args.eval_at else None)
                 loss = sum(stats["loss"][-20:]) / len(stats["loss"][-20:])
                 secs = stats["seconds"]
             else:
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{seed:>4} {steps:>5} {args.batch:>5} {args.lr:>7.0e} {loss:>6.3f} {secs:>7.1f} {m['greedy']:>6.1%} "
                 f"{m['sampled']:>7.1%} {m['pass@k']:>6.1%} {m['mixed']:>5.0%} {m['reflect']:>7.1%} {m['len']:>5.1f} "
                 f"{gen_s:>8.2f}  {terms}")
-            record = {"seed": seed, "steps": steps, "batch": args.batch, "lr": args.lr, "precision": precision, "mix": mix,
+            record = {"seed": seed, "steps": steps, "batch": args.batch, "lr": args.lr, "mix": mix,
                       "terms": list(toy.TERMS_RANGE), "loss": loss, "train_s": secs, "gen128_s": gen_s,
                       **{k: v for k, v in m.items() if k != "by_terms"}}
             if args.rl_steps:

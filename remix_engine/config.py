@@ -203,11 +203,6 @@ class WarmStartConfig(_Section):
     steps: int = Field(300, ge=0, le=1_000_000, description="Supervised steps on the toy task's demonstrations (0 = none).")
     batch_size: int = Field(64, ge=1, le=65_536, description="Demonstrations per warm-start step.")
     lr: float = Field(3e-3, gt=0, le=1, description="Warm-start learning rate.")
-    mixed_precision: Literal["no", "bf16", "auto"] = Field(
-        "no", description="Compute precision of the warm start's forward passes: 'bf16' = bf16 autocast over "
-                          "float32 master weights (about 2x faster on CPUs with native bf16, much slower on "
-                          "CPUs without); 'auto' = bf16 where the device computes bf16 natively, else full "
-                          "precision. The resolved precision is part of the cache key.")
     cache_dir: str | None = Field(None, description="Where the warm-started weights are cached when "
                                                     "$REMIX_CACHE_DIR is not set; null = "
                                                     "~/.cache/remix-studio/warmstart.")

@@ -36,7 +36,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from remix_engine import toy
-from remix_engine.logprobs import autocast
 from remix_engine.sinks import StopRequested
 
 logger = logging.getLogger(__name__)
@@ -76,7 +75,6 @@ def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | Non
         "chat_template": getattr(tokenizer, "chat_template", None),
         "model": config,
         "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
-        "precision": compute_precision(cfg, next(model.parameters()).device),
         "schedule": [WARMUP_STEPS, MIN_LR_RATIO, WEIGHT_DECAY, GRAD_CLIP],
         "demos": demo_mix or DEMO_MIX,
         "code": _code_signature(),
@@ -84,18 +82,6 @@ def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | Non
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def compute_precision(cfg, device: torch.device | str = "cpu") -> str:
-    """`cfg.mixed_precision` with 'auto' resolved: bf16 where `device` computes it natively (a GPU that
-    supports it; a CPU whose oneDNN has bf16 kernels, i.e. AVX-512 or newer), else 'no'."""
-    if cfg.mixed_precision != "auto":
-        return cfg.mixed_precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private, hence the guard
-    return "bf16" if device.type == "cpu" and native is not None and native() else "no"
 
 
 def _code_signature() -> str:
@@ -146,13 +132,9 @@ def train_on_demonstrations(
     lr: float,
     seed: int,
     demo_mix: dict[str, float] | None = None,
-    mixed_precision: str = "no",
     callback: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """The supervised loop itself (no caching). Returns {'loss': [...], 'seconds': s}.
-
-    `mixed_precision` 'bf16' runs the decoder under bf16 autocast; the output head, the loss, the
-    weights, gradients and AdamW state stay float32.
 
     `callback(step, loss)` is called after every step (step counts from 1).
     """
@@ -167,7 +149,6 @@ def train_on_demonstrations(
         lr=lr, betas=(0.9, 0.98),
     )
     device = next(model.parameters()).device
-    body, head = getattr(model, model.base_model_prefix), model.get_output_embeddings()
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -178,9 +159,7 @@ def train_on_demonstrations(
             batch = {k: v.to(device) for k, v in batch.items()}
             for group in optim.param_groups:
                 group["lr"] = _lr_at(step, steps, lr)
-            with autocast(device, mixed_precision):
-                hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            logits = head(hidden.float())  # the output head in float32: bf16 logits made the loss too coarse
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
             )
@@ -230,10 +209,9 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
         # Another process may have filled the entry while this one waited for the lock.
         if _try_load(model, entry, initial, log):
             return model
-        precision = compute_precision(cfg, next(model.parameters()).device)
         if log:
-            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations, precision {precision} "
-                f"(cache miss: {entry.name}); runs once per seed, later runs load it from the cache")
+            log(f"warm start: {cfg.steps} steps x {cfg.batch_size} demonstrations (cache miss: {entry.name}); "
+                "runs once per seed, later runs load it from the cache")
         with _progress(cfg.steps, log) as report:
             def step_done(step: int, loss: float) -> None:
                 report(step, loss)
@@ -241,12 +219,11 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
                     raise StopRequested(f"stopped during the warm start (step {step} of {cfg.steps})")
 
             stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
-                                             lr=cfg.lr, seed=seed, mixed_precision=precision,
-                                             callback=step_done)
+                                             lr=cfg.lr, seed=seed, callback=step_done)
         tail = stats["loss"][-20:]
         _store(model, entry, {
             "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
-            "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "precision": precision},
+            "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
             "demos": DEMO_MIX, "final_loss": sum(tail) / len(tail),
             "seconds": round(stats["seconds"], 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })

@@ -68,6 +68,7 @@ class EvaluationCreate(BaseModel):
     temperature: float | None = Field(None, gt=0, le=2, description="sample mode (default 0.1)")
     samples: int | None = Field(None, ge=1, le=256, description="k per problem in sample mode "
                                                                  "(default: 32 for aime24/amc23, else 1)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling in sample mode (part of the protocol stamp)")
     max_new_tokens: int = Field(8192, ge=1, le=65536)
     max_prompt_tokens: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1, description="first N problems of each benchmark")
@@ -219,7 +220,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
     if body.step is not None and body.run_id is None:
         raise _unprocessable("step", "step selects a checkpoint of run_id")
     try:
-        options = EvalOptions(mode=body.mode, temperature=body.temperature, samples=body.samples,
+        options = EvalOptions(mode=body.mode, temperature=body.temperature, samples=body.samples, top_p=body.top_p,
                               max_new_tokens=body.max_new_tokens, max_prompt_tokens=body.max_prompt_tokens,
                               prompt_template=body.prompt_template,
                               batch_size=body.batch_size)

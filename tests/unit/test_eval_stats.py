@@ -116,3 +116,31 @@ def test_paired_bootstrap_detects_a_clear_difference_and_not_a_null_one():
     assert same["diff"] == 0 and same["p_value"] == 1.0
     with pytest.raises(ValueError):
         paired_bootstrap([1.0], [1.0, 0.0])
+
+
+# ----------------------------------------------------------------------------------- paired comparison
+def _rows(verdicts: dict[str, list[bool]], answer: str = "5") -> list[dict]:
+    return [{"problem_id": p, "sample_index": i, "correct": c, "extracted": answer if c else "0", "id": None}
+            for p, vs in verdicts.items() for i, c in enumerate(vs)]
+
+
+def test_paired_comparison_table_flips_and_tests():
+    from remix_engine.eval_paired import NotComparable, paired_comparison
+
+    # a hand-made 2x2 table: both right 5, A only 1, B only 9, neither 5 -> McNemar p = 22/1024
+    a = {f"p{i}": [i < 6] for i in range(20)}
+    b = {f"p{i}": [i < 5 or 6 <= i < 15] for i in range(20)}
+    res = paired_comparison(_rows(a), _rows(b))
+    assert res["table"] == {"both_correct": 5, "only_a": 1, "only_b": 9, "neither": 5}
+    assert res["flips"] == {"lost": ["p5"], "gained": [f"p{i}" for i in range(6, 15)]}
+    assert res["mcnemar"]["p_value"] == pytest.approx(22 / 1024)
+    assert res["pass_at_1"] == {"a": 0.3, "b": 0.7}
+    assert res["paired_bootstrap"]["diff"] == pytest.approx(0.4)
+    row = next(p for p in res["problems"] if p["problem_id"] == "p6")
+    assert row["flip"] == "gained" and row["a"]["answer"] == "0" and row["b"]["answer"] == "5"
+    assert res == paired_comparison(_rows(a), _rows(b))  # deterministic
+    # several samples: flips on sample 0, bootstrap on avg@k
+    res = paired_comparison(_rows({"x": [True, False], "y": [False, False]}), _rows({"x": [True, True], "y": [False, True]}))
+    assert res["avg_at_k"] == {"a": 0.25, "b": 0.75} and res["flips"] == {"gained": [], "lost": []}
+    with pytest.raises(NotComparable, match="different problem sets: 1 problems only in A"):
+        paired_comparison(_rows(a), _rows({k: v for k, v in b.items() if k != "p3"}))

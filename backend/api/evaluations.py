@@ -307,13 +307,17 @@ def get_evaluation(eval_id: int, session: SessionDep, full: FullView) -> Evaluat
 
 @router.get("/{eval_id}/samples", response_model=EvalSamplePage, responses=errors(404),
             summary="Per-sample rows: response, extracted answer, grader and math-verify verdicts")
-def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None, correct: bool | None = None,
+def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None,
+                 sample_id: str | None = Query(None, max_length=128, description="one problem's samples (its id)"),
+                 correct: bool | None = None,
                  disagree: bool = Query(False, description="only samples where math-verify disagrees with the grader"),
                  limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> EvalSamplePage:
     _eval_job_or_404(session, eval_id)
     cond = [Evaluation.job_id == eval_id]
     if benchmark:
         cond.append(Evaluation.benchmark == benchmark)
+    if sample_id is not None:
+        cond.append(EvalSample.sample_id == sample_id)
     if correct is not None:
         cond.append(EvalSample.correct.is_(correct))
     if disagree:

@@ -65,10 +65,10 @@ def format_intervals(results: dict[str, Any]) -> str:
             continue
         lines = [f"{name}: {protocol_label(m.get('protocol'))}, {m['n_problems']} problems, "
                  f"95% bootstrap CI over problems ({results.get('bootstrap_resamples', 1000)} resamples)",
-                 f"  {'metric':<8} {'value':>7}   {'95% CI':<17}"]
+                 f"  {'metric':<8} {'value':>7}   95% CI"]
         for metric, e in est.items():
             ci = e.get("ci95")
             ci_text = f"[{100 * ci[0]:6.2f}, {100 * ci[1]:6.2f}]" if ci else "-"
-            lines.append(f"  {metric:<8} {100 * e['value']:7.2f}   {ci_text:<17}")
+            lines.append(f"  {metric:<8} {100 * e['value']:7.2f}   {ci_text}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -107,27 +107,22 @@ def _resampled_means(x: np.ndarray, rng: np.random.Generator, n_resamples: int) 
     return out
 
 
-def combine_ci(estimates: Sequence[tuple[float, tuple[float, float] | None]], level: float = CI_LEVEL
-               ) -> tuple[float, float] | None:
+def combine_ci(estimates: Sequence[tuple[float, tuple[float, float] | None]]) -> tuple[float, float] | None:
     """Interval of the unweighted mean of independent estimates (benchmarks), from their intervals.
 
-    Normal approximation: each interval's half-width / z gives a standard error, the mean's is
-    ``sqrt(Σ se²) / m``. Used for the leaderboard's average row, whose benchmarks are independent
-    problem sets (a stratified bootstrap would need every per-problem score in one place).
+    Normal approximation, one side at a time: the lower (upper) distances ``v − lo`` (``hi − v``)
+    are read as z·se, and the mean's distance is ``z·sqrt(Σ se²) / m``. One estimate gives its own
+    interval back; skewed intervals stay skewed; the bound never passes the mean of the bounds (so
+    scores in [0, 1] keep their interval in [0, 1]). Used for the average over benchmarks, whose
+    problem sets are independent (a stratified bootstrap would need every per-problem score at hand).
     """
     if not estimates or any(ci is None for _, ci in estimates):
         return None
-    z = _z(level)
     m = len(estimates)
     centre = sum(v for v, _ in estimates) / m
-    se = math.sqrt(sum(((ci[1] - ci[0]) / (2 * z)) ** 2 for _, ci in estimates)) / m  # type: ignore[index]
-    return centre - z * se, centre + z * se
-
-
-def _z(level: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + level / 2)
+    below = math.sqrt(sum((v - ci[0]) ** 2 for v, ci in estimates)) / m  # type: ignore[index]
+    above = math.sqrt(sum((ci[1] - v) ** 2 for v, ci in estimates)) / m  # type: ignore[index]
+    return centre - below, centre + above
 
 
 def mcnemar_exact(b: int, c: int) -> float:

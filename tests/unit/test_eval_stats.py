@@ -92,6 +92,9 @@ def test_combine_ci_of_identical_independent_intervals_shrinks_by_sqrt_m():
     lo, hi = combine_ci([(0.5, (0.4, 0.6)), (0.5, (0.4, 0.6)), (0.5, (0.4, 0.6)), (0.5, (0.4, 0.6))])
     assert (hi - lo) == pytest.approx(0.2 / 2, rel=1e-9)
     assert combine_ci([(0.5, None)]) is None
+    assert combine_ci([(1 / 6, (0.0, 5 / 12))]) == pytest.approx((0.0, 5 / 12))  # one benchmark: its own interval
+    lo, hi = combine_ci([(0.1, (0.0, 0.3)), (0.1, (0.0, 0.3))])  # skewed stays skewed, never below 0
+    assert lo >= 0.0 and hi - 0.1 > 0.1 - lo
 
 
 def test_mcnemar_exact_known_p_values():

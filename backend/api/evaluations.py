@@ -152,11 +152,17 @@ class EvalSamplePage(BaseModel):
 
 
 def evaluation_summary(evaluations: list[Evaluation]) -> dict[str, Any]:
-    """Unweighted averages over the job's finished benchmarks (fractions)."""
+    """Unweighted averages over the job's finished benchmarks (fractions); ``ci95``: pass@1's 95%
+    interval combined from the benchmarks' bootstrap intervals (None without them)."""
+    from remix_engine.eval_stats import combine_ci
+
     done = [e for e in evaluations if e.pass_at_1 is not None]
     mv = [e.mathverify for e in done if e.mathverify is not None]
+    cis = [(e.pass_at_1, (e.metrics or {}).get("ci95")) for e in done]
+    ci = combine_ci([(v, tuple(c)) if isinstance(c, list) and len(c) == 2 else (v, None) for v, c in cis]) if cis else None
     return {"pass@1": sum(e.pass_at_1 for e in done) / len(done) if done else None,
             "mathverify": sum(mv) / len(mv) if done and len(mv) == len(done) else None,
+            "ci95": list(ci) if ci else None,
             "benchmarks_done": len(done), "benchmarks": len(evaluations)}
 
 

@@ -372,7 +372,9 @@ function renderEvals(list) {
       h("td", { class: "num" }, pct(ev.average.mathverify, 2)),
       h("td", {}, timeEl(ev.created_at)),
       h("td", { class: "col-actions" },
-        h("button", { type: "button", class: "btn btn-small", onclick: () => showSamples(ev) }, "Samples"), " ", cancel));
+        h("button", { type: "button", class: "btn btn-small", onclick: () => showSamples(ev) }, "Samples"), " ",
+        ev.status === "succeeded" ? h("a", { class: "btn btn-small", href: `/compare?eval_a=${ev.id}`,
+          title: "paired comparison with another evaluation of the same problems" }, "Compare") : null, " ", cancel));
   });
   replace(box, h("table", { class: "table table-compact" },
     h("thead", {}, h("tr", {}, ["", "Model", "Status", "Progress", "Decoding", "Avg pass@1", "math-verify", "Started", ""]

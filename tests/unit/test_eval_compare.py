@@ -20,7 +20,7 @@ def _evaluation(session, name: str, verdicts: dict[str, list[bool]], sha: str = 
     proto = stamp(n=k, temperature=temperature, top_p=1.0, max_new_tokens=32, grader="deepscaler-v1",
                   require_think=False, benchmark_sha256=sha, n_problems=len(verdicts))
     ev = Evaluation(job_id=job.id, benchmark=benchmark, status=JobStatus.SUCCEEDED.value, k=k,
-                    metrics={"protocol": proto, "sha256": sha})
+                    pass_at_1=0.3, metrics={"protocol": proto, "sha256": sha, "ci95": [0.1, 0.5]})
     session.add(ev)
     session.flush()
     session.add_all([EvalSample(evaluation_id=ev.id, sample_id=pid, sample_index=i, correct=c,
@@ -77,4 +77,5 @@ def test_compare_two_evaluations_gives_flips_and_both_tests(client):
     r = client.get("/api/v1/evaluations/compare", params={"a": a, "b": 9999})
     assert r.status_code == 404 and r.json()["detail"] == "evaluation 9999 not found"
     # the compare route is not shadowed by /evaluations/{eval_id}, which still works
-    assert client.get(f"/api/v1/evaluations/{a}").status_code == 200
+    one = client.get(f"/api/v1/evaluations/{a}")
+    assert one.status_code == 200 and one.json()["average"]["ci95"] == pytest.approx([0.1, 0.5])

@@ -156,6 +156,7 @@ async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     from backend.api.alerts import router as alerts_router
     from backend.api.config import router as config_router
+    from backend.api.eval_compare import router as eval_compare_router
     from backend.api.evaluations import router as evaluations_router
     from backend.api.leaderboard import router as leaderboard_router
     from backend.api.rollouts import router as rollouts_router
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(alerts_router)
     api.include_router(tokens_router)
     api.include_router(system_router)
+    api.include_router(eval_compare_router)  # before evaluations_router: /evaluations/compare, not /{eval_id}
     api.include_router(evaluations_router)
     api.include_router(leaderboard_router)
     api.include_router(config_router)

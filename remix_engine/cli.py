@@ -146,7 +146,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                            use_chat_template=False if args.no_chat_template else None, max_prompt_tokens=args.max_prompt_tokens,
                            mathverify=not args.no_mathverify, backend=args.backend, dtype=args.dtype, seed=args.seed,
                            batch_size=args.batch_size, sink=sink, progress=progress, keep_samples=False,
-                           torch_threads=args.threads)
+                           torch_threads=args.threads, top_p=args.top_p, bootstrap_resamples=args.bootstrap)
     except EvaluationError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=None, help="sample mode only (default 0.1)")
     ev.add_argument("--samples", type=int, default=None,
                     help="k per problem in sample mode (default: 32 for aime24/amc23, 1 otherwise)")
+    ev.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling in sample mode (default 1.0)")
     ev.add_argument("--max-tokens", type=int, default=8192, help="max new tokens per response (default 8192)")
     ev.add_argument("--max-prompt-tokens", type=int, default=None, help="keep the last N prompt tokens")
     ev.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                    help="resamples of the 95%% bootstrap intervals over problems (seeded; default 1000)")
     ev.add_argument("--output", required=True, help="directory for results.json and samples.jsonl")
     ev.set_defaults(func=_cmd_eval)
 

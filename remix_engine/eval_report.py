@@ -48,4 +48,27 @@ def format_table(results: dict[str, Any]) -> str:
     avg = results["average"]
     lines.append(f"{'average':<16} {'':>5} {'':>3} {pct(avg['pass@1']):>7} {pct(avg['pass@k']):>7} "
                  f"{pct(avg['mathverify']):>7}")
-    return "\n".join(lines)
+    intervals = format_intervals(results)
+    return "\n".join(lines) + ("\n\n" + intervals if intervals else "")
+
+
+def format_intervals(results: dict[str, Any]) -> str:
+    """Per benchmark: pass@k (k = 1, 2, 4, …, n), maj@n and avg@n in percent with their 95%
+    bootstrap intervals, under the protocol line that produced them (empty for greedy k=1 runs
+    without estimates)."""
+    from remix_engine.eval_protocol import protocol_label
+
+    blocks = []
+    for name, m in results["benchmarks"].items():
+        est = m.get("estimates") or {}
+        if not est:
+            continue
+        lines = [f"{name}: {protocol_label(m.get('protocol'))}, {m['n_problems']} problems, "
+                 f"95% bootstrap CI over problems ({results.get('bootstrap_resamples', 1000)} resamples)",
+                 f"  {'metric':<8} {'value':>7}   95% CI"]
+        for metric, e in est.items():
+            ci = e.get("ci95")
+            ci_text = f"[{100 * ci[0]:6.2f}, {100 * ci[1]:6.2f}]" if ci else "-"
+            lines.append(f"  {metric:<8} {100 * e['value']:7.2f}   {ci_text}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

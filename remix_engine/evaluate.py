@@ -18,6 +18,11 @@
   of its k samples is correct), ``mathverify``, format/truncation rates, mean response length,
   problem and sample counts, and the benchmark file's sha256. ``average`` is the unweighted mean
   over the benchmarks (§8.1).
+* **Error bars** (eval_stats.py): ``estimates`` holds the unbiased pass@k for k = 1, 2, 4, …, n,
+  maj@n and avg@n, each ``{"value", "ci95"}`` (95% bootstrap over problems, seeded, 1,000
+  resamples by default); ``ci95`` is pass@1's interval. ``protocol`` is the result's protocol stamp
+  (eval_protocol.py: n, temperature, top_p, max new tokens, grader, require_think, benchmark
+  file hash, problem count); results with different stamps are not ranked together.
 * **Benchmarks**: names, paths or hub ids, looked up by benchmarks.py and loaded by
   data.load_benchmark.
 
@@ -39,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from remix_engine import eval_protocol, eval_stats
 from remix_engine.benchmarks import (
     BENCHMARKS,
     Benchmark,
@@ -47,7 +53,7 @@ from remix_engine.benchmarks import (
 )
 from remix_engine.data import load_benchmark
 from remix_engine.prompts import DEFAULT_TEMPLATE, fill_template, read_prompt_settings, render_user_turn
-from remix_engine.reward.grader import GRADER_TAG
+from remix_engine.reward.grader import GRADER_TAG, normalize_mathd
 
 log = logging.getLogger("remix.evaluate")
 
@@ -130,6 +136,8 @@ class EvalOptions:
     mathverify: bool = True
     batch_size: int = 64  # sequences per generate call
     seed: int = 0
+    # resamples of the 95% bootstrap intervals over problems (eval_stats; seeded, deterministic)
+    bootstrap_resamples: int = eval_stats.DEFAULT_RESAMPLES
 
     def __post_init__(self) -> None:
         if self.mode not in ("greedy", "sample"):
@@ -156,6 +164,8 @@ class EvalOptions:
             raise EvaluationError("batch_size: must be at least 1")
         if not 0 < self.top_p <= 1:
             raise EvaluationError("top_p: must be in (0, 1]")
+        if self.bootstrap_resamples < 1:
+            raise EvaluationError("bootstrap_resamples: must be at least 1")
 
     def with_prompt_of(self, model_path: str | None) -> tuple[EvalOptions, str]:
         """These options with the prompt settings filled in — given ones first, then the ones saved
@@ -258,6 +268,8 @@ def run_benchmark(
     per_call = max(1, options.batch_size // k)
     total = len(problems) * k
     correct_by_problem: dict[str, int] = {}
+    verdicts: dict[str, list[bool]] = {}  # per problem, in sample order: for pass@k / maj@k / avg@k
+    votes: dict[str, list[str | None]] = {}
     rows_all: list[dict[str, Any]] = []
     n_correct = n_format = n_trunc = n_prompt_cut = 0
     lengths = 0
@@ -282,6 +294,8 @@ def run_benchmark(
         for i, g in enumerate(grades):
             p = chunk[i // k]
             correct_by_problem[p.id] = correct_by_problem.get(p.id, 0) + int(g.correct)
+            verdicts.setdefault(p.id, []).append(bool(g.correct))
+            votes.setdefault(p.id, []).append(vote_key(g.extracted))
             n_correct += int(g.correct)
             n_format += int(g.format_ok)
             n_trunc += int(result.truncated[i])
@@ -306,6 +320,9 @@ def run_benchmark(
             progress(name, done, total)
     n = max(done, 1)
     pass1 = n_correct / n if done else None
+    order = [p.id for p in problems if p.id in verdicts]
+    est = eval_stats.estimates([verdicts[i] for i in order], [votes[i] for i in order],
+                               n_resamples=options.bootstrap_resamples)
     metrics: dict[str, Any] = {
         "pass@1": pass1,
         "avg@k": pass1,
@@ -325,16 +342,39 @@ def run_benchmark(
         "source": benchmark.source,
         "sha256": benchmark.sha256,
         "timing_s": round(time.perf_counter() - tick, 3),
+        "top_p": options.top_p,
+        # fractions with 95% bootstrap intervals over problems: pass@1/2/4/…/k, maj@k, avg@k
+        "estimates": est,
+        "ci95": (est.get("pass@1") or {}).get("ci95"),
+        "protocol": eval_protocol.stamp(n=k, temperature=options.temperature, top_p=options.top_p,
+                                        max_new_tokens=max_new, grader=GRADER_TAG,
+                                        require_think=options.require_think, benchmark_sha256=benchmark.sha256,
+                                        n_problems=len(problems)),
     }
     return BenchmarkResult(name, metrics, rows_all)
 
 
+def vote_key(extracted: str | None) -> str | None:
+    """What maj@k votes with: the extracted answer in the grader's MATH normal form (so "0.5" and
+    " .5" vote together); correct answers are merged by eval_stats.majority_vote anyway."""
+    if extracted is None:
+        return None
+    try:
+        return normalize_mathd(extracted)
+    except Exception:  # noqa: BLE001 - a normaliser failure must not fail the evaluation
+        return extracted.strip()
+
+
 def average_metrics(per_benchmark: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Unweighted mean over benchmarks (§8.1) of pass@1, pass@k and mathverify."""
+    """Unweighted mean over benchmarks (§8.1) of pass@1, pass@k and mathverify; ``ci95`` is the
+    interval of the pass@1 mean, combined from the benchmarks' intervals (eval_stats.combine_ci)."""
     out: dict[str, Any] = {"n_benchmarks": len(per_benchmark)}
     for key in ("pass@1", "pass@k", "mathverify"):
         vals = [m[key] for m in per_benchmark.values() if m.get(key) is not None]
         out[key] = sum(vals) / len(vals) if vals and len(vals) == len(per_benchmark) else None
+    parts = [(m["pass@1"], m.get("ci95")) for m in per_benchmark.values() if m.get("pass@1") is not None]
+    ci = eval_stats.combine_ci(parts) if parts and len(parts) == len(per_benchmark) else None
+    out["ci95"] = list(ci) if ci else None
     return out
 
 
@@ -424,6 +464,7 @@ def evaluate(
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS,
     limit: int | None = None,
     *,
+    top_p: float = 1.0,
     prompt_template: str | None = None,
     prompt_suffix: str | None = None,
     use_chat_template: bool | None = None,
@@ -434,6 +475,7 @@ def evaluate(
     dtype: str = "float32",
     seed: int = 0,
     batch_size: int = 64,
+    bootstrap_resamples: int = eval_stats.DEFAULT_RESAMPLES,
     tokenizer=None,
     grader=None,
     sink: EvalSink | None = None,
@@ -457,10 +499,11 @@ def evaluate(
         raise EvaluationError("limit: must be at least 1")
     if not benchmarks:
         raise EvaluationError("benchmarks: give at least one")
-    options = EvalOptions(mode=mode, temperature=temperature, samples=samples, max_new_tokens=max_new_tokens,
+    options = EvalOptions(mode=mode, temperature=temperature, samples=samples, top_p=top_p,
+                          max_new_tokens=max_new_tokens,
                           max_prompt_tokens=max_prompt_tokens, prompt_template=template,
                           use_chat_template=use_chat_template, require_think=require_think, mathverify=mathverify,
-                          batch_size=batch_size, seed=seed)
+                          batch_size=batch_size, seed=seed, bootstrap_resamples=bootstrap_resamples)
     names = unique_names(benchmarks)
     loaded = []
     for spec, name in zip(benchmarks, names, strict=True):
@@ -499,6 +542,7 @@ def evaluate(
         "prompt_source": prompt_source,
         "require_think": require_think,
         "grader": GRADER_TAG,
+        "bootstrap_resamples": options.bootstrap_resamples,
         "mathverify_version": _mathverify_version() if mv_on else None,
         "benchmarks": per,
         "average": average_metrics(per),

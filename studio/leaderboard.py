@@ -16,6 +16,11 @@ numbers, avg@32 on AIME/AMC). Costs are rollouts generated in training: publishe
 text (``0.079M``, ``>3.584M`` with `cost_lower_bound`, ``N/A``) next to the number; measured ones
 are the run's ``cost/rollouts`` at the evaluated checkpoint.
 
+Measured rows carry their protocol stamp (`protocol`, remix_engine/eval_protocol.py) and the 95%
+interval of their score (`ci_low`, `ci_high`; migration 0005). The query groups rows by protocol and
+ranks them only inside their group (`_ranked_by_protocol`): different protocols are never ranked as
+if equal. Published rows form one group per dataset.
+
 Exports (json, csv, md, latex) are the API's business: backend/leaderboard_export.py.
 """
 
@@ -35,6 +40,8 @@ from sqlmodel import Session
 
 from remix_engine.benchmarks import BENCHMARKS
 from remix_engine.benchmarks import LABELS as BENCHMARK_LABELS
+from remix_engine.eval_protocol import entry_protocol, protocol_key, protocol_label
+from remix_engine.eval_stats import combine_ci
 from studio.models import Evaluation, Job, JobStatus, LeaderboardEntry, as_utc, utcnow
 
 log = logging.getLogger("remix.leaderboard")
@@ -265,10 +272,15 @@ def leaderboard(session: Session, *, size: str | None = None, mode: str = "greed
                 "evaluation_job_id": _job_of_key(key), "temperature": r.temperature, "k": r.k, "grader": r.grader,
                 "cost_rollouts": r.cost_rollouts, "cost_millions": None if r.cost_rollouts is None else r.cost_rollouts / 1e6,
                 "cost_text": format_cost(r.cost_rollouts, r.cost_text, r.cost_lower_bound),
-                "cost_lower_bound": bool(r.cost_lower_bound), "scores": {}, "mathverify": {},
+                "cost_lower_bound": bool(r.cost_lower_bound), "scores": {}, "mathverify": {}, "ci95": {},
+                "_protocols": {},
                 "created_at": as_utc(r.created_at).isoformat() if r.created_at else None,
             }
         e["scores"][r.benchmark] = r.score
+        if r.ci_low is not None and r.ci_high is not None:
+            e["ci95"][r.benchmark] = [r.ci_low, r.ci_high]
+        if r.benchmark != AVERAGE:
+            e["_protocols"][r.benchmark] = r.protocol
         if r.mathverify is not None:
             e["mathverify"][r.benchmark] = r.mathverify
         if r.benchmark not in STANDARD_BENCHMARKS and r.benchmark != AVERAGE:
@@ -280,16 +292,52 @@ def leaderboard(session: Session, *, size: str | None = None, mode: str = "greed
         std = [e["scores"].get(b) for b in STANDARD_BENCHMARKS]
         e["average_of_five"] = sum(std) / len(std) if all(v is not None for v in std) else None
         e["mathverify_average"] = e["mathverify"].pop(AVERAGE, None)
+        e["average_ci95"] = e["ci95"].pop(AVERAGE, None)
+        _stamp_protocol(e)
         out_rows.append(e)
-    out_rows = _sorted(out_rows, sort, order, benchmarks)
+    out_rows, groups = _ranked_by_protocol(_sorted(out_rows, sort, order, benchmarks))
     return {"mode": mode, "size": size or "all", "source": source or "all", "metric": "pass@1 (%)",
             "benchmarks": benchmarks, "columns": [*benchmarks, AVERAGE], "labels": {b: LABELS.get(b, b) for b in
                                                                                   [*benchmarks, AVERAGE]},
-            "sort": sort, "order": order, "count": len(out_rows), "rows": out_rows,
+            "sort": sort, "order": order, "count": len(out_rows), "rows": out_rows, "protocol_groups": groups,
             "sources": _sources(session),
             "sizes": sorted(x for x in session.execute(select(LeaderboardEntry.size).distinct()).scalars() if x),
             "modes": sorted(session.execute(select(LeaderboardEntry.mode).distinct()).scalars(),
                             key=lambda m: (m != "greedy", m))}
+
+
+def _stamp_protocol(e: dict[str, Any]) -> None:
+    """An entry's protocol (eval_protocol.entry_protocol of its benchmarks' stamps), its key and label.
+
+    Published rows share their dataset's protocol (the authors', not stamped): key
+    ``published:<dataset>``. Measured rows from before stamps existed get ``unstamped:<entry>`` —
+    comparable to nothing, so ranked alone."""
+    stamps = e.pop("_protocols")
+    if e["source"] == PUBLISHED:
+        e["protocol"], e["protocol_key"] = None, f"published:{e['dataset']}"
+        e["protocol_label"] = f"as published ({e['dataset']}; protocol not stamped)"
+        return
+    proto = entry_protocol(stamps)
+    e["protocol"] = proto
+    e["protocol_key"] = protocol_key(proto) or f"unstamped:{e['key']}"
+    e["protocol_label"] = protocol_label(proto) if proto else "protocol unknown (evaluated before stamps)"
+
+
+def _ranked_by_protocol(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows with different protocols are never ranked as if equal: the sorted rows are grouped by
+    protocol key (groups in the order of their best row), each row gets its ``rank`` inside its
+    group, and the groups are listed with their label and size."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in rows:
+        groups.setdefault(e["protocol_key"], []).append(e)
+    out, listed = [], []
+    for key, members in groups.items():
+        for i, e in enumerate(members, start=1):
+            e["rank"] = i
+        out.extend(members)
+        listed.append({"key": key, "label": members[0]["protocol_label"], "protocol": members[0]["protocol"],
+                       "count": len(members)})
+    return out, listed
 
 
 def _job_of_key(key: str) -> int | None:
@@ -369,15 +417,31 @@ def measured_entries(job: Job, evaluations: list[Evaluation]) -> list[dict[str, 
             "temperature": params.get("temperature"), "grader": params.get("grader")}
     out = []
     for ev in done:
+        ci = _pct_ci((ev.metrics or {}).get("ci95"))
         out.append({**base, "benchmark": ev.benchmark, "score": 100.0 * ev.pass_at_1, "evaluation_id": ev.id,
-                    "k": ev.k, "mathverify": None if ev.mathverify is None else 100.0 * ev.mathverify})
+                    "k": ev.k, "mathverify": None if ev.mathverify is None else 100.0 * ev.mathverify,
+                    "protocol": (ev.metrics or {}).get("protocol"), "ci_low": ci[0], "ci_high": ci[1]})
     mv = [ev.mathverify for ev in done if ev.mathverify is not None]
+    avg_ci = combine_ci([(100.0 * ev.pass_at_1, _ci_or_none(_pct_ci((ev.metrics or {}).get("ci95"))))
+                         for ev in done])
     out.append({**base, "benchmark": AVERAGE, "score": 100.0 * sum(ev.pass_at_1 for ev in done) / len(done),
                 "evaluation_id": None, "k": None,
-                "mathverify": 100.0 * sum(mv) / len(mv) if len(mv) == len(done) else None})
+                "mathverify": 100.0 * sum(mv) / len(mv) if len(mv) == len(done) else None,
+                "protocol": entry_protocol({ev.benchmark: (ev.metrics or {}).get("protocol") for ev in done}),
+                "ci_low": avg_ci[0] if avg_ci else None, "ci_high": avg_ci[1] if avg_ci else None})
     if len(done) != len(evaluations):
         for e in out:
             e["notes"] += f"; average of {len(done)} of {len(evaluations)} benchmarks"
     return out
 
 
+def _pct_ci(ci: Any) -> tuple[float | None, float | None]:
+    """A [lo, hi] fraction interval from evaluation metrics as percentages (or (None, None))."""
+    ok = _ci_or_none(ci)
+    return (100.0 * ok[0], 100.0 * ok[1]) if ok else (None, None)
+
+
+def _ci_or_none(ci: Any) -> tuple[float, float] | None:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return float(ci[0]), float(ci[1])
+    return None

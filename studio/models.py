@@ -411,3 +411,8 @@ class LeaderboardEntry(SQLModel, table=True):
     k: int | None = Field(default=None)
     grader: str | None = Field(default=None, max_length=32)
     mathverify: float | None = Field(default=None, sa_type=Double)
+    # 0005: the protocol stamp of a measured row (remix_engine/eval_protocol.py; NULL when published)
+    # and the 95% bootstrap interval of `score` (percent).
+    protocol: dict | None = Field(default=None, sa_type=JsonType)
+    ci_low: float | None = Field(default=None, sa_type=Double)
+    ci_high: float | None = Field(default=None, sa_type=Double)

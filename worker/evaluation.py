@@ -82,7 +82,8 @@ def _set_evals(ids: list[int], **values: Any) -> None:
 
 def _options(params: dict[str, Any]) -> EvalOptions:
     return EvalOptions(mode=params.get("mode", "greedy"), temperature=params.get("temperature"),
-                       samples=params.get("samples"), max_new_tokens=int(params.get("max_new_tokens", 8192)),
+                       samples=params.get("samples"), top_p=float(params.get("top_p", 1.0)),
+                       max_new_tokens=int(params.get("max_new_tokens", 8192)),
                        max_prompt_tokens=params.get("max_prompt_tokens"),
                        prompt_template=params.get("prompt_template"),  # None: as the checkpoint trained
                        use_chat_template=params.get("use_chat_template"),

@@ -68,6 +68,7 @@ class EvaluationCreate(BaseModel):
     temperature: float | None = Field(None, gt=0, le=2, description="sample mode (default 0.1)")
     samples: int | None = Field(None, ge=1, le=256, description="k per problem in sample mode "
                                                                  "(default: 32 for aime24/amc23, else 1)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling in sample mode (part of the protocol stamp)")
     max_new_tokens: int = Field(8192, ge=1, le=65536)
     max_prompt_tokens: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1, description="first N problems of each benchmark")
@@ -151,11 +152,17 @@ class EvalSamplePage(BaseModel):
 
 
 def evaluation_summary(evaluations: list[Evaluation]) -> dict[str, Any]:
-    """Unweighted averages over the job's finished benchmarks (fractions)."""
+    """Unweighted averages over the job's finished benchmarks (fractions); ``ci95``: pass@1's 95%
+    interval combined from the benchmarks' bootstrap intervals (None without them)."""
+    from remix_engine.eval_stats import combine_ci
+
     done = [e for e in evaluations if e.pass_at_1 is not None]
     mv = [e.mathverify for e in done if e.mathverify is not None]
+    cis = [(e.pass_at_1, (e.metrics or {}).get("ci95")) for e in done]
+    ci = combine_ci([(v, tuple(c)) if isinstance(c, list) and len(c) == 2 else (v, None) for v, c in cis]) if cis else None
     return {"pass@1": sum(e.pass_at_1 for e in done) / len(done) if done else None,
             "mathverify": sum(mv) / len(mv) if done and len(mv) == len(done) else None,
+            "ci95": list(ci) if ci else None,
             "benchmarks_done": len(done), "benchmarks": len(evaluations)}
 
 
@@ -219,7 +226,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
     if body.step is not None and body.run_id is None:
         raise _unprocessable("step", "step selects a checkpoint of run_id")
     try:
-        options = EvalOptions(mode=body.mode, temperature=body.temperature, samples=body.samples,
+        options = EvalOptions(mode=body.mode, temperature=body.temperature, samples=body.samples, top_p=body.top_p,
                               max_new_tokens=body.max_new_tokens, max_prompt_tokens=body.max_prompt_tokens,
                               prompt_template=body.prompt_template,
                               batch_size=body.batch_size)
@@ -306,13 +313,17 @@ def get_evaluation(eval_id: int, session: SessionDep, full: FullView) -> Evaluat
 
 @router.get("/{eval_id}/samples", response_model=EvalSamplePage, responses=errors(404),
             summary="Per-sample rows: response, extracted answer, grader and math-verify verdicts")
-def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None, correct: bool | None = None,
+def list_samples(eval_id: int, session: SessionDep, benchmark: str | None = None,
+                 sample_id: str | None = Query(None, max_length=128, description="one problem's samples (its id)"),
+                 correct: bool | None = None,
                  disagree: bool = Query(False, description="only samples where math-verify disagrees with the grader"),
                  limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> EvalSamplePage:
     _eval_job_or_404(session, eval_id)
     cond = [Evaluation.job_id == eval_id]
     if benchmark:
         cond.append(Evaluation.benchmark == benchmark)
+    if sample_id is not None:
+        cond.append(EvalSample.sample_id == sample_id)
     if correct is not None:
         cond.append(EvalSample.correct.is_(correct))
     if disagree:

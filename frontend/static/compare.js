@@ -43,6 +43,8 @@ function syncUrl() {
   if (state.metrics.join(",") !== DEFAULT_METRICS.join(",")) p.set("metrics", state.metrics.join(","));
   if (state.x !== "rollouts") p.set("x", state.x);
   if (state.smoothing) p.set("smoothing", String(state.smoothing));
+  // the paired comparison's state (paired.js) lives in the same query string: keep it
+  for (const k of ["eval_a", "eval_b"]) { const v = new URLSearchParams(location.search).get(k); if (v) p.set(k, v); }
   const qs = p.toString();
   history.replaceState(null, "", location.pathname + (qs ? `?${qs.replace(/%2C/g, ",").replace(/%2F/g, "/")}` : ""));
 }

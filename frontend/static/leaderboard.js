@@ -40,6 +40,30 @@ function sortedRows(rows) {
   return present.concat(missing);
 }
 
+// Rows with different protocols are never ranked together: the sorted rows are split into protocol
+// groups (in the order of each group's best row) and ranked inside their group.
+function protocolGroups(rows) {
+  const groups = new Map();
+  for (const r of rows) {
+    const key = r.protocol_key || "unknown";
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(r);
+  }
+  return [...groups.entries()];
+}
+
+function ciText(ci) {
+  return ci ? `[${ci[0].toFixed(1)}, ${ci[1].toFixed(1)}]` : null;
+}
+
+function scoreCell(v, ci, col, isBest) {
+  const td = h("td", { class: `num${isBest ? " best" : ""}`, "data-col": col }, fmtScore(v));
+  if (ci && v !== null && v !== undefined) {
+    td.append(h("span", { class: "ci", title: "95% bootstrap interval over problems" }, ciText(ci)));
+  }
+  return td;
+}
+
 function header(key, label, numeric) {
   const th = h("th", { scope: "col", class: `sortable${numeric ? " num" : ""}`, "data-key": key },
     h("button", { type: "button", onclick: () => sortBy(key, numeric) }, label));
@@ -100,39 +124,58 @@ function renderTable() {
   const benches = table.benchmarks;
   const rows = sortedRows(table.rows);
   const sources = sourceNumbers(rows);
-  const best = {};
-  for (const b of [...benches, "average"]) {
-    const vals = rows.map((r) => (b === "average" ? r.average : r.scores[b])).filter((v) => v !== null && v !== undefined);
-    best[b] = vals.length ? Math.max(...vals) : null;
-  }
+  const groups = protocolGroups(rows);
+  const groupInfo = new Map((table.protocol_groups || []).map((g) => [g.key, g]));
+  const bestOf = (members) => {
+    const best = {};
+    for (const b of [...benches, "average"]) {
+      const vals = members.map((r) => (b === "average" ? r.average : r.scores[b])).filter((v) => v !== null && v !== undefined);
+      best[b] = vals.length ? Math.max(...vals) : null;
+    }
+    return best;
+  };
+  const nCols = benches.length + 7;
   const thead = h("thead", {}, h("tr", {},
+    h("th", { scope: "col", class: "num", title: "rank within the row's protocol group" }, "#"),
     header("model", "Model", false), header("source", "Source", false), header("size", "Size", false),
-    benches.map((b) => header(b, table.labels[b] || b, true)), header("average", "Avg", true), header("cost", "Cost", true)));
-  const tbody = h("tbody", {}, rows.map((r) => {
+    benches.map((b) => header(b, table.labels[b] || b, true)), header("average", "Avg", true), header("cost", "Cost", true),
+    h("th", { scope: "col" }, "Protocol")));
+  const renderRow = (r, rank, best) => {
     const cells = benches.map((b) => {
       const v = r.scores[b];
-      const td = h("td", { class: `num${v !== undefined && v === best[b] ? " best" : ""}`, "data-col": b }, fmtScore(v));
+      const td = scoreCell(v, (r.ci95 || {})[b], b, v !== undefined && v === best[b]);
       if (r.mathverify && r.mathverify[b] !== undefined) td.title = `math-verify: ${fmtScore(r.mathverify[b])}`;
       return td;
     });
-    const avg = h("td", { class: `num${r.average !== null && r.average === best.average ? " best" : ""}`, "data-col": "average" },
-      fmtScore(r.average));
+    const avg = scoreCell(r.average, r.average_ci95, "average", r.average !== null && r.average === best.average);
     if (r.average !== null && r.average_of_five !== null && Math.abs(r.average - r.average_of_five) > 0.006) {
       avg.append(" ", h("span", { class: "lb-flag", title: `as published; the mean of the five cells is ${r.average_of_five.toFixed(2)}` }, "†"));
     } else if (r.source === "measured" && r.average !== null && r.average_of_five === null) {
       const n = Object.keys(r.scores).length;
       avg.append(" ", h("span", { class: "lb-flag", title: `mean over the ${n} evaluated benchmark${n === 1 ? "" : "s"}, not the standard five` }, "‡"));
     }
-    return h("tr", { class: `row-${r.source}`, "data-key": r.key },
+    return h("tr", { class: `row-${r.source}`, "data-key": r.key, "data-protocol": r.protocol_key || "unknown" },
+      h("td", { class: "num lb-rank", "data-col": "rank" }, String(rank)),
       modelCell(r, sources), h("td", {}, h("span", { class: `badge src-${r.source}` }, r.source)), h("td", {}, r.size || "—"),
-      cells, avg, costCell(r));
+      cells, avg, costCell(r),
+      h("td", { class: "mono small lb-protocol", "data-col": "protocol", title: r.protocol_label || "" }, r.protocol_key || "—"));
+  };
+  const tbody = h("tbody", {}, groups.flatMap(([key, members]) => {
+    const info = groupInfo.get(key);
+    const best = bestOf(members);
+    const head = h("tr", { class: "lb-group", "data-protocol": key },
+      h("th", { scope: "rowgroup", colspan: nCols },
+        h("span", { class: "lb-group-label" }, info ? info.label : (members[0].protocol_label || key)),
+        h("span", { class: "muted small" }, ` · ${key} · ${members.length} row${members.length === 1 ? "" : "s"}, ranked within this protocol`)));
+    return [head, ...members.map((r, i) => renderRow(r, i + 1, best))];
   }));
   replace(box, h("table", { class: "table table-compact lb-table" },
     h("caption", { class: "sr-only" }, `Leaderboard, ${MODE_NAMES[table.mode] || table.mode}, pass@1 in percent`), thead, tbody));
   const nPub = rows.filter((r) => r.source === "published").length;
   const refs = [...sources.keys()].map((ref) => (sources.size > 1 ? `[${sources.get(ref)}] ${ref}` : ref)).join(" · ");
   replace($("#lb-footer"), `${rows.length} rows (${nPub} published, ${rows.length - nPub} measured). ` +
-    "Bold: best in column. † published average differs from the mean of its cells; ‡ measured on other benchmarks than the five.",
+    "Rows are ranked only against rows with the same protocol (n, temperature, top_p, max tokens, grader, benchmark file); " +
+    "[lo, hi]: 95% bootstrap interval. Bold: best in column within its protocol. † published average differs from the mean of its cells; ‡ measured on other benchmarks than the five.",
   refs ? h("span", { id: "lb-sources" }, ` Published rows from: ${refs}.`) : null);
 }
 
@@ -329,7 +372,9 @@ function renderEvals(list) {
       h("td", { class: "num" }, pct(ev.average.mathverify, 2)),
       h("td", {}, timeEl(ev.created_at)),
       h("td", { class: "col-actions" },
-        h("button", { type: "button", class: "btn btn-small", onclick: () => showSamples(ev) }, "Samples"), " ", cancel));
+        h("button", { type: "button", class: "btn btn-small", onclick: () => showSamples(ev) }, "Samples"), " ",
+        ev.status === "succeeded" ? h("a", { class: "btn btn-small", href: `/compare?eval_a=${ev.id}`,
+          title: "paired comparison with another evaluation of the same problems" }, "Compare") : null, " ", cancel));
   });
   replace(box, h("table", { class: "table table-compact" },
     h("thead", {}, h("tr", {}, ["", "Model", "Status", "Progress", "Decoding", "Avg pass@1", "math-verify", "Started", ""]

@@ -48,9 +48,14 @@ REASON_WORKER_CRASH = "grader worker crashed"
 class GradeResult:
     """Verdict for one response.
 
-    ``correct`` is the reward bit, ``format_ok`` says whether the response followed the
-    ``</think>`` + ``\\boxed{}`` format, ``extracted`` is the raw content of the graded box
-    (``None`` when nothing could be extracted) and ``reason`` is a short label for dashboards.
+    ``correct`` is the reward bit, ``format_ok`` says whether the response followed the format
+    the grading mode asks for (``</think>`` + ``\\boxed{}`` with ``require_think``, a
+    ``\\boxed{}`` alone without it), ``extracted`` is the raw content of the graded box (``None``
+    when nothing could be extracted) and ``reason`` is a short label for dashboards.
+
+    The fields mean the same in every mode: ``format_ok`` is exactly "an answer was extracted"
+    (``extracted is not None``), so ``correct`` implies ``format_ok``; a wrong answer in the
+    right format is ``format_ok`` and not ``correct``.
     """
 
     correct: bool
@@ -129,7 +134,9 @@ def extract_final_answer(response: str, require_think: bool = True) -> tuple[str
 
     Returns ``(answer, format_ok, reason)``. With ``require_think`` and no ``</think>`` the answer
     is ``None``. With ``require_think=False`` and no ``</think>`` the whole text is searched for a
-    box, but ``format_ok`` stays ``False``. ``reason`` is empty when an answer was extracted.
+    box. ``format_ok`` is ``answer is not None`` in both modes (the mode decides what the format
+    is; a boxed answer without ``</think>`` is the right format when ``</think>`` is not required).
+    ``reason`` is empty when an answer was extracted.
     """
     solution = split_after_think(response)
     has_think = solution is not None
@@ -140,7 +147,7 @@ def extract_final_answer(response: str, require_think: bool = True) -> tuple[str
     answer, reason = find_last_box(solution)
     if answer is None:
         return None, False, reason
-    return answer, has_think, ""
+    return answer, True, ""
 
 
 def prepare_references(reference: Reference) -> list[str]:
@@ -531,7 +538,8 @@ def grade(response: str, reference: Reference, require_think: bool = True) -> Gr
 
     ``reference`` may be a string, a number or a list of those (any match counts). With
     ``require_think`` (the DeepScaleR training rule) a response without ``</think>`` is a format
-    error; with ``require_think=False`` the whole text is graded and ``format_ok`` is ``False``.
+    error; with ``require_think=False`` the whole text is graded and a boxed answer there is in
+    format (``format_ok`` is ``extracted is not None`` in every mode; see :class:`GradeResult`).
     """
     answer, format_ok, reason = extract_final_answer(response, require_think)
     if answer is None:

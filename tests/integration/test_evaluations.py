@@ -139,6 +139,16 @@ def test_exact_scores_through_rest_and_sample_filters(deployment: Deployment) ->
     assert sampled["mode_label"] == "t0.1" and sampled["benchmarks"][0]["n_samples"] == 8
     t01 = c.get("/leaderboard", params={"size": "toy", "mode": "t0.1"}).json()["rows"]
     assert [r["evaluation_job_id"] for r in t01] == [sampled["id"]]
+    # issue 18: stamps and intervals travel worker -> evaluations -> leaderboard; paired comparison over REST
+    m = sampled["benchmarks"][0]["metrics"]
+    assert m["protocol"]["n"] == 2 and m["protocol"]["temperature"] == 0.1 and m["protocol"]["n_problems"] == 4
+    assert set(m["estimates"]) == {"pass@1", "pass@2", "maj@2", "avg@2"} and len(m["ci95"]) == 2
+    assert t01[0]["protocol"]["benchmarks"]["tiny"]["n"] == 2 and t01[0]["ci95"]["tiny"] is not None
+    assert t01[0]["protocol_key"].startswith("p-") and t01[0]["rank"] == 1
+    cmp = c.get("/evaluations/compare", params={"a": ev["id"], "b": sampled["id"]}).json()
+    (pb,) = cmp["benchmarks"]
+    assert pb["n_problems"] == 4 and pb["pass_at_1"]["a"] == 0.5 and any(d.startswith("n: 1 vs 2")
+                                                                          for d in pb["protocol_differences"])
 
 
 def test_cancel_and_bad_requests(deployment: Deployment) -> None:

@@ -186,6 +186,20 @@ def test_sampling_reports_avg_at_k_and_pass_at_k(seven, small_bench, grader):
     assert m["avg@k"] == pytest.approx(sum(map(sum, per_problem.values())) / 12)
     assert m["pass@k"] == pytest.approx(sum(any(v) for v in per_problem.values()) / 4)
     assert m["mathverify"] is None and res["mode_label"] == "t0.1"
+    # error bars: unbiased pass@k for k = 1, 2, 3, maj@3, avg@3, each with a bootstrap interval
+    from remix_engine.eval_stats import majority_vote, pass_at_k
+    from remix_engine.evaluate import vote_key
+
+    est = m["estimates"]
+    assert set(est) == {"pass@1", "pass@2", "pass@3", "maj@3", "avg@3"}
+    assert est["pass@2"]["value"] == pytest.approx(sum(pass_at_k(3, sum(v), 2) for v in per_problem.values()) / 4)
+    assert est["pass@3"]["value"] == pytest.approx(m["pass@k"]) and est["avg@3"]["value"] == pytest.approx(m["avg@k"])
+    votes = {p: [(vote_key(s["extracted"]), s["correct"]) for s in res["samples"] if s["problem_id"] == p]
+             for p in per_problem}
+    assert est["maj@3"]["value"] == pytest.approx(sum(majority_vote(v) for v in votes.values()) / 4)
+    assert all(e["ci95"][0] <= e["value"] <= e["ci95"][1] for e in est.values()) and m["ci95"] == est["pass@1"]["ci95"]
+    assert m["protocol"] == {"n": 3, "temperature": 0.1, "top_p": 1.0, "max_new_tokens": 12, "grader": "deepscaler-v1",
+                             "require_think": False, "benchmark_sha256": m["sha256"], "n_problems": 4}
     same = evaluate(seven, [str(small_bench)], mode="sample", samples=3, max_new_tokens=12, grader=grader,
                     mathverify=False, seed=5)
     assert [s["response"] for s in same["samples"]] == [s["response"] for s in res["samples"]]

@@ -240,11 +240,13 @@ def _from_latex(text: str) -> dict[str, dict]:
         return c
 
     header = [unescape(c) for c in split[0]]
-    return {unescape(cells[0]): dict(zip(header, [unescape(c) for c in cells], strict=True)) for cells in split[1:]}
+    rows = [dict(zip(header, [unescape(c) for c in cells], strict=True)) for cells in split[1:]]
+    return {row["Model"]: row for row in rows}
 
 
 def _num(cell: str) -> float | None:
-    return None if cell in ("-", "--", "") else float(cell)
+    """The score of a cell ('52.10' or '52.10 [48.31, 55.90]': the interval follows the score)."""
+    return None if cell in ("-", "--", "") else float(cell.split(" [")[0])
 
 
 @pytest.mark.parametrize("size,mode", [("1.5B", "greedy"), ("1.5B", "t0.1"), ("7B", "greedy"), ("7B", "t0.1")])
@@ -315,3 +317,57 @@ def test_import_csv_and_json_are_idempotent_and_checked(engine):
             parse_import(bad, None, reference=None if match == "reference" else "ref", dataset=None)
     with pytest.raises(LeaderboardError, match="shipped"):
         parse_import("size,model,avg_greedy\n1.5B,A,1\n", "text/csv", reference="x", dataset="remix-readme-v3")
+
+
+# ----------------------------------------------------------------------------------- protocols and intervals
+def _stamped(session: Session, name: str, n: int, scores: dict[str, float], temperature: float = 0.6) -> int:
+    """A finished sampled evaluation whose benchmarks carry a protocol stamp and intervals."""
+    from remix_engine.eval_protocol import stamp
+
+    job = Job(kind=JobKind.EVAL.value, status=JobStatus.SUCCEEDED.value, params={
+        "name": name, "model": "x", "mode": "sample", "mode_label": f"t{temperature:g}", "size": "0.8M",
+        "grader": "deepscaler-v1", "temperature": temperature})
+    session.add(job)
+    session.flush()
+    evs = []
+    for bench, p in scores.items():
+        proto = stamp(n=n, temperature=temperature, top_p=1.0, max_new_tokens=128, grader="deepscaler-v1",
+                      require_think=False, benchmark_sha256=f"sha-{bench}", n_problems=50)
+        evs.append(Evaluation(job_id=job.id, benchmark=bench, status="succeeded", k=n, pass_at_1=p, avg_at_k=p,
+                              metrics={"protocol": proto, "ci95": [p - 0.1, p + 0.1]}))
+    session.add_all(evs)
+    session.flush()
+    store_entries(session, measured_entries(job, evs))
+    session.commit()
+    return job.id
+
+
+def test_rows_with_different_protocols_are_ranked_apart_and_exports_carry_stamps_and_intervals(engine):
+    with Session(engine) as s:
+        _stamped(s, "A-n8", 8, {"aime24": 0.5, "math500": 0.7})
+        _stamped(s, "B-n8", 8, {"aime24": 0.4, "math500": 0.6})
+        _stamped(s, "C-n4", 4, {"aime24": 0.9, "math500": 0.9})  # best score, other protocol: not rank 1 over A
+        t = leaderboard(s, size="0.8M", mode="t0.6")
+    rows = {r["model"]: r for r in t["rows"]}
+    assert rows["A-n8"]["protocol_key"] == rows["B-n8"]["protocol_key"] != rows["C-n4"]["protocol_key"]
+    assert (rows["C-n4"]["rank"], rows["A-n8"]["rank"], rows["B-n8"]["rank"]) == (1, 1, 2)
+    assert [g["count"] for g in t["protocol_groups"]] == [1, 2]
+    assert rows["A-n8"]["protocol"]["benchmarks"]["aime24"] == {"n": 8, "benchmark_sha256": "sha-aime24",
+                                                                  "n_problems": 50}
+    assert rows["A-n8"]["protocol_label"] == "n=8 T=0.6 top_p=1 max=128 deepscaler-v1"
+    assert rows["A-n8"]["ci95"]["aime24"] == pytest.approx([40.0, 60.0])
+    lo, hi = rows["A-n8"]["average_ci95"]  # independent benchmarks: narrower than each
+    assert lo == pytest.approx(60 - 10 / 2 ** 0.5) and hi == pytest.approx(60 + 10 / 2 ** 0.5)
+    csv_rows = {r["model"]: r for r in csv.DictReader(io.StringIO(render(t, "csv")[0]))}
+    a = csv_rows["A-n8"]
+    assert float(a["aime24_t0.6_ci_low"]) == pytest.approx(40.0) and float(a["avg_t0.6_ci_high"]) == pytest.approx(hi)
+    assert a["protocol_key"] == rows["A-n8"]["protocol_key"] and json.loads(a["protocol"])["top_p"] == 1.0
+    assert a["rank"] == "1" and csv_rows["B-n8"]["rank"] == "2"
+    md = render(t, "md")[0]
+    assert "50.00 [40.00, 60.00]" in md and rows["A-n8"]["protocol_key"] in md
+    assert "n=8 T=0.6 top\\_p=1 max=128 deepscaler-v1 (2 rows)" in md and "n=4 T=0.6" in md
+    tex = render(t, "latex")[0]
+    assert "50.00 [40.00, 60.00]" in tex and "n=4 T=0.6" in tex
+    # the CSV still re-imports (measured rows are skipped; interval columns are not score columns)
+    with pytest.raises(LeaderboardError, match="no published rows"):
+        parse_import(render(t, "csv")[0], "text/csv", reference="R", dataset="d")

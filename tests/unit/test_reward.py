@@ -133,7 +133,11 @@ def test_missing_close_tag_reason_and_require_think_false():
     strict = grade("\\boxed{7}", "7")
     assert strict == GradeResult(correct=False, format_ok=False, extracted=None, reason="no </think>")
     lenient = grade("\\boxed{7}", "7", require_think=False)
-    assert lenient == GradeResult(correct=True, format_ok=False, extracted="7", reason="correct")
+    # Without the tag requirement a boxed answer is in format: correct implies format_ok in every mode.
+    assert lenient == GradeResult(correct=True, format_ok=True, extracted="7", reason="correct")
+    assert grade("\\boxed{8}", "7", require_think=False) == GradeResult(
+        correct=False, format_ok=True, extracted="8", reason="wrong answer")
+    assert grade("no box here", "7", require_think=False).format_ok is False
     # With the tag present, require_think=False changes nothing.
     assert grade("</think>\\boxed{7}", "7", require_think=False).format_ok
 
@@ -163,7 +167,7 @@ def test_empty_box_is_wrong_not_format_error():
 def test_extract_final_answer_returns_answer_flag_and_reason():
     assert extract_final_answer("</think>\\boxed{x}") == ("x", True, "")
     assert extract_final_answer("\\boxed{x}") == (None, False, "no </think>")
-    assert extract_final_answer("\\boxed{x}", require_think=False) == ("x", False, "")
+    assert extract_final_answer("\\boxed{x}", require_think=False) == ("x", True, "")  # the format of this mode
 
 
 # --- references ---------------------------------------------------------------------------------
@@ -323,3 +327,14 @@ def test_mathverify_runs_off_the_main_thread():
     worker.start()
     worker.join()
     assert results == [True]
+
+
+@pytest.mark.parametrize("require_think", [True, False])
+@pytest.mark.parametrize(("response", "expected"), GOLDEN_RESPONSES)
+def test_verdict_fields_mean_the_same_in_every_mode(response, expected, require_think):
+    """format_ok is "an answer was extracted" in both modes, so correct implies format_ok."""
+    result = grade(response, "5", require_think=require_think)
+    assert result.format_ok is (result.extracted is not None)
+    assert not result.correct or result.format_ok
+    if not require_think and "</think>" not in response and result.correct:
+        assert result.format_ok  # the case issue 18 names: boxed, correct, no </think>

@@ -85,6 +85,9 @@ class RolloutConfig(_Section):
                                  "('recompute', verl's default) or what the rollout engine reported ('engine').")
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Share of GPU memory vLLM may take "
                                                                             "(vllm backend).")
+    vllm_sleep: bool | None = Field(None, description="vLLM sleep mode: free the engine's weights and KV cache while "
+                                                      "the policy trains, wake it for the next weight sync (GPU only); "
+                                                      "null = on when training on a GPU.")
 
 
 class ActorConfig(_Section):

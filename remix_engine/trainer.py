@@ -130,9 +130,6 @@ class Trainer:
         # every rank runs this same driver; only rank 0 talks to the sink (see distributed.py).
         self.accelerator = init_accelerator()
         self.world = World()
-        if self.world.size > 1 and cfg.rollout.backend != "hf":
-            raise ValueError("rollout.backend: several training processes generate with 'hf' for now; a vLLM "
-                             "engine per rank (sleep mode, in-memory weight sync) is not built yet (docs/scale.md)")
         if cfg.resources.gpus != self.world.size:  # the config records the world size it trained with
             cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus": self.world.size})})
         self.cfg = cfg
@@ -199,10 +196,12 @@ class Trainer:
         self._checkpointed_step: int | None = None
         self._pending_checkpoint: _CheckpointWrite | None = None
         self.buffer = ReplayBuffer(cfg.remix.window)
+        sleep = cfg.rollout.vllm_sleep if cfg.rollout.vllm_sleep is not None else self.device.type == "cuda"
         backend_kwargs = {} if cfg.rollout.backend == "hf" else {
             "gpu_memory_utilization": cfg.rollout.vllm_gpu_memory_utilization, "seed": seed,
             "max_model_len": cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            "dtype": None if self.device.type == "cpu" else cfg.model.dtype}
+            "dtype": None if self.device.type == "cpu" else cfg.model.dtype,
+            "one_per_rank": self.world.size > 1, "sleep": sleep}
         self.backend = make_backend(cfg.rollout.backend, self._generation_module(), self.tokenizer, **backend_kwargs)
         if self.world.size == 1 and hasattr(self.backend, "should_stop"):
             # One process: a cancel may also cut a long generation short (the step in flight is
@@ -338,6 +337,7 @@ class Trainer:
         local = self._generate([list(self._train_prompt_ids[problems[i].id]) for i in mine], SamplingParams(
             n=group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             max_new_tokens=cfg.rollout.max_new_tokens, prompt_seeds=tuple(seeds[i] for i in mine)))
+        self.backend.sleep()  # vLLM sleep mode: its memory is the update's until the next weight sync
         metrics["timing_s/gen"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -398,7 +398,13 @@ class Trainer:
         tick = time.perf_counter()
         update_batch = UpdateBatch(prompts, responses, mask, old_lp, behavior_lp, advantages, anchor_lp, precedent_lp,
                                    old_values, returns)
+        if self.device.type == "cuda":  # device-wide use (a sleeping vLLM engine's share included) and the peak
+            free, total = torch.cuda.mem_get_info(self.device)
+            metrics["perf/gpu_memory_used_gb_before_update"] = (total - free) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
         update_metrics, per_sample = self._update(update_batch, lam, utd)
+        if self.device.type == "cuda":
+            metrics["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         metrics["timing_s/update"] = time.perf_counter() - tick
         metrics["perf/throughput"] = float(mask.sum()) * utd / max(metrics["timing_s/update"], 1e-9)
         metrics.update(update_metrics)
@@ -660,10 +666,12 @@ class Trainer:
             return self.backend.generate(prompt_ids, params)
 
     def _sync_generation(self) -> float:
-        """Give the rollout backend the policy's new weights; returns seconds spent."""
-        if self.generation_copy is None:
-            return self.backend.sync_weights(self.model)
+        """Give the rollout backend the policy's new weights (waking a sleeping engine first);
+        returns seconds spent."""
         tick = time.perf_counter()
+        self.backend.wake_up()
+        if self.generation_copy is None:
+            return time.perf_counter() - tick + self.backend.sync_weights(self.model)
         self.generation_copy.load_state_dict(full_state_dict(self.model))  # a collective: all ranks gather
         return time.perf_counter() - tick + self.backend.sync_weights(self.generation_copy.module)
 

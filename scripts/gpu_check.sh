@@ -8,7 +8,10 @@
 #      (Qwen2-0.5B's shape, bf16);
 #   3. with more than one GPU: 3 remix-grpo steps of the 1.5B architecture (2 layers, random
 #      weights, toy prompts) with 1 process and with one per GPU (FSDP2), same global batch:
-#      step time and phases side by side (docs/scale.md). With one GPU it prints the command.
+#      step time and phases side by side (docs/scale.md). With one GPU it prints the command;
+#   4. with vLLM importable: the same 3 steps on one GPU with the vLLM engine asleep during the
+#      update (rollout.vllm_sleep=true) and awake, side by side: step time and the GPU memory in use
+#      when the update starts (perf/gpu_memory_used_gb_before_update).
 #
 #   bash scripts/gpu_check.sh                 # writes into $OUT (device tool) or runs/gpu_check
 #   BENCH_ARGS="--prompts 8 --n 4" bash scripts/gpu_check.sh
@@ -74,5 +77,25 @@ PY
     done
 else
     echo "one GPU: on a node run  remix train --nproc <GPUs> --output runs/multi ${MULTI[*]}" | tee "$DEST/multi_gpu.txt"
+fi
+
+if "$PY" -c "import vllm" 2>/dev/null; then
+    [[ -d /tmp/r1-1.5b-2l ]] || "$PY" -m remix_engine.cli make-model --shape r1-distill-1.5b --layers 2 --output /tmp/r1-1.5b-2l
+    for sleep in true false; do
+        timeout "${SLEEP_TIMEOUT:-300}" "$PY" -m remix_engine.cli train --output "$DEST/sleep_$sleep" "${MULTI[@]}" \
+            --set rollout.vllm_sleep="$sleep" > "$DEST/sleep_$sleep.log" 2>&1
+        echo "vllm_sleep=$sleep: exit $?" | tee -a "$DEST/sleep_mode.txt"
+        "$PY" - "$DEST/sleep_$sleep/metrics.jsonl" <<'PY' | tee -a "$DEST/sleep_mode.txt"
+import json, sys
+for row in map(json.loads, open(sys.argv[1])):
+    if row["step"]:
+        print(f"  step {row['step']}: {row['timing_s/step']:.1f} s (gen {row['timing_s/gen']:.1f}, sync "
+              f"{row['timing_s/sync']:.2f}); GPU memory in use before the update "
+              f"{row.get('perf/gpu_memory_used_gb_before_update', float('nan')):.1f} GiB, update peak "
+              f"{row.get('perf/max_memory_allocated_gb', float('nan')):.1f} GiB")
+PY
+    done
+else
+    echo "vllm not importable: sleep-mode comparison skipped" | tee "$DEST/sleep_mode.txt"
 fi
 exit "$status"

@@ -68,6 +68,12 @@ class HFRolloutBackend:
         self.model = model  # same object as the trainer's: nothing to copy
         return 0.0
 
+    def sleep(self) -> None:  # generation reads the trainer's own weights: nothing of its own to free
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

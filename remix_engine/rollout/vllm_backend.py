@@ -16,6 +16,12 @@ How it works
   loads `model.state_dict()` into the running engine (no disk, no restart) and the prefix cache is
   reset, since its KV blocks were computed with the old weights. This needs the engine in the
   same process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, set here before vLLM is imported).
+* Several training processes: every rank builds its own engine (`one_per_rank`, vLLM's
+  "external_launcher" executor inside the trainer's torch.distributed world) and generates its
+  share of the prompts; the trainer gathers the sharded policy into each rank's whole copy and
+  syncs that in memory, as above.
+* Sleep mode (GPU, `sleep`): after generating, `sleep()` drops the engine's weights and KV cache so
+  the update has the memory; `wake_up()` before the next weight sync.
 * Behaviour log-probs: the engine runs with `logprobs_mode="processed_logprobs"` and each request
   asks for `logprobs=0` (the sampled token only). vLLM's default mode, `raw_logprobs`, is
   log_softmax(logits) *before* temperature; `processed_logprobs` is log_softmax of the logits
@@ -110,6 +116,13 @@ class VLLMRolloutBackend:
       enforce_eager           default True on CPU, False on GPU (CUDA graphs)
       seed                    engine seed (used only for requests without a seed)
       max_num_seqs            most sequences decoded together (vLLM's default when None)
+      one_per_rank            the trainer runs as several processes (torchrun / accelerate launch):
+                              each builds its own engine inside the trainer's torch.distributed world
+                              (vLLM's "external_launcher" executor, as TRL's colocate mode); close()
+                              then leaves that world to the trainer
+      sleep                   vLLM sleep mode (GPU only): `sleep()` frees the engine's weights and KV
+                              cache while the policy trains, `wake_up()` brings them back before the
+                              next weight sync
       engine_kwargs           extra keyword arguments for `vllm.LLM`
     """
 
@@ -127,6 +140,8 @@ class VLLMRolloutBackend:
         enforce_eager: bool | None = None,
         seed: int = 0,
         max_num_seqs: int | None = None,
+        one_per_rank: bool = False,
+        sleep: bool = False,
         engine_kwargs: dict[str, Any] | None = None,
     ):
         vllm = _import_vllm()
@@ -137,6 +152,10 @@ class VLLMRolloutBackend:
         if not self.eos_ids:
             raise ValueError("vllm backend: the tokenizer has no eos_token_id; responses could not stop")
         self.on_cpu = current_platform.is_cpu()
+        if sleep and self.on_cpu:
+            raise ValueError("vllm backend: sleep mode needs a GPU (vLLM's CPU build has none); "
+                             "set rollout.vllm_sleep=false")
+        self.one_per_rank, self.sleeps, self.asleep = one_per_rank, sleep, False
         config = model.config
         self.max_model_len = int(max_model_len or min(getattr(config, "max_position_embeddings", 4096), 32768))
         if self.on_cpu:
@@ -187,6 +206,10 @@ class VLLMRolloutBackend:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
+        if one_per_rank:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        if sleep:
+            kwargs["enable_sleep_mode"] = True
         kwargs.update(engine_kwargs or {})
 
         # An in-process engine touches process-wide state: keep the trainer's RNG streams and
@@ -232,6 +255,18 @@ class VLLMRolloutBackend:
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
 
+    def sleep(self) -> None:
+        """Level 2: weights and KV cache are dropped, not offloaded — the trainer syncs new weights
+        after every update anyway, so there is nothing to keep."""
+        if self.sleeps and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
@@ -245,12 +280,13 @@ class VLLMRolloutBackend:
                     pass
             del llm, engine, core
             gc.collect()
-            try:
-                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            if not self.one_per_rank:  # one engine per rank lives in the trainer's world: leave it be
+                try:
+                    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-                cleanup_dist_env_and_memory()
-            except Exception:  # pragma: no cover - best effort at teardown
-                pass
+                    cleanup_dist_env_and_memory()
+                except Exception:  # pragma: no cover - best effort at teardown
+                    pass
         workdir = getattr(self, "_workdir", None)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)

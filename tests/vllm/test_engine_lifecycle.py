@@ -56,3 +56,11 @@ def test_close_then_restart_and_bf16_model():
         second.close()
     assert a.response_ids == b.response_ids
     assert len(a) == 2
+
+
+def test_sleep_mode_is_refused_on_cpu_with_the_setting_to_change():
+    """vLLM's CPU build has no sleep mode: asking for it fails before an engine starts, naming the setting."""
+    pytest.importorskip("vllm")
+    tokenizer = build_tokenizer()
+    with pytest.raises(ValueError, match="rollout.vllm_sleep=false"):
+        make_backend("vllm", build_model(tokenizer), tokenizer, kv_cache_gib=0.125, sleep=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from vllm_testlib import TOY_TRAINING as OVERRIDES
 
 from remix_engine.config import build_config
 from remix_engine.data import encode_prompts, render_prompt
@@ -14,17 +15,6 @@ from remix_engine.sinks import JsonlSink
 
 pytestmark = pytest.mark.vllm
 
-OVERRIDES = [
-    "warm_start.steps=0",  # untrained toy model: no warm-start cost in the test
-    "rollout.prompts_per_step=4",
-    "rollout.group_size=4",
-    "rollout.max_new_tokens=24",
-    "data.heldout_size=12",
-    "trainer.eval_every=3",
-    "trainer.checkpoint_every=3",
-    "trainer.torch_threads=1",
-    "actor.mini_batch_size=16",
-]
 
 
 def _config(backend: str, extra: list[str] | None = None):

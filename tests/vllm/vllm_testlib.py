@@ -34,3 +34,17 @@ def build_model(tokenizer, seed: int = 0):
 
 def encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
     return [tokenizer.encode(t) for t in texts]
+
+
+# A toy training run small enough for the vLLM suite (test_vllm_training, test_vllm_ranks).
+TOY_TRAINING = [
+    "warm_start.steps=0",  # untrained toy model: no warm-start cost in the test
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=24",
+    "data.heldout_size=12",
+    "trainer.eval_every=3",
+    "trainer.checkpoint_every=3",
+    "trainer.torch_threads=1",
+    "actor.mini_batch_size=16",
+]

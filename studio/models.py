@@ -15,9 +15,11 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlmodel import Field, SQLModel
+
+from studio.rollout_text import TERMS_INDEX
 
 # Named constraints keep Alembic's SQLite batch mode and later migrations deterministic.
 SQLModel.metadata.naming_convention = {
@@ -31,6 +33,9 @@ SQLModel.metadata.naming_convention = {
 # 64-bit ids on PostgreSQL; SQLite only auto-increments an "INTEGER PRIMARY KEY".
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+# a rollout's search terms: a tsvector on PostgreSQL; SQLite leaves it NULL and indexes them in
+# FTS5 instead (studio/rollout_text.py)
+TermsType = Text().with_variant(TSVECTOR(), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -214,8 +219,11 @@ class Rollout(SQLModel, table=True):
         UniqueConstraint("run_id", "uid"),
         Index("ix_rollouts_run_step_id", "run_id", "step", "id"),
         Index("ix_rollouts_run_group", "run_id", "group_id"),
-        Index("ix_rollouts_run_version", "run_id", "policy_version"),
         Index("ix_rollouts_run_reuse", "run_id", "reuse_count"),
+        # the trace page's filters, each in (step, id) order: a page reads only its own rows
+        Index("ix_rollouts_run_version_step", "run_id", "policy_version", "step", "id"),
+        Index("ix_rollouts_run_correct_step", "run_id", "correct", "step", "id"),
+        Index("ix_rollouts_run_truncated_step", "run_id", "truncated", "step", "id"),
     )
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -242,14 +250,19 @@ class Rollout(SQLModel, table=True):
     clipfrac: float | None = Field(default=None, sa_type=Double)  # mean over its uses
     kl_to_behavior: float | None = Field(default=None, sa_type=Double)  # mean over its uses
     wall_time: float = Field(sa_type=Double)
+    # the response's first characters, for the trace list (0005; studio/rollout_text.py)
+    preview: str = Field(default="", sa_type=Text)
 
 
 class RolloutText(SQLModel, table=True):
+    """Prompt and response as one zlib blob, and the search terms (studio/rollout_text.py)."""
+
     __tablename__ = "rollout_texts"
+    __table_args__ = (Index(TERMS_INDEX, "terms", postgresql_using="gin").ddl_if(dialect="postgresql"),)
 
     rollout_id: int = Field(sa_type=BigId, foreign_key="rollouts.id", ondelete="CASCADE", primary_key=True)
-    prompt: str = Field(default="", sa_type=Text)
-    response: str = Field(default="", sa_type=Text)
+    body: bytes = Field(sa_type=LargeBinary)
+    terms: str | None = Field(default=None, sa_type=TermsType)
 
 
 class RolloutUse(SQLModel, table=True):
@@ -273,6 +286,26 @@ class RolloutUse(SQLModel, table=True):
     ratio_max: float | None = Field(default=None, sa_type=Double)
     clipfrac: float | None = Field(default=None, sa_type=Double)
     kl_to_behavior: float | None = Field(default=None, sa_type=Double)
+
+
+class OffPolicyStep(SQLModel, table=True):
+    """Uses of one consuming step and policy age, aggregated by the sink as it writes the uses, so
+    the off-policy view sums ~3 rows per step instead of every use. Sums and counts of the non-NULL
+    values let any step range recombine into exact means."""
+
+    __tablename__ = "offpolicy_steps"
+
+    run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True)
+    step: int = Field(primary_key=True)
+    age: int = Field(primary_key=True)
+    uses: int = Field(default=0)
+    ratio_mean_sum: float | None = Field(default=None, sa_type=Double)
+    ratio_mean_n: int = Field(default=0)
+    ratio_max: float | None = Field(default=None, sa_type=Double)
+    clipfrac_sum: float | None = Field(default=None, sa_type=Double)
+    clipfrac_n: int = Field(default=0)
+    kl_sum: float | None = Field(default=None, sa_type=Double)
+    kl_n: int = Field(default=0)
 
 
 # -------------------------------------------------------------------------------------- evaluations

@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 
+from studio.db import is_timeout
 from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.api")
@@ -153,6 +154,13 @@ async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
                         status_code=422)
 
 
+async def _query_timeout(request: Request, exc: Exception) -> JSONResponse:
+    if not is_timeout(exc):
+        raise exc
+    return JSONResponse({"detail": "the query took longer than the studio allows (REMIX_QUERY_TIMEOUT_S); "
+                                   "narrow the filters"}, status_code=503)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     from backend.api.config import router as config_router
     from backend.api.evaluations import router as evaluations_router
@@ -196,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(OverflowError, _value_out_of_range)
     app.add_exception_handler(sqlalchemy.exc.DataError, _value_out_of_range)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _query_timeout)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(runs_router)
     api.include_router(rollouts_router)

@@ -6,8 +6,8 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import studio.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from studio.migrate import include_object
 from studio.db import make_engine
+from studio.migrate import include_object
 from studio.settings import get_settings, normalise_database_url
 
 config = context.config

@@ -87,11 +87,11 @@ def upgrade() -> None:
     for rows in _batches(conn, "SELECT t.rollout_id, t.prompt, t.response, r.extracted FROM rollout_texts_0004 t "
                                "JOIN rollouts r ON r.id = t.rollout_id WHERE t.rollout_id > :after "
                                "ORDER BY t.rollout_id LIMIT :n"):
-        terms = {rid: rollout_text.terms(p, r, ex) for rid, p, r, ex in rows}
+        docs = {rid: rollout_text.document(p, r, ex) for rid, p, r, ex in rows}
         conn.execute(insert, [{"rid": rid, "body": rollout_text.pack(p, r),
-                               "terms": rollout_text.tsvector_literal(terms[rid]) if pg else None}
+                               "terms": rollout_text.tsvector_literal(rollout_text.terms(docs[rid])) if pg else None}
                               for rid, p, r, _ in rows])
-        rollout_text.index_search(conn, terms.items())
+        rollout_text.index_search(conn, docs.items())
         conn.execute(sa.text("UPDATE rollouts SET preview = :pv WHERE id = :rid"),
                      [{"rid": rid, "pv": rollout_text.preview(r)} for rid, _, r, _ in rows])
     op.drop_table("rollout_texts_0004")
@@ -128,7 +128,7 @@ def downgrade() -> None:
     insert = sa.text("INSERT INTO rollout_texts_0004 (rollout_id, prompt, response) VALUES (:rid, :p, :r)")
     for rows in _batches(conn, "SELECT rollout_id, body FROM rollout_texts WHERE rollout_id > :after "
                                "ORDER BY rollout_id LIMIT :n"):
-        conn.execute(insert, [dict(zip(("p", "r"), rollout_text.unpack(body)), rid=rid) for rid, body in rows])
+        conn.execute(insert, [dict(zip(("p", "r"), rollout_text.unpack(body), strict=True), rid=rid) for rid, body in rows])
     op.drop_table("rollout_texts")
     if conn.dialect.name == "sqlite":
         op.execute(f"DROP TABLE IF EXISTS {rollout_text.SEARCH_TABLE}")

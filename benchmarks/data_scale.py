@@ -219,19 +219,15 @@ def build(args: argparse.Namespace, corpus: Corpus) -> list[float]:
 
 
 def analyze() -> None:
-    """Planner statistics, as `remix studio` keeps them (SQLite ANALYZE, PostgreSQL ANALYZE)."""
+    """Planner statistics (and PostgreSQL's visibility map, for index-only scans): autovacuum keeps
+    them on PostgreSQL in time; on SQLite see docs/studio.md (PRAGMA optimize)."""
     from sqlalchemy import text
 
     from studio.db import get_engine
 
     engine = get_engine()
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("COMMIT"))
-            conn.execute(text("VACUUM ANALYZE"))
-        else:
-            conn.execute(text("ANALYZE"))
-            conn.commit()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE"))
 
 
 # ------------------------------------------------------------------------------------------ ingest

@@ -80,7 +80,7 @@ def terms(doc: str) -> str:
 
 
 def tsvector_literal(terms_: str) -> str:
-    return " ".join(f"'{w}'" for w in terms_.split())
+    return "'" + terms_.replace(" ", "' '") + "'" if terms_ else ""
 
 
 def search_query(dialect: str, q: str) -> str | None:

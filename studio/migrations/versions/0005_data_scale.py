@@ -66,14 +66,14 @@ def _batches(conn: sa.Connection, query: str):  # noqa: ANN202
 def upgrade() -> None:
     conn = op.get_bind()
     pg = conn.dialect.name == "postgresql"
-    with op.batch_alter_table("rollouts") as batch:
-        batch.add_column(sa.Column("preview", sa.Text(), nullable=False, server_default=""))
-        batch.drop_index("ix_rollouts_run_version")
-        batch.create_index("ix_rollouts_run_version_step", ["run_id", "policy_version", "step", "id"])
-        batch.create_index("ix_rollouts_run_correct_step", ["run_id", "correct", "step", "id"])
-        batch.create_index("ix_rollouts_run_truncated_step", ["run_id", "truncated", "step", "id"])
-    with op.batch_alter_table("rollouts") as batch:
-        batch.alter_column("preview", server_default=None)
+    # No batch mode on rollouts: on SQLite it copies the table and drops the old one, and with
+    # foreign keys on that drop cascades into rollout_texts and rollout_uses. SQLite adds a column
+    # (with a default, kept) and indexes in place.
+    op.add_column("rollouts", sa.Column("preview", sa.Text(), nullable=False, server_default=""))
+    op.drop_index("ix_rollouts_run_version", table_name="rollouts")
+    op.create_index("ix_rollouts_run_version_step", "rollouts", ["run_id", "policy_version", "step", "id"])
+    op.create_index("ix_rollouts_run_correct_step", "rollouts", ["run_id", "correct", "step", "id"])
+    op.create_index("ix_rollouts_run_truncated_step", "rollouts", ["run_id", "truncated", "step", "id"])
 
     op.rename_table("rollout_texts", "rollout_texts_0004")
     if pg:  # the table keeps its constraint names through the rename; free them for the new one
@@ -137,9 +137,7 @@ def downgrade() -> None:
         op.execute("ALTER TABLE rollout_texts RENAME CONSTRAINT pk_rollout_texts_0004 TO pk_rollout_texts")
         op.execute("ALTER TABLE rollout_texts RENAME CONSTRAINT fk_rollout_texts_0004_rollout_id_rollouts "
                    "TO fk_rollout_texts_rollout_id_rollouts")
-    with op.batch_alter_table("rollouts") as batch:
-        batch.drop_index("ix_rollouts_run_truncated_step")
-        batch.drop_index("ix_rollouts_run_correct_step")
-        batch.drop_index("ix_rollouts_run_version_step")
-        batch.create_index("ix_rollouts_run_version", ["run_id", "policy_version"])
-        batch.drop_column("preview")
+    for name in ("ix_rollouts_run_truncated_step", "ix_rollouts_run_correct_step", "ix_rollouts_run_version_step"):
+        op.drop_index(name, table_name="rollouts")
+    op.create_index("ix_rollouts_run_version", "rollouts", ["run_id", "policy_version"])
+    op.execute("ALTER TABLE rollouts DROP COLUMN preview")  # in place on SQLite ≥ 3.35 too (see upgrade)

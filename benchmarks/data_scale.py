@@ -219,8 +219,8 @@ def build(args: argparse.Namespace, corpus: Corpus) -> list[float]:
 
 
 def analyze() -> None:
-    """Planner statistics (and PostgreSQL's visibility map, for index-only scans): autovacuum keeps
-    them on PostgreSQL in time; on SQLite see docs/studio.md (PRAGMA optimize)."""
+    """Planner statistics and PostgreSQL's visibility map (index-only scans), as autovacuum leaves
+    them some time after a build; SQLite's sink refreshes its statistics at the end of each run."""
     from sqlalchemy import text
 
     from studio.db import get_engine

@@ -46,7 +46,7 @@ from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecor
 from remix_engine.jsonsafe import finite_or_none
 from remix_engine.sinks import Sink
 from studio import jobs, rollout_text
-from studio.db import get_engine, retrying
+from studio.db import get_engine, refresh_statistics, retrying
 from studio.models import (
     Checkpoint,
     LatestMetric,
@@ -143,6 +143,7 @@ class SqlSink(Sink):
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.flush()
+        refresh_statistics(self.engine)  # a finished run is what the dashboard reads next
 
     def should_stop(self) -> bool:
         self._raise_if_failed()

@@ -352,7 +352,7 @@ def endpoints(client, args: argparse.Namespace) -> list[tuple[str, str, float | 
         ("metrics: run page (14 keys)", f"{r}/metrics?keys={keys}&x=step&max_points=600", 50),
         ("metrics: default keys", f"{r}/metrics", None),
         (f"metrics: {min(100, len(all_ids))} runs x 1 key", f"/api/v1/runs/metrics?runs={many}&keys=critic/score/mean"
-                                                            "&x=rollouts&max_points=500", 100),
+                                                            "&x=rollouts", 100),
         ("off-policy view", f"{r}/offpolicy", 100),
         ("group", f"{r}/groups/{first['group_id']}", None),
         ("rollout detail", f"/api/v1/rollouts/{first['id']}", None),

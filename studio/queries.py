@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Select, func, literal, literal_column, select, tuple_
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
@@ -15,7 +16,7 @@ from studio import rollout_text
 from studio.models import LatestMetric, Metric, OffPolicyStep, Rollout, RolloutText
 
 # x axes of a metric series: training step, rollouts generated so far, training seconds
-X_COLUMNS = {"step": Metric.step, "rollouts": Metric.rollouts, "time": Metric.elapsed_s}
+X_COLUMNS = {"step": "step", "rollouts": "rollouts", "time": "elapsed_s"}
 # Counts of matching rollouts stop here: past it a page says "10,000+" (total_capped) instead of
 # counting a whole run on every request.
 COUNT_CAP = 10_000
@@ -89,38 +90,53 @@ def metric_series(session: Session, run_ids: list[int], keys: list[str], x: str,
     by step) into (max_points − 2) / 2 equal-count buckets keeping each bucket's minimum and maximum,
     plus the first and last point: spikes survive, the line spans the whole range.
 
-    One indexed range read per run on (run_id, key, step); the buckets are cut here rather than
-    with window functions, which sorted every point of every series again in the database."""
-    out = {rid: {k: [] for k in keys} for rid in run_ids}
+    One range read of the covering index (run_id, key, step, value, rollouts, elapsed_s) per
+    series, which the database hands over as one row of comma-separated texts per series: 100k
+    points as Python rows cost ~0.3 s here, as 300 strings parsed by numpy a few ms. The buckets
+    are cut with numpy (window functions sorted every point again in the database)."""
     if not keys or not run_ids:
         return {rid: [] for rid in run_ids}
-    xcol = X_COLUMNS[x]
-    cond = [Metric.run_id.in_(run_ids), Metric.key.in_(keys), Metric.value.is_not(None), xcol.is_not(None)]
-    if step_min is not None:
-        cond.append(Metric.step >= step_min)
-    if step_max is not None:
-        cond.append(Metric.step <= step_max)
-    for rid, key, step, value, xv in session.execute(
-            select(Metric.run_id, Metric.key, Metric.step, Metric.value, xcol).where(*cond)
-            .order_by(Metric.run_id, Metric.key, Metric.step)):
-        out[rid][key].append((step, value, xv))
-    return {rid: [_downsampled(k, pts, max_points) for k, pts in by_key.items()] for rid, by_key in out.items()}
+    conn = session.connection()
+    pg = conn.dialect.name == "postgresql"
+    mark = "%s" if pg else "?"
+    marks = lambda n: ", ".join([mark] * n)  # noqa: E731
+    where = [f"run_id IN ({marks(len(run_ids))})", f"key IN ({marks(len(keys))})", "value IS NOT NULL",
+             f"{X_COLUMNS[x]} IS NOT NULL"]
+    params: list[Any] = [*run_ids, *keys]
+    for bound, op in ((step_min, ">="), (step_max, "<=")):
+        if bound is not None:
+            where.append(f"step {op} {mark}")
+            params.append(bound)
+    if pg:  # float8 as text round-trips exactly (extra_float_digits ≥ 1, the default)
+        agg = ", ".join(f"string_agg({c}::text, ',' ORDER BY step)" for c in ("step", "value", X_COLUMNS[x]))
+        sql = f"SELECT run_id, key, {agg} FROM metrics WHERE {' AND '.join(where)} GROUP BY run_id, key"
+    else:  # group_concat follows the covering index's step order; REAL as text has 15 significant
+        # digits (printf('%.17g') would round-trip exactly but doubles the query's time)
+        agg = ", ".join(f"group_concat({c}, ',')" for c in ("step", "value", X_COLUMNS[x]))
+        sql = f"SELECT run_id, key, {agg} FROM metrics WHERE {' AND '.join(where)} GROUP BY run_id, key"
+    out: dict[int, dict[str, dict[str, Any]]] = {rid: {} for rid in run_ids}
+    for rid, key, steps, values, xs in conn.exec_driver_sql(sql, tuple(params)):
+        out[rid][key] = _downsampled(key, *(np.array(c.split(","), dtype=float) for c in (steps, values, xs)),
+                                     max_points)
+    empty = {"total": 0, "downsampled": False, "x": [], "y": [], "step": []}
+    return {rid: [out[rid].get(k) or {"key": k, **empty} for k in keys] for rid in run_ids}
 
 
-def _downsampled(key: str, pts: list[tuple[int, float, float]], max_points: int) -> dict[str, Any]:
-    n = len(pts)
-    keep = pts
+def _downsampled(key: str, steps: np.ndarray, values: np.ndarray, xs: np.ndarray, max_points: int) -> dict[str, Any]:
+    n = len(steps)
     if n > max_points:
         buckets = max(1, (max_points - 2) // 2)
-        idx = {0, n - 1}
-        for b in range(buckets):
-            lo, hi = b * n // buckets, (b + 1) * n // buckets
-            if hi > lo:
-                idx.add(min(range(lo, hi), key=lambda i: pts[i][1]))
-                idx.add(max(range(lo, hi), key=lambda i: pts[i][1]))
-        keep = [pts[i] for i in sorted(idx)]
-    return {"key": key, "total": n, "downsampled": n > max_points, "x": [float(p[2]) for p in keep],
-            "y": [float(p[1]) for p in keep], "step": [int(p[0]) for p in keep]}
+        bucket = np.arange(n) * buckets // n  # equal-count buckets, in step order
+        # first row of each bucket after sorting by (bucket, value[, position]): its minimum; by
+        # (bucket, −value): its maximum; the earliest point wins ties
+        first = lambda order: order[np.r_[True, np.diff(bucket[order]) != 0]]  # noqa: E731
+        keep = np.zeros(n, dtype=bool)
+        keep[[0, n - 1]] = True
+        keep[first(np.lexsort((values, bucket)))] = True
+        keep[first(np.lexsort((-values, bucket)))] = True
+        steps, values, xs = steps[keep], values[keep], xs[keep]
+    return {"key": key, "total": n, "downsampled": n > max_points, "x": xs.tolist(), "y": values.tolist(),
+            "step": steps.astype(int).tolist()}
 
 
 def latest_metrics(session: Session, run_ids: list[int], keys: list[str] | None) -> dict[int, dict[str, float | None]]:

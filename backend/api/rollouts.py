@@ -81,8 +81,8 @@ def list_rollouts(
     group_id: str | None = None,
     prompt_id: str | None = None,
     q: str | None = Query(None, max_length=200, description="words in the prompt, response or extracted answer: "
-                                                             "rollouts holding every word (the last one as a "
-                                                             "prefix), case-insensitive"),
+                                                             "rollouts holding every word (whole words), "
+                                                             "case-insensitive"),
     include_text: bool = Query(False, description="full prompt and response (otherwise a preview)"),
 ) -> RolloutPage:
     get_run_or_404(session, run_id)

@@ -196,9 +196,10 @@ def get_runs_metrics(session: SessionDep,
         raise HTTPException(422, detail=f"runs × keys: at most {MAX_SERIES} series per request "
                                         f"(got {len(run_ids)} × {len(wanted)})")
     found = set(session.execute(select(Run.id).where(Run.id.in_(run_ids))).scalars()) if run_ids else set()
-    series = queries.metric_series(session, [r for r in run_ids if r in found], wanted, x, max_points,
+    per_series = max(10, min(max_points, MAX_POINTS // max(1, len(run_ids) * len(wanted))))
+    series = queries.metric_series(session, [r for r in run_ids if r in found], wanted, x, per_series,
                                    step_min, step_max)
-    return MultiMetricsOut(x=x, max_points=max_points, keys=wanted,
+    return MultiMetricsOut(x=x, max_points=per_series, keys=wanted,
                            runs=[RunSeries(run_id=rid, series=[MetricSeries(**s) for s in ser])
                                  for rid, ser in series.items()],
                            missing_run_ids=[r for r in run_ids if r not in found])

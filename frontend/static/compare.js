@@ -142,7 +142,7 @@ async function refreshMetrics() {
   const keys = [...state.metrics, "replay/reincarnated"];
   let body;
   try {
-    body = await api.runsMetrics(state.ids, keys, state.x, 500); // every run in one request
+    body = await api.runsMetrics(state.ids, keys, state.x, 300); // every run in one request
   } catch (err) {
     for (const chart of state.bodies.values()) drawEmpty(chart, `Could not load metrics: ${err.message}`);
     return;

@@ -143,12 +143,12 @@ def _texts(engine, run_id: int, texts: dict[str, str], step: int = 1, resumed_fr
     sink.close()
 
 
-def test_search_finds_words_in_this_run_only_with_a_prefix_and_every_word(engine):
+def test_search_finds_whole_words_in_this_run_only_and_every_word(engine):
     a, b = _run(engine), _run(engine)
     _texts(engine, a, {"a1": "Wait, let me check: 3*4 = 12.", "a2": "So the answer is 12.", "a3": "wait... WAITING"})
     _texts(engine, b, {"b1": "wait here too"})
-    assert _page(engine, a, "wait")[0] == ["a1", "a3"], "whole words and prefixes, case-insensitive, not run b's"
-    assert _page(engine, a, "WAI")[0] == ["a1", "a3"]
+    assert _page(engine, a, "wait")[0] == ["a1", "a3"], "whole words, case-insensitive, not run b's"
+    assert _page(engine, a, "WAITING")[0] == ["a3"] and _page(engine, a, "wai")[0] == []
     assert _page(engine, a, "answer 12")[0] == ["a2"], "every word must occur"
     assert _page(engine, a, "compute")[0] == ["a1", "a2", "a3"], "the prompt is searched too"
     assert _page(engine, a, "nothing")[0] == [] and _page(engine, b, "wait")[0] == ["b1"]

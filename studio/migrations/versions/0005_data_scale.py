@@ -5,6 +5,7 @@
 * rollouts.preview: the response's first 240 characters, for the trace list.
 * rollouts: indexes (run, policy_version | correct | truncated, step, id) for the trace filters.
 * offpolicy_steps: uses per (run, consuming step, policy age), kept by the sink.
+* metrics: the covering index (run, key, step, value, rollouts, elapsed_s) replaces (run, step).
 
 Existing texts are moved into the new layout in batches (studio/rollout_text.py).
 
@@ -98,6 +99,9 @@ def upgrade() -> None:
     if pg:
         op.create_index("ix_rollout_texts_terms", "rollout_texts", ["terms"], postgresql_using="gin")
 
+    op.drop_index("ix_metrics_run_step", table_name="metrics")
+    op.create_index("ix_metrics_series", "metrics", ["run_id", "key", "step", "value", "rollouts", "elapsed_s"])
+
     op.create_table(
         "offpolicy_steps",
         sa.Column("run_id", sa.Integer(), nullable=False),
@@ -124,6 +128,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     conn = op.get_bind()
     op.drop_table("offpolicy_steps")
+    op.drop_index("ix_metrics_series", table_name="metrics")
+    op.create_index("ix_metrics_run_step", "metrics", ["run_id", "step"])
     _old_texts_table("rollout_texts_0004")
     insert = sa.text("INSERT INTO rollout_texts_0004 (rollout_id, prompt, response) VALUES (:rid, :p, :r)")
     for rows in _batches(conn, "SELECT rollout_id, body FROM rollout_texts WHERE rollout_id > :after "

@@ -13,6 +13,7 @@ The dashboard (frontend/, built separately) is served when its folders exist:
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -175,6 +176,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI):
         if not settings.write_tokens:
             log.warning("REMIX_API_TOKENS is empty: every write endpoint will answer 401")
+        # Everything imported and built so far lives as long as the process: out of the cyclic
+        # GC's reach, a full collection (every few requests that build thousands of objects, e.g.
+        # the off-policy view) no longer walks it -- ~80 ms pauses on this 2-core machine.
+        gc.freeze()
         reaper = Reaper(settings) if settings.reaper_enabled else None
         if reaper is not None:
             reaper.start()

@@ -5,18 +5,20 @@ sink (worker/sink.py) wrote from trainer events into a database brought up by th
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from remix_engine.events import RolloutRecord, RolloutUseRecord
 from studio import jobs, queries, rollout_text
-from studio.models import Rollout, RolloutUse
-from studio.db import make_engine, session_scope
+from studio.db import is_timeout, make_engine, session_scope
 from studio.migrate import upgrade_database
+from studio.models import Rollout, RolloutUse
 from studio.settings import Settings
 from worker.sink import SqlSink
 
@@ -236,3 +238,14 @@ def test_rollout_text_is_compressed_and_comes_back_exactly(engine):
     assert preview == long[:rollout_text.PREVIEW_CHARS] + "…"
     assert len(rollout_text.pack("Compute 1+1.", long)) < len(long.encode()) / 10
     assert rollout_text.unpack(rollout_text.pack("", "")) == ("", "")
+
+
+def test_api_sessions_give_up_on_a_slow_query(engine):
+    slow = ("SELECT pg_sleep(2)" if engine.dialect.name == "postgresql" else
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) SELECT count(*) FROM n")
+    t0 = time.monotonic()
+    with Session(engine, info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
+        s.execute(text(slow))
+    assert is_timeout(err.value) and time.monotonic() - t0 < 1.5
+    with Session(engine) as s:  # the connection went back to the pool without the limit
+        assert s.execute(text("SELECT 1")).scalar_one() == 1

@@ -227,6 +227,8 @@ class Rollout(SQLModel, table=True):
         Index("ix_rollouts_run_version_step", "run_id", "policy_version", "step", "id"),
         Index("ix_rollouts_run_correct_step", "run_id", "correct", "step", "id"),
         Index("ix_rollouts_run_truncated_step", "run_id", "truncated", "step", "id"),
+        # a search walks the run in id order (studio/queries.py rollout_page); SQLite: its id range
+        Index("ix_rollouts_run_id", "run_id", "id"),
     )
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)

@@ -3,7 +3,8 @@
 * rollout_texts: prompt and response become one zlib blob (`body`) plus the search terms (`terms`:
   a GIN-indexed tsvector on PostgreSQL; on SQLite the contentless FTS5 table `rollout_search`).
 * rollouts.preview: the response's first 240 characters, for the trace list.
-* rollouts: indexes (run, policy_version | correct | truncated, step, id) for the trace filters.
+* rollouts: indexes (run, policy_version | correct | truncated, step, id) for the trace filters,
+  (run, id) for searches.
 * offpolicy_steps: uses per (run, consuming step, policy age), kept by the sink.
 * metrics: the covering index (run, key, step, value, rollouts, elapsed_s) replaces (run, step).
 
@@ -75,6 +76,7 @@ def upgrade() -> None:
     op.create_index("ix_rollouts_run_version_step", "rollouts", ["run_id", "policy_version", "step", "id"])
     op.create_index("ix_rollouts_run_correct_step", "rollouts", ["run_id", "correct", "step", "id"])
     op.create_index("ix_rollouts_run_truncated_step", "rollouts", ["run_id", "truncated", "step", "id"])
+    op.create_index("ix_rollouts_run_id", "rollouts", ["run_id", "id"])
 
     op.rename_table("rollout_texts", "rollout_texts_0004")
     if pg:  # the table keeps its constraint names through the rename; free them for the new one
@@ -143,7 +145,7 @@ def downgrade() -> None:
         op.execute("ALTER TABLE rollout_texts RENAME CONSTRAINT pk_rollout_texts_0004 TO pk_rollout_texts")
         op.execute("ALTER TABLE rollout_texts RENAME CONSTRAINT fk_rollout_texts_0004_rollout_id_rollouts "
                    "TO fk_rollout_texts_rollout_id_rollouts")
-    for name in ("ix_rollouts_run_truncated_step", "ix_rollouts_run_correct_step", "ix_rollouts_run_version_step"):
+    for name in ("ix_rollouts_run_id", "ix_rollouts_run_truncated_step", "ix_rollouts_run_correct_step", "ix_rollouts_run_version_step"):
         op.drop_index(name, table_name="rollouts")
     op.create_index("ix_rollouts_run_version", "rollouts", ["run_id", "policy_version"])
     op.execute("ALTER TABLE rollouts DROP COLUMN preview")  # in place on SQLite ≥ 3.35 too (see upgrade)

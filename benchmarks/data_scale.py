@@ -310,18 +310,30 @@ def database_bytes(settings) -> int:  # noqa: ANN001
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
+ROLLOUT_TABLES = ("rollouts", "rollout_texts", "rollout_uses", "offpolicy_steps")
+
+
 def rollout_bytes() -> int | None:
-    """PostgreSQL: the rollout tables with their indexes and TOAST (SQLite: see the file size)."""
+    """The rollout tables with their indexes (PostgreSQL: and TOAST; SQLite: and the FTS5 table),
+    None where SQLite lacks the dbstat table."""
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
 
     from studio.db import get_engine
+    from studio.rollout_text import SEARCH_TABLE
 
     engine = get_engine()
-    if engine.dialect.name != "postgresql":
-        return None
+    tables = ", ".join(f"'{t}'" for t in ROLLOUT_TABLES)
     with engine.connect() as conn:
-        return int(conn.execute(text("SELECT sum(pg_total_relation_size(c)) FROM unnest(ARRAY['rollouts', "
-                                     "'rollout_texts', 'rollout_uses', 'offpolicy_steps']::regclass[]) c")).scalar_one())
+        if engine.dialect.name == "postgresql":
+            return int(conn.execute(text(f"SELECT sum(pg_total_relation_size(c)) FROM unnest(ARRAY[{tables}]"
+                                         "::regclass[]) c")).scalar_one())
+        try:
+            return int(conn.execute(text(
+                f"SELECT sum(pgsize) FROM dbstat WHERE name IN (SELECT name FROM sqlite_master WHERE tbl_name IN "
+                f"({tables}) OR name LIKE '{SEARCH_TABLE}%')")).scalar_one())
+        except OperationalError:
+            return None
 
 
 # ------------------------------------------------------------------------------------------ endpoints

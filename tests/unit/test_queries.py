@@ -249,3 +249,16 @@ def test_api_sessions_give_up_on_a_slow_query(engine):
     assert is_timeout(err.value) and time.monotonic() - t0 < 1.5
     with Session(engine) as s:  # the connection went back to the pool without the limit
         assert s.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_a_deleted_runs_texts_leave_the_search_index(engine):
+    old = _run(engine)
+    _texts(engine, old, {"o1": "unicorn"})
+    with session_scope(engine) as s:
+        run = s.get(jobs.Run, old)
+        run.status = "succeeded"
+        s.flush()
+        jobs.delete_run(s, run)
+    new = _run(engine)
+    _texts(engine, new, {"n1": "horse"})  # on SQLite it may get the deleted rollout's id
+    assert _page(engine, new, "unicorn")[0] == [] and _page(engine, new, "horse")[0] == ["n1"]

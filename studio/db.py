@@ -51,6 +51,10 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        @event.listens_for(engine, "checkin")
+        def _no_deadline(dbapi_conn, _record):  # noqa: ANN001 - see limit_statements
+            dbapi_conn.set_progress_handler(None, 0)
+
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
 
@@ -70,6 +74,39 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+@event.listens_for(Session, "after_begin")
+def limit_statements(session: Session, _transaction, connection) -> None:  # noqa: ANN001
+    """Sessions made with info={"timeout_s": t} (the API's) give up on a query after t seconds:
+    PostgreSQL cancels the statement (statement_timeout, for this transaction), SQLite interrupts
+    it from a progress handler once the transaction is t seconds old. Either raises
+    OperationalError; a runaway search can no longer keep the database busy after the client left."""
+    timeout_s = session.info.get("timeout_s")
+    if not timeout_s:
+        return
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+    elif connection.dialect.name == "sqlite":
+        deadline = time.monotonic() + timeout_s
+        connection.connection.driver_connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, OperationalError) and ("statement timeout" in text or "interrupted" in text)
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """SQLite: sampled planner statistics (ANALYZE reading ~1,000 rows per index: well under a
+    second at 1M rollouts). Without them SQLite picks, e.g., the (run, step) index for a
+    `correct=true` page. PostgreSQL's autovacuum keeps its own."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
 
 
 @contextmanager

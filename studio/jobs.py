@@ -32,9 +32,20 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from studio import rollout_text
 from studio.broker import TASK_NAMES, get_celery_app
 from studio.db import retrying, session_scope
-from studio.models import ACTIVE_STATUSES, Evaluation, Job, JobKind, JobStatus, Run, WorkerNode, utcnow
+from studio.models import (
+    ACTIVE_STATUSES,
+    Evaluation,
+    Job,
+    JobKind,
+    JobStatus,
+    Rollout,
+    Run,
+    WorkerNode,
+    utcnow,
+)
 from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.jobs")
@@ -396,6 +407,9 @@ def delete_run(session: Session, run: Run) -> None:
     TransitionError while it is active. The caller commits and removes the artefacts."""
     if run.status in ACTIVE_STATUSES:
         raise TransitionError(f"run {run.id} is {run.status}")
+    # SQLite's search index is not a foreign-key child: told explicitly, or a later rollout that
+    # reuses a deleted id would match the deleted text's words
+    rollout_text.forget_search(session.connection(), select(Rollout.id).where(Rollout.run_id == run.id))
     session.delete(run)
 
 

@@ -17,7 +17,7 @@ text (``0.079M``, ``>3.584M`` with `cost_lower_bound`, ``N/A``) next to the numb
 are the run's ``cost/rollouts`` at the evaluated checkpoint.
 
 Measured rows carry their protocol stamp (`protocol`, remix_engine/eval_protocol.py) and the 95%
-interval of their score (`ci_low`, `ci_high`; migration 0005). The query groups rows by protocol and
+interval of their score (`ci_low`, `ci_high`; migration 0006). The query groups rows by protocol and
 ranks them only inside their group (`_ranked_by_protocol`): different protocols are never ranked as
 if equal. Published rows form one group per dataset.
 

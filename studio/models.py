@@ -19,8 +19,10 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, Double, Index, Integer, LargeBinary, Text, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlmodel import Field, SQLModel
+
+from studio.rollout_text import TERMS_INDEX
 
 # Named constraints keep Alembic's SQLite batch mode and later migrations deterministic.
 SQLModel.metadata.naming_convention = {
@@ -34,6 +36,9 @@ SQLModel.metadata.naming_convention = {
 # 64-bit ids on PostgreSQL; SQLite only auto-increments an "INTEGER PRIMARY KEY".
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+# a rollout's search terms: a tsvector on PostgreSQL; SQLite leaves it NULL and indexes them in
+# FTS5 instead (studio/rollout_text.py)
+TermsType = Text().with_variant(TSVECTOR(), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -166,7 +171,10 @@ class Metric(SQLModel, table=True):
     """Long format: one row per (run, key, step). Re-emitted steps upsert onto the same row."""
 
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("run_id", "key", "step"), Index("ix_metrics_run_step", "run_id", "step"))
+    # A series is read as one range of this covering index: without it each point is a row on its
+    # own table page (the sink writes a step's ~60 keys together), 100k page reads for 100 runs.
+    __table_args__ = (UniqueConstraint("run_id", "key", "step"),
+                      Index("ix_metrics_series", "run_id", "key", "step", "value", "rollouts", "elapsed_s"))
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE")
@@ -235,8 +243,13 @@ class Rollout(SQLModel, table=True):
         UniqueConstraint("run_id", "uid"),
         Index("ix_rollouts_run_step_id", "run_id", "step", "id"),
         Index("ix_rollouts_run_group", "run_id", "group_id"),
-        Index("ix_rollouts_run_version", "run_id", "policy_version"),
         Index("ix_rollouts_run_reuse", "run_id", "reuse_count"),
+        # the trace page's filters, each in (step, id) order: a page reads only its own rows
+        Index("ix_rollouts_run_version_step", "run_id", "policy_version", "step", "id"),
+        Index("ix_rollouts_run_correct_step", "run_id", "correct", "step", "id"),
+        Index("ix_rollouts_run_truncated_step", "run_id", "truncated", "step", "id"),
+        # a search walks the run in id order (studio/queries.py rollout_page); SQLite: its id range
+        Index("ix_rollouts_run_id", "run_id", "id"),
     )
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -263,14 +276,19 @@ class Rollout(SQLModel, table=True):
     clipfrac: float | None = Field(default=None, sa_type=Double)  # mean over its uses
     kl_to_behavior: float | None = Field(default=None, sa_type=Double)  # mean over its uses
     wall_time: float = Field(sa_type=Double)
+    # the response's first characters, for the trace list (0007; studio/rollout_text.py)
+    preview: str = Field(default="", sa_type=Text)
 
 
 class RolloutText(SQLModel, table=True):
+    """Prompt and response as one zlib blob, and the search terms (studio/rollout_text.py)."""
+
     __tablename__ = "rollout_texts"
+    __table_args__ = (Index(TERMS_INDEX, "terms", postgresql_using="gin").ddl_if(dialect="postgresql"),)
 
     rollout_id: int = Field(sa_type=BigId, foreign_key="rollouts.id", ondelete="CASCADE", primary_key=True)
-    prompt: str = Field(default="", sa_type=Text)
-    response: str = Field(default="", sa_type=Text)
+    body: bytes = Field(sa_type=LargeBinary)
+    terms: str | None = Field(default=None, sa_type=TermsType)
 
 
 class RolloutUse(SQLModel, table=True):
@@ -326,6 +344,26 @@ class RolloutTokenStats(SQLModel, table=True):
     @staticmethod
     def unpack(payload: bytes) -> dict[str, list]:
         return json.loads(zlib.decompress(payload))
+
+
+class OffPolicyStep(SQLModel, table=True):
+    """Uses of one consuming step and policy age, aggregated by the sink as it writes the uses, so
+    the off-policy view sums ~3 rows per step instead of every use. Sums and counts of the non-NULL
+    values let any step range recombine into exact means."""
+
+    __tablename__ = "offpolicy_steps"
+
+    run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True)
+    step: int = Field(primary_key=True)
+    age: int = Field(primary_key=True)
+    uses: int = Field(default=0)
+    ratio_mean_sum: float | None = Field(default=None, sa_type=Double)
+    ratio_mean_n: int = Field(default=0)
+    ratio_max: float | None = Field(default=None, sa_type=Double)
+    clipfrac_sum: float | None = Field(default=None, sa_type=Double)
+    clipfrac_n: int = Field(default=0)
+    kl_sum: float | None = Field(default=None, sa_type=Double)
+    kl_n: int = Field(default=0)
 
 
 # -------------------------------------------------------------------------------------- evaluations
@@ -411,7 +449,7 @@ class LeaderboardEntry(SQLModel, table=True):
     k: int | None = Field(default=None)
     grader: str | None = Field(default=None, max_length=32)
     mathverify: float | None = Field(default=None, sa_type=Double)
-    # 0005: the protocol stamp of a measured row (remix_engine/eval_protocol.py; NULL when published)
+    # 0006: the protocol stamp of a measured row (remix_engine/eval_protocol.py; NULL when published)
     # and the 95% bootstrap interval of `score` (percent).
     protocol: dict | None = Field(default=None, sa_type=JsonType)
     ci_low: float | None = Field(default=None, sa_type=Double)

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # you want just one of them to do it; running it in several is still safe).
     reaper_enabled: bool = True
 
+    # API requests give up on a database query after this many seconds (503; 0: no limit).
+    query_timeout_s: float = Field(10.0, ge=0)
     # SQLite only: milliseconds a writer waits for the lock before failing.
     sqlite_busy_timeout_ms: int = Field(30000, ge=0)
     # Rows per SQL transaction in the worker's sink (batched off the training hot path).

@@ -28,7 +28,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import ARRAY, String, Table, any_, case, delete, func, literal, select, update
+from sqlalchemy import (
+    ARRAY,
+    String,
+    Table,
+    any_,
+    case,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -42,13 +53,14 @@ from remix_engine.events import (
 )
 from remix_engine.jsonsafe import finite_or_none
 from remix_engine.sinks import Sink
-from studio import jobs
-from studio.db import get_engine, retrying
+from studio import jobs, rollout_text
+from studio.db import get_engine, refresh_statistics, retrying
 from studio.models import (
     Alert,
     Checkpoint,
     LatestMetric,
     Metric,
+    OffPolicyStep,
     Rollout,
     RolloutText,
     RolloutTokenStats,
@@ -58,7 +70,7 @@ from studio.models import (
 
 log = logging.getLogger("remix.sink")
 
-_IN_CHUNK = 500
+_IN_CHUNK = 500  # ids per IN (...) list (SQLite's bound-parameter limit)
 _ALERTS: Table = Alert.__table__
 _METRICS: Table = Metric.__table__
 _LATEST: Table = LatestMetric.__table__
@@ -66,7 +78,15 @@ _CKPTS: Table = Checkpoint.__table__
 _ROLLOUTS: Table = Rollout.__table__
 _TEXTS: Table = RolloutText.__table__
 _USES: Table = RolloutUse.__table__
-_TOKEN_STATS: Table = RolloutTokenStats.__table__  # ids per IN (...) list (SQLite's bound-parameter limit)
+_TOKEN_STATS: Table = RolloutTokenStats.__table__
+_OFFPOLICY: Table = OffPolicyStep.__table__
+_ROWS_PER_INSERT = 500  # rows per multi-row INSERT … RETURNING (19 parameters each; SQLite allows 32,766)
+_ROLLOUT_COLS = ("run_id", "uid", "step", "policy_version", "group_id", "prompt_id", "extracted", "reference", "reward",
+                 "correct", "format_ok", "reason", "length", "truncated", "advantage", "use_count", "reuse_count",
+                 "wall_time", "preview")
+_ROLLOUT_UPDATABLE = tuple(c for c in _ROLLOUT_COLS if c not in ("run_id", "uid", "use_count", "reuse_count"))
+_USE_COLS = ("run_id", "rollout_id", "rollout_uid", "step", "age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
+_ID_CACHE = 200_000  # uid → id of the newest rollouts: their uses (fresh and replayed) need no look-up
 
 
 def _chunks(items: list, n: int = _IN_CHUNK) -> Iterable[list]:
@@ -105,6 +125,7 @@ class SqlSink(Sink):
         self.write_seconds = 0.0  # wall time of the writer's transactions
         self.write_cpu_seconds = 0.0  # CPU time of the writer thread (client side)
         self._dialect = self.engine.dialect.name
+        self._id_of: dict[str, int] = {}  # insertion-ordered: the oldest entries go first
         self._thread = threading.Thread(target=self._writer, name=f"sql-sink-run{run_id}", daemon=True)
         self._closed = False
         self._thread.start()
@@ -141,6 +162,7 @@ class SqlSink(Sink):
 
     def on_end(self, summary: dict[str, Any]) -> None:
         self.flush()
+        refresh_statistics(self.engine)  # a finished run is what the dashboard reads next
 
     def should_stop(self) -> bool:
         self._raise_if_failed()
@@ -251,6 +273,7 @@ class SqlSink(Sink):
                 used = select(_USES.c.rollout_id).where(_USES.c.run_id == self.run_id, _USES.c.step.in_(sorted(use_steps)),
                                                         _USES.c.rollout_id.is_not(None))
                 self._refresh_use_stats(conn, used)
+                self._aggregate_uses(conn, sorted(use_steps))
             if last_step is not None:
                 self._update_counters(conn, last_step)
             conn.commit()
@@ -263,19 +286,30 @@ class SqlSink(Sink):
         return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
 
     def _ids_of(self, conn: Connection, uids: list[str]) -> dict[str, int]:
-        id_of: dict[str, int] = {}
+        """Rollout ids by uid: from the cache of rollouts this sink wrote, else one look-up."""
+        id_of = {uid: self._id_of[uid] for uid in uids if uid in self._id_of}
+        missing = [uid for uid in uids if uid not in id_of]
+        if not missing:
+            return id_of
         if self._dialect == "postgresql":
             # one array parameter: an IN list of hundreds of parameters costs ~20 ms of client-side
             # statement handling per call on psycopg, `= ANY(array)` about 1 ms
-            chunks: Iterable[list[str]] = [uids]
+            chunks: Iterable[list[str]] = [missing]
             match = lambda chunk: _ROLLOUTS.c.uid == any_(literal(chunk, ARRAY(String())))  # noqa: E731
         else:
-            chunks = _chunks(uids)
+            chunks = _chunks(missing)
             match = _ROLLOUTS.c.uid.in_  # noqa: E731
         for chunk in chunks:
             id_of.update({uid: rid for rid, uid in conn.execute(
                 select(_ROLLOUTS.c.id, _ROLLOUTS.c.uid).where(_ROLLOUTS.c.run_id == self.run_id, match(chunk)))})
         return id_of
+
+    def _remember_ids(self, pairs: Iterable[tuple[int, str]]) -> None:
+        for rid, uid in pairs:
+            self._id_of.pop(uid, None)
+            self._id_of[uid] = rid
+        for uid in list(self._id_of)[:max(0, len(self._id_of) - _ID_CACHE)]:
+            del self._id_of[uid]
 
     # ----------------------------------------------------------------------------- row writers
     def _truncate(self, conn: Connection, after_step: int) -> None:
@@ -286,7 +320,10 @@ class SqlSink(Sink):
         conn.execute(delete(_USES).where(_USES.c.run_id == rid, _USES.c.step > after_step))
         conn.execute(delete(_TOKEN_STATS).where(_TOKEN_STATS.c.run_id == rid, _TOKEN_STATS.c.step > after_step))
         doomed = select(_ROLLOUTS.c.id).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step)
+        rollout_text.forget_search(conn, doomed)
         conn.execute(delete(_TEXTS).where(_TEXTS.c.rollout_id.in_(doomed)))
+        conn.execute(delete(_OFFPOLICY).where(_OFFPOLICY.c.run_id == rid, _OFFPOLICY.c.step > after_step))
+        self._id_of.clear()
         conn.execute(delete(_ROLLOUTS).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step))
         conn.execute(delete(_METRICS).where(_METRICS.c.run_id == rid, _METRICS.c.step > after_step))
         conn.execute(delete(_CKPTS).where(_CKPTS.c.run_id == rid, _CKPTS.c.step > after_step))
@@ -311,52 +348,79 @@ class SqlSink(Sink):
                 {"run_id": rid, "key": k, "step": st, "value": v, "wall_time": w} for k, st, v, w in rows])
         jobs.record_progress(conn, run_id=rid, job_id=None, step=max(after_step, 0))
 
+    # The hot paths below send plain SQL through the driver (executemany, or one multi-row
+    # INSERT … RETURNING per chunk): building SQLAlchemy statements and processing parameters per
+    # row cost the writer thread more than the database's own work.
+    def _upsert_sql(self, table: Table, cols: tuple[str, ...], conflict: tuple[str, ...], update: tuple[str, ...],
+                    rows: int = 1, returning: str = "", casts: dict[str, str] | None = None) -> str:
+        mark = "%s" if self._dialect == "postgresql" else "?"
+        one = "(" + ", ".join(f"CAST({mark} AS {casts[c]})" if casts and c in casts else mark for c in cols) + ")"
+        sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES {', '.join([one] * rows)} "
+               f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update))
+        return sql + (f" RETURNING {returning}" if returning else "")
+
     def _write_rollouts(self, conn: Connection, rows: list[RolloutRecord], wall: float) -> int:
-        values = []
-        texts: dict[str, tuple[str, str]] = {}
-        for r in rows:
-            values.append({
-                "run_id": self.run_id, "uid": r.uid, "step": r.step, "policy_version": r.policy_version,
-                "group_id": r.group_id, "prompt_id": r.prompt_id, "extracted": r.extracted,
-                # several accepted answers are stored as their list's text
-                "reference": r.reference if isinstance(r.reference, str) else str(r.reference),
-                "reward": finite_or_none(r.reward), "correct": r.correct, "format_ok": r.format_ok,
-                "reason": r.reason, "length": r.length, "truncated": r.truncated,
-                "advantage": finite_or_none(r.advantage), "use_count": 0, "reuse_count": 0, "wall_time": wall,
-            })
-            texts[r.uid] = (r.prompt, r.response)
-        stmt = self._insert(_ROLLOUTS)
-        updatable = ("step", "policy_version", "group_id", "prompt_id", "extracted", "reference", "reward", "correct",
-                     "format_ok", "reason", "length", "truncated", "advantage", "wall_time")
-        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "uid"],
-                                          set_={c: stmt.excluded[c] for c in updatable})
-        # executemany (a pipeline on psycopg 3) and one id lookup: cheaper than INSERT … RETURNING
-        # over a multi-row VALUES statement, which the driver would parse anew every time.
-        conn.execute(stmt, values)
-        id_of = self._ids_of(conn, list(texts))
-        text_rows = [{"rollout_id": id_of[uid], "prompt": p, "response": r} for uid, (p, r) in texts.items()]
-        if text_rows:
-            tstmt = self._insert(_TEXTS)
-            tstmt = tstmt.on_conflict_do_update(index_elements=["rollout_id"],
-                                                set_={"prompt": tstmt.excluded.prompt, "response": tstmt.excluded.response})
-            conn.execute(tstmt, text_rows)
+        # one statement may not touch a row twice: a uid repeated within the batch keeps its last record
+        by_uid = {r.uid: r for r in rows}
+        rid = self.run_id
+        values = [(
+            rid, r.uid, r.step, r.policy_version, r.group_id, r.prompt_id, r.extracted,
+            # several accepted answers are stored as their list's text
+            r.reference if isinstance(r.reference, str) or r.reference is None else str(r.reference),
+            finite_or_none(r.reward), bool(r.correct), bool(r.format_ok), r.reason, r.length, bool(r.truncated),
+            finite_or_none(r.advantage), 0, 0, wall, rollout_text.preview(r.response),
+        ) for r in by_uid.values()]
+        ids: list[tuple[int, str]] = []
+        # the ids come back with the insert (RETURNING), no second query
+        for chunk in _chunks(values, _ROWS_PER_INSERT):
+            sql = self._upsert_sql(_ROLLOUTS, _ROLLOUT_COLS, ("run_id", "uid"), _ROLLOUT_UPDATABLE, len(chunk), "id, uid")
+            ids += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).all()
+        self._remember_ids(ids)
+        self._write_texts(conn, [(i, by_uid[uid]) for i, uid in ids])
         return len(values)
 
+    def _write_texts(self, conn: Connection, rows: list[tuple[int, RolloutRecord]]) -> None:
+        ids = [rid for rid, _ in rows]
+        # a re-delivered rollout already has a text: FTS5 must forget its old terms first
+        rollout_text.forget_search(conn, ids)
+        docs = [(rid, rollout_text.document(r.prompt, r.response, r.extracted)) for rid, r in rows]
+        bodies = [rollout_text.pack(r.prompt, r.response) for _, r in rows]
+        if self._dialect == "postgresql":
+            self._replace_by_copy(conn, _TEXTS, ("rollout_id", "body", "terms"),
+                                  [(rid, body, rollout_text.tsvector_literal(rollout_text.terms(doc)))
+                                   for (rid, doc), body in zip(docs, bodies, strict=True)],
+                                  "rollout_id = ANY(%s)", (ids,))
+            return
+        conn.exec_driver_sql(self._upsert_sql(_TEXTS, ("rollout_id", "body", "terms"), ("rollout_id",),
+                                              ("body", "terms")),
+                             [(rid, body, None) for rid, body in zip(ids, bodies, strict=True)])
+        rollout_text.index_search(conn, docs)
+
     def _write_uses(self, conn: Connection, rows: list[RolloutUseRecord]) -> int:
-        id_of = self._ids_of(conn, sorted({u.rollout_uid for u in rows}))
-        values = [{
-            "run_id": self.run_id, "rollout_id": id_of.get(u.rollout_uid), "rollout_uid": u.rollout_uid,
-            "step": u.step, "age": u.age, "ratio_mean": finite_or_none(u.ratio_mean),
-            "ratio_max": finite_or_none(u.ratio_max), "clipfrac": finite_or_none(u.clipfrac),
-            "kl_to_behavior": finite_or_none(u.kl_to_behavior),
-        } for u in rows]
-        stmt = self._insert(_USES)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["run_id", "rollout_uid", "step"],
-            set_={c: stmt.excluded[c] for c in ("rollout_id", "age", "ratio_mean", "ratio_max", "clipfrac",
-                                                 "kl_to_behavior")})
-        conn.execute(stmt, values)
+        by_key = {(u.rollout_uid, u.step): u for u in rows}  # a use sent twice in one event: the last one
+        id_of = self._ids_of(conn, sorted({uid for uid, _ in by_key}))
+        rid = self.run_id
+        values = [(rid, id_of.get(u.rollout_uid), u.rollout_uid, u.step, u.age, finite_or_none(u.ratio_mean),
+                   finite_or_none(u.ratio_max), finite_or_none(u.clipfrac), finite_or_none(u.kl_to_behavior))
+                  for u in by_key.values()]
+        if self._dialect == "postgresql":
+            self._replace_by_copy(conn, _USES, _USE_COLS, values,
+                                  "run_id = %s AND step = ANY(%s) AND rollout_uid = ANY(%s)",
+                                  (rid, sorted({u.step for u in by_key.values()}), [uid for uid, _ in by_key]))
+        else:
+            conn.exec_driver_sql(self._upsert_sql(_USES, _USE_COLS, ("run_id", "rollout_uid", "step"),
+                                                  _USE_COLS[4:] + ("rollout_id",)), values)
         return len(values)
+
+    def _replace_by_copy(self, conn: Connection, table: Table, cols: tuple[str, ...], rows: list[tuple],
+                         existing: str, params: tuple) -> None:
+        """PostgreSQL: delete the rows these replace (a re-delivery; usually none), then COPY them
+        in: the upsert's idempotency at COPY's speed."""
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute(f"DELETE FROM {table.name} WHERE {existing}", params)
+            with cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
 
     def _refresh_use_stats(self, conn: Connection, rollout_ids) -> None:  # noqa: ANN001
         """Recompute use/reuse counts and importance statistics of the given rollouts (a list of ids
@@ -373,25 +437,33 @@ class SqlSink(Sink):
             use_count=agg.c.n, reuse_count=agg.c.reused, max_age=agg.c.max_age, ratio_mean=agg.c.rmean,
             ratio_max=agg.c.rmax, clipfrac=agg.c.clip, kl_to_behavior=agg.c.kl))
 
+    def _aggregate_uses(self, conn: Connection, steps: list[int]) -> None:
+        """offpolicy_steps of these consuming steps, recomputed from their uses (so a re-delivered
+        use is counted once)."""
+        u = _USES.c
+        conn.execute(delete(_OFFPOLICY).where(_OFFPOLICY.c.run_id == self.run_id, _OFFPOLICY.c.step.in_(steps)))
+        agg = (select(u.run_id, u.step, u.age, func.count(), func.sum(u.ratio_mean), func.count(u.ratio_mean),
+                      func.max(u.ratio_max), func.sum(u.clipfrac), func.count(u.clipfrac), func.sum(u.kl_to_behavior),
+                      func.count(u.kl_to_behavior))
+               .where(u.run_id == self.run_id, u.step.in_(steps)).group_by(u.run_id, u.step, u.age))
+        conn.execute(_OFFPOLICY.insert().from_select(
+            ["run_id", "step", "age", "uses", "ratio_mean_sum", "ratio_mean_n", "ratio_max", "clipfrac_sum",
+             "clipfrac_n", "kl_sum", "kl_n"], agg))
+
     def _write_metrics(self, conn: Connection, metrics: StepMetrics, wall: float) -> int:
-        step, rollouts = metrics.step, metrics.rollouts
-        values = [{"run_id": self.run_id, "step": step, "key": str(k)[:250], "value": finite_or_none(v),
-                   "rollouts": int(rollouts) if rollouts is not None else None, "elapsed_s": metrics.elapsed_s,
-                   "wall_time": wall} for k, v in metrics.values.items()]
+        step, rid = metrics.step, self.run_id
+        rollouts = int(metrics.rollouts) if metrics.rollouts is not None else None
+        values = [(rid, step, str(k)[:250], finite_or_none(v), rollouts, metrics.elapsed_s, wall)
+                  for k, v in metrics.values.items()]
         if not values:
             return 0
-        stmt = self._insert(_METRICS)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["run_id", "key", "step"],
-            set_={c: stmt.excluded[c] for c in ("value", "rollouts", "elapsed_s", "wall_time")})
-        conn.execute(stmt, values)
-        lstmt = self._insert(_LATEST)
-        lstmt = lstmt.on_conflict_do_update(
-            index_elements=["run_id", "key"],
-            set_={"step": lstmt.excluded.step, "value": lstmt.excluded.value, "wall_time": lstmt.excluded.wall_time},
-            where=_LATEST.c.step <= lstmt.excluded.step)
-        conn.execute(lstmt, [{"run_id": v["run_id"], "key": v["key"], "step": step, "value": v["value"],
-                              "wall_time": wall} for v in values])
+        conn.exec_driver_sql(self._upsert_sql(_METRICS, ("run_id", "step", "key", "value", "rollouts", "elapsed_s",
+                                                         "wall_time"), ("run_id", "key", "step"),
+                                              ("value", "rollouts", "elapsed_s", "wall_time")), values)
+        # latest_metrics never goes back to an older step (a late re-delivery)
+        latest = self._upsert_sql(_LATEST, ("run_id", "key", "step", "value", "wall_time"), ("run_id", "key"),
+                                  ("step", "value", "wall_time")) + " WHERE latest_metrics.step <= excluded.step"
+        conn.exec_driver_sql(latest, [(rid, k, step, v, wall) for rid, step, k, v, _, _, wall in values])
         return len(values)
 
     def _write_checkpoint(self, conn: Connection, step: int, ckpt: CheckpointRecord) -> None:

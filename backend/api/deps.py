@@ -16,12 +16,14 @@ from backend.auth import require_write, token_holder
 from studio.db import get_engine
 from studio.models import Run
 from studio.paths import Refusal
+from studio.settings import get_settings
 
 
 async def get_session() -> AsyncIterator[Session]:
     # The routes close it themselves (SessionReleasingRoute); this closes it on any other path,
     # on the event loop rather than on a thread the routes may be waiting for.
-    with Session(get_engine(), expire_on_commit=False) as session:
+    # Reads end after query_timeout_s (studio.db.limit_statements)
+    with Session(get_engine(), expire_on_commit=False, info={"timeout_s": get_settings().query_timeout_s}) as session:
         yield session
 
 

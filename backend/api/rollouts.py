@@ -9,7 +9,7 @@ import json
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import select
 from sqlmodel import Session
 
 from backend.api.deps import SessionDep, SessionReleasingRoute, errors, get_run_or_404
@@ -24,11 +24,11 @@ from backend.api.schemas import (
 from backend.auth import require_read
 from remix_engine.group_stats import DEGENERATE_NOTE, FORMULAS, GRPO_EPS, group_stats
 from studio import queries
-from studio.models import Rollout, RolloutText, RolloutUse
+from studio.models import Rollout, RolloutUse
 
 router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)], route_class=SessionReleasingRoute)
 
-PREVIEW_CHARS = 240
+MAX_GROUP = 256  # responses of one group shown side by side (a GRPO group has a few to a few dozen)
 
 
 def _encode_cursor(step: int, rid: int, order: str) -> str:
@@ -48,21 +48,14 @@ def _decode_cursor(cursor: str, order: str) -> tuple[int, int]:
     return step, rid
 
 
-def _rollout_out(r: Rollout, text: RolloutText | None, *, full_text: bool, preview: bool = True) -> dict:
+def _rollout_out(r: Rollout, text: tuple[str, str] | None = None) -> dict:
+    """The rollout's fields with its preview, and its prompt and response when `text` is given."""
     data = {c: getattr(r, c) for c in RolloutOut.model_fields if hasattr(r, c) and c not in
             ("prompt", "response", "response_preview")}
+    data["response_preview"] = r.preview
     if text is not None:
-        if full_text:
-            data["prompt"], data["response"] = text.prompt, text.response
-        if preview:
-            resp = text.response or ""
-            data["response_preview"] = resp if len(resp) <= PREVIEW_CHARS else resp[:PREVIEW_CHARS] + "…"
+        data["prompt"], data["response"] = text
     return data
-
-
-def _like(q: str) -> str:
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 @router.get("/runs/{run_id}/rollouts", response_model=RolloutPage, summary="Rollouts of a run (filtered, keyset-paginated)",
@@ -71,7 +64,8 @@ def list_rollouts(
     run_id: int, session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
-    order: Literal["asc", "desc"] = Query("asc", description="by generating step, then id"),
+    order: Literal["asc", "desc"] = Query("asc", description="by generating step, then id (a search: by id, the "
+                                                             "same order within a run)"),
     step_min: int | None = Query(None, description="generated at step ≥"),
     step_max: int | None = Query(None, description="generated at step ≤"),
     policy_version: int | None = None,
@@ -86,7 +80,9 @@ def list_rollouts(
     reward_max: float | None = None,
     group_id: str | None = None,
     prompt_id: str | None = None,
-    q: str | None = Query(None, max_length=200, description="text search in prompt, response and extracted answer"),
+    q: str | None = Query(None, max_length=200, description="words in the prompt, response or extracted answer: "
+                                                             "rollouts holding every word (whole words), "
+                                                             "case-insensitive"),
     include_text: bool = Query(False, description="full prompt and response (otherwise a preview)"),
 ) -> RolloutPage:
     get_run_or_404(session, run_id)
@@ -102,25 +98,14 @@ def list_rollouts(
                        (Rollout.reward, reward), (Rollout.group_id, group_id), (Rollout.prompt_id, prompt_id)):
         if value is not None:
             cond.append(col == value)
-    if q:
-        pattern = _like(q)
-        hits = select(RolloutText.rollout_id).where(or_(RolloutText.response.ilike(pattern, escape="\\"),
-                                                        RolloutText.prompt.ilike(pattern, escape="\\")))
-        cond.append(or_(Rollout.id.in_(hits), Rollout.extracted.ilike(pattern, escape="\\")))
-    count = session.execute(select(func.count()).select_from(Rollout).where(*cond)).scalar_one()
-    page_cond = list(cond)
-    if cursor:
-        step, rid = _decode_cursor(cursor, order)
-        key = tuple_(Rollout.step, Rollout.id)
-        page_cond.append(key > tuple_(step, rid) if order == "asc" else key < tuple_(step, rid))
-    ordering = (Rollout.step.asc(), Rollout.id.asc()) if order == "asc" else (Rollout.step.desc(), Rollout.id.desc())
-    rows = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
-                           .where(*page_cond).order_by(*ordering).limit(limit + 1)).all()
+    after = _decode_cursor(cursor, order) if cursor else None
+    rows, count, capped = queries.rollout_page(session, run_id, cond, q, after, order, limit)
     more = len(rows) > limit
     rows = rows[:limit]
-    data = [RolloutOut(**_rollout_out(r, t, full_text=include_text)) for r, t in rows]
-    next_cursor = _encode_cursor(rows[-1][0].step, rows[-1][0].id, order) if more and rows else None
-    return RolloutPage(data=data, count=count, limit=limit, next_cursor=next_cursor)
+    texts = queries.rollout_texts(session, [r.id for r in rows]) if include_text else {}
+    data = [RolloutOut(**_rollout_out(r, texts.get(r.id) if include_text else None)) for r in rows]
+    next_cursor = _encode_cursor(rows[-1].step, rows[-1].id, order) if more and rows else None
+    return RolloutPage(data=data, count=count, total_capped=capped, limit=limit, next_cursor=next_cursor)
 
 
 def _uses_of(session: Session, rollout_ids: list[int]) -> dict[int, list[RolloutUseOut]]:
@@ -137,34 +122,33 @@ def _uses_of(session: Session, rollout_ids: list[int]) -> dict[int, list[Rollout
 @router.get("/rollouts/{rollout_id}", response_model=RolloutDetail, summary="One rollout with its text and uses",
             responses=errors(404))
 def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
-    row = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
-                          .where(Rollout.id == rollout_id)).first()
-    if row is None:
+    r = session.get(Rollout, rollout_id)
+    if r is None:
         raise HTTPException(404, detail=f"rollout {rollout_id} not found")
-    r, t = row
-    return RolloutDetail(**_rollout_out(r, t, full_text=True, preview=False), uses=_uses_of(session, [r.id])[r.id])
+    text = queries.rollout_texts(session, [r.id]).get(r.id, ("", ""))
+    return RolloutDetail(**_rollout_out(r, text), uses=_uses_of(session, [r.id])[r.id])
 
 
 @router.get("/runs/{run_id}/groups/{group_id}", response_model=GroupOut, responses=errors(404),
             summary="A GRPO group: every response to one prompt at one step, side by side")
 def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
     run = get_run_or_404(session, run_id)
-    rows = session.execute(select(Rollout, RolloutText).outerjoin(RolloutText, RolloutText.rollout_id == Rollout.id)
-                           .where(Rollout.run_id == run_id, Rollout.group_id == group_id)
-                           .order_by(Rollout.uid)).all()
+    rows = session.execute(select(Rollout).where(Rollout.run_id == run_id, Rollout.group_id == group_id)
+                           .order_by(Rollout.uid).limit(MAX_GROUP)).scalars().all()
     if not rows:
         raise HTTPException(404, detail=f"group {group_id!r} not found in run {run_id}")
-    uses = _uses_of(session, [r.id for r, _ in rows])
-    rollouts = [RolloutDetail(**_rollout_out(r, t, full_text=True, preview=False), uses=uses[r.id]) for r, t in rows]
-    stats = group_stats([r.reward for r, _ in rows if r.reward is not None])
+    uses = _uses_of(session, [r.id for r in rows])
+    texts = queries.rollout_texts(session, [r.id for r in rows])
+    rollouts = [RolloutDetail(**_rollout_out(r, texts.get(r.id, ("", ""))), uses=uses[r.id]) for r in rows]
+    stats = group_stats([r.reward for r in rows if r.reward is not None])
     kind = ((run.config or {}).get("actor") or {}).get("advantage")
     formula = FORMULAS.get(kind, "")
     if kind in ("grpo", "drgrpo", "rloo"):
         formula += f"; {DEGENERATE_NOTE}"
-    first, first_text = rows[0]
+    first = rows[0]
     return GroupOut(run_id=run_id, group_id=group_id, step=first.step, policy_version=first.policy_version,
-                    prompt_id=first.prompt_id, prompt=first_text.prompt if first_text else "",
-                    reference=first.reference, size=len(rows), correct=sum(1 for r, _ in rows if r.correct),
+                    prompt_id=first.prompt_id, prompt=texts.get(first.id, ("", ""))[0],
+                    reference=first.reference, size=len(rows), correct=sum(1 for r in rows if r.correct),
                     reward_mean=stats.mean, reward_std=stats.std, zero_variance=stats.degenerate,
                     advantage_kind=kind, advantage_eps=GRPO_EPS if kind == "grpo" else None,
                     advantage_formula=formula, rollouts=rollouts)

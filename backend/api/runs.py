@@ -31,10 +31,12 @@ from backend.api.schemas import (
     JobOut,
     MetricSeries,
     MetricsOut,
+    MultiMetricsOut,
     RunCreate,
     RunDetail,
     RunList,
     RunOut,
+    RunSeries,
     public_path,
     public_value,
 )
@@ -46,6 +48,12 @@ from studio.settings import get_settings
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)],
                    route_class=SessionReleasingRoute)
+
+# Response bounds of the metric endpoints: keys per request, series (runs × keys) per multi-run
+# request, points per response.
+MAX_KEYS = 64
+MAX_SERIES = 200
+MAX_POINTS = 100_000
 
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*)\s*:\s*(.*)$", re.S)
 
@@ -151,11 +159,13 @@ def create_run(body: RunCreate, session: SessionDep, response: Response,
                    idem=idempotency_of(idempotency_key, body), response=response)
 
 
-@router.get("", response_model=RunList, summary="List runs (newest first)")
+@router.get("", response_model=RunList, summary="List runs (newest first), with their latest metrics")
 def list_runs(session: SessionDep, full: FullView,
               status_: str | None = Query(None, alias="status", description="comma-separated: queued,running,..."),
               algorithm: str | None = Query(None, description="comma-separated algorithms"),
               parent_run_id: int | None = None,
+              metrics: str | None = Query(None, description=f"comma-separated metric keys (at most {MAX_KEYS}): "
+                                                            "each run's latest value of them, in latest_metrics"),
               limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> RunList:
     cond = []
     if status_:
@@ -167,9 +177,38 @@ def list_runs(session: SessionDep, full: FullView,
     count = session.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
     rows = session.execute(select(Run).where(*cond).order_by(Run.created_at.desc(), Run.id.desc())
                            .limit(limit).offset(offset)).scalars().all()
+    keys = _keys(metrics, MAX_KEYS)
+    latest = queries.latest_metrics(session, [r.id for r in rows], keys) if keys else {}
     counts = alert_counts(session, (r.id for r in rows))
-    return RunList(data=[RunOut(**RunOut.fields_of(r, full), alerts=counts.get(r.id, AlertCounts())) for r in rows],
+    return RunList(data=[RunOut(**RunOut.fields_of(r, full), latest_metrics=latest.get(r.id, {}),
+                                alerts=counts.get(r.id, AlertCounts())) for r in rows],
                    count=count, limit=limit, offset=offset)
+
+
+@router.get("/metrics", response_model=MultiMetricsOut, responses=errors((422, "too many runs × keys")),
+            summary="Metric series of several runs in one request (the compare page), downsampled like one run's")
+def get_runs_metrics(session: SessionDep,
+                     runs: str = Query(..., description=f"comma-separated run ids (at most {MAX_SERIES})"),
+                     keys: str = Query(..., description="comma-separated metric keys"),
+                     x: Literal["step", "rollouts", "time"] = Query("step"),
+                     max_points: int = Query(200, ge=10, le=2000, description="upper bound on points per series"),
+                     step_min: int | None = None, step_max: int | None = None) -> MultiMetricsOut:
+    try:
+        run_ids = list(dict.fromkeys(int(r) for r in runs.split(",") if r.strip()))
+    except ValueError:
+        raise HTTPException(422, detail="runs: comma-separated integers") from None
+    wanted = _keys(keys, MAX_KEYS) or []
+    if len(run_ids) * len(wanted) > MAX_SERIES:
+        raise HTTPException(422, detail=f"runs × keys: at most {MAX_SERIES} series per request "
+                                        f"(got {len(run_ids)} × {len(wanted)})")
+    found = set(session.execute(select(Run.id).where(Run.id.in_(run_ids))).scalars()) if run_ids else set()
+    per_series = max(10, min(max_points, MAX_POINTS // max(1, len(run_ids) * len(wanted))))
+    series = queries.metric_series(session, [r for r in run_ids if r in found], wanted, x, per_series,
+                                   step_min, step_max)
+    return MultiMetricsOut(x=x, max_points=per_series, keys=wanted,
+                           runs=[RunSeries(run_id=rid, series=[MetricSeries(**s) for s in ser])
+                                 for rid, ser in series.items()],
+                           missing_run_ids=[r for r in run_ids if r not in found])
 
 
 @router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints",
@@ -243,20 +282,31 @@ def metric_keys(run_id: int, session: SessionDep) -> list[str]:
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsOut,
-            summary="Metric series, downsampled in SQL (min and max of every bucket are kept)",
+            summary="Metric series, downsampled (min and max of every bucket are kept)",
             responses=errors(404))
 def get_metrics(run_id: int, session: SessionDep,
-                keys: str | None = Query(None, description="comma-separated metric keys (default: all)"),
+                keys: str | None = Query(None, description=f"comma-separated metric keys (default: the first "
+                                                           f"{MAX_KEYS} in name order; keys_capped says so)"),
                 x: Literal["step", "rollouts", "time"] = Query(
                     "step", description="x axis: training step, rollouts generated so far, or training seconds"),
                 max_points: int = Query(1000, ge=10, le=20000, description="upper bound on points per series"),
                 step_min: int | None = None, step_max: int | None = None) -> MetricsOut:
     get_run_or_404(session, run_id)
-    if keys:
-        wanted = [k.strip() for k in keys.split(",") if k.strip()]
-    else:
+    wanted = _keys(keys, MAX_KEYS + 1)
+    if wanted is None:
         wanted = list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)
-                                      .order_by(LatestMetric.key)).scalars())
-    series = [MetricSeries(**s) for s in queries.downsample_metrics(session, run_id, wanted, x, max_points,
-                                                                          step_min, step_max)]
-    return MetricsOut(run_id=run_id, x=x, max_points=max_points, keys=wanted, series=series)
+                                      .order_by(LatestMetric.key).limit(MAX_KEYS + 1)).scalars())
+    capped = len(wanted) > MAX_KEYS
+    wanted = wanted[:MAX_KEYS]
+    # points in all stay under MAX_POINTS: a wide request gets fewer points per series
+    per_series = max(10, min(max_points, MAX_POINTS // max(1, len(wanted))))
+    series = queries.metric_series(session, [run_id], wanted, x, per_series, step_min, step_max)[run_id]
+    return MetricsOut(run_id=run_id, x=x, max_points=per_series, keys=wanted, keys_capped=capped,
+                      series=[MetricSeries(**s) for s in series])
+
+
+def _keys(raw: str | None, cap: int) -> list[str] | None:
+    """Comma-separated keys, deduplicated, at most `cap` (None: none given)."""
+    if raw is None:
+        return None
+    return list(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))[:cap]

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from studio import paths
 from studio.models import Job, Run, as_utc
+from studio.queries import COUNT_CAP, SEARCH_COUNT_CAP
 
 ERROR_DETAIL = "the full error text (with the traceback); only for requests with a valid token"
 
@@ -136,6 +137,8 @@ class RunOut(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     alerts: AlertCounts = Field(default_factory=AlertCounts, description="health alerts: still firing, and all")
+    latest_metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="in lists: the latest value of each key asked for with ?metrics=")
 
     @classmethod
     def fields_of(cls, run: Run, full: bool) -> dict[str, Any]:
@@ -199,9 +202,23 @@ class MetricSeries(BaseModel):
 class MetricsOut(BaseModel):
     run_id: int
     x: str
+    max_points: int = Field(description="points per series at most (lowered when many keys are asked for)")
+    keys: list[str]
+    keys_capped: bool = Field(False, description="the run has more keys than one request returns: ask by name")
+    series: list[MetricSeries]
+
+
+class RunSeries(BaseModel):
+    run_id: int
+    series: list[MetricSeries]
+
+
+class MultiMetricsOut(BaseModel):
+    x: str
     max_points: int
     keys: list[str]
-    series: list[MetricSeries]
+    runs: list[RunSeries]
+    missing_run_ids: list[int] = Field(default_factory=list, description="asked for but not found")
 
 
 class RolloutUseOut(BaseModel):
@@ -269,7 +286,10 @@ class TokenLensOut(BaseModel):
 
 class RolloutPage(BaseModel):
     data: list[RolloutOut]
-    count: int = Field(description="rollouts matching the filters (all pages)")
+    count: int | None = Field(description=f"rollouts matching the filters (all pages), at most {COUNT_CAP:,} "
+                                          f"({SEARCH_COUNT_CAP:,} with a search; see total_capped); null on "
+                                          "cursor pages")
+    total_capped: bool = Field(False, description="more match than `count` says: it is a lower bound")
     limit: int
     next_cursor: str | None = Field(description="pass as ?cursor= to get the next page; null on the last page")
 

@@ -102,7 +102,9 @@ export async function request(path, { method = "GET", params, body, signal } = {
 // ------------------------------------------------------------------------------------ endpoints
 export const health = () => request("/health");
 
-export const listRuns = (params = {}) => request("/runs", { params });
+/** params.metrics: array of metric keys; each run then carries their latest values in latest_metrics. */
+export const listRuns = ({ metrics, ...params } = {}) =>
+  request("/runs", { params: metrics ? { ...params, metrics: metrics.join(",") } : params });
 export const getRun = (id) => request(`/runs/${id}`);
 export const createRun = (body) => request("/runs", { method: "POST", body });
 export const cancelRun = (id) => request(`/runs/${id}/cancel`, { method: "POST" });
@@ -114,6 +116,10 @@ export const metricKeys = (id) => request(`/runs/${id}/metrics/keys`);
 /** keys: array of metric names; x: "step" | "rollouts" | "time". */
 export const metrics = (id, keys, x = "step", maxPoints = 500) =>
   request(`/runs/${id}/metrics`, { params: { keys: keys.join(","), x, max_points: maxPoints } });
+
+/** Several runs' series in one request: {runs: [{run_id, series}], missing_run_ids}. */
+export const runsMetrics = (ids, keys, x = "step", maxPoints = 500) =>
+  request("/runs/metrics", { params: { runs: ids.join(","), keys: keys.join(","), x, max_points: maxPoints } });
 
 export const listRollouts = (id, params = {}) => request(`/runs/${id}/rollouts`, { params });
 export const getRollout = (rolloutId) => request(`/rollouts/${rolloutId}`);

@@ -15,7 +15,6 @@ const state = {
   runs: [],
   count: 0,
   limit: PAGE,
-  details: new Map(), // run id -> {updated_at, latest_metrics}
   selected: new Set(),
   sort: { key: "created_at", dir: "desc" },
   loaded: false,
@@ -34,7 +33,7 @@ const COLUMNS = [
 ];
 
 function latest(run, key) {
-  return state.details.get(run.id)?.latest_metrics?.[key] ?? null;
+  return run.latest_metrics?.[key] ?? null;
 }
 
 function sortValue(run, key) {
@@ -75,33 +74,16 @@ function readUrl() {
 }
 
 // ------------------------------------------------------------------------------------ data
-async function fetchDetails(runs) {
-  const stale = runs.filter((r) => state.details.get(r.id)?.updated_at !== r.updated_at);
-  const queue = stale.slice();
-  async function worker() {
-    while (queue.length) {
-      const run = queue.shift();
-      try {
-        const d = await api.getRun(run.id);
-        state.details.set(run.id, { updated_at: d.updated_at, latest_metrics: d.latest_metrics || {} });
-      } catch {
-        /* shown as "—"; the next refresh retries */
-      }
-    }
-  }
-  await Promise.all([worker(), worker(), worker()]);
-}
-
 async function refresh() {
   const f = filters();
   try {
-    const page = await api.listRuns({ status: f.status, algorithm: f.algorithm, limit: state.limit });
+    // the latest accuracy and reward of every run come with the list (one request per refresh)
+    const page = await api.listRuns({ status: f.status, algorithm: f.algorithm, limit: state.limit,
+                                      metrics: [ACC_KEY, REWARD_KEY] });
     state.runs = page.data;
     state.count = page.count;
     state.error = null;
     state.loaded = true;
-    render();
-    await fetchDetails(page.data);
     render();
   } catch (err) {
     state.error = err;
@@ -208,7 +190,7 @@ function render() {
   // Skip identical re-renders (the list is polled): keeps focus and hover where the user left them.
   const signature = JSON.stringify([state.runs.map((r) => [r.id, r.updated_at, r.status, r.alerts?.firing, r.alerts?.total]), state.count, state.loaded,
     String(state.error), [...state.selected], state.sort, Object.values(filters()),
-    state.runs.map((r) => state.details.get(r.id)?.updated_at), Math.floor(Date.now() / 30000)]);
+    state.runs.map((r) => r.latest_metrics), Math.floor(Date.now() / 30000)]);
   if (signature === lastSignature) return;
   lastSignature = signature;
   const box = $("#runs-table");

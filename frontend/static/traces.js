@@ -20,6 +20,7 @@ const state = {
   run: null,
   rows: [],
   count: 0,
+  capped: false,
   cursor: null,
   selected: null, // rollout id
   loading: false,
@@ -121,7 +122,10 @@ async function loadList({ append = false } = {}) {
     const page = await api.listRollouts(runId, params);
     if (gen !== state.generation) return;
     state.rows = append ? state.rows.concat(page.data) : page.data;
-    state.count = page.count;
+    if (!append) { // cursor pages do not count again
+      state.count = page.count;
+      state.capped = page.total_capped;
+    }
     state.cursor = page.next_cursor;
     renderList();
   } catch (err) {
@@ -136,8 +140,10 @@ async function loadList({ append = false } = {}) {
 function renderList() {
   const f = readFilters();
   const box = $("#trace-list");
-  $("#trace-count").textContent = `${num(state.count)} rollout${state.count === 1 ? "" : "s"} match` +
-    (state.rows.length < state.count ? ` · showing ${num(state.rows.length)}` : "");
+  // past the server's cap the count is a lower bound: "10,000+ rollouts match"
+  $("#trace-count").textContent = `${num(state.count)}${state.capped ? "+" : ""} rollout` +
+    `${state.count === 1 && !state.capped ? "" : "s"} match` +
+    (state.rows.length < state.count || state.capped ? ` · showing ${num(state.rows.length)}` : "");
   if (!state.rows.length) {
     const run = state.run;
     if (hasFilters(f)) {

@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 
 import studio.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from studio.db import make_engine
+from studio.migrate import include_object
 from studio.settings import get_settings, normalise_database_url
 
 config = context.config
@@ -24,6 +25,7 @@ def _configure(connection) -> None:  # noqa: ANN001
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object,
     )
 
 

@@ -11,12 +11,15 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
-from sqlmodel import SQLModel
+from sqlalchemy import inspect, select, text
+from sqlmodel import Session, SQLModel
 
 import studio.models  # noqa: F401
+from studio import queries
 from studio.db import make_engine
-from studio.migrate import alembic_config, current_revision, head_revision, upgrade_database
+from studio.migrate import alembic_config, current_revision, head_revision, include_object, upgrade_database
+from studio.models import Rollout
+from studio.rollout_text import SEARCH_TABLE, TERMS_INDEX
 from studio.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -45,7 +48,7 @@ def settings(request, tmp_path: Path):
 
 def _diff(engine) -> list:  # noqa: ANN001
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include_object})
         return compare_metadata(ctx, SQLModel.metadata)
 
 
@@ -58,7 +61,13 @@ def test_migrations_match_models_and_downgrade(settings: Settings) -> None:
         assert upgrade_database(settings, engine) == head_revision()
         tables = set(inspect(engine).get_table_names())
         assert {"runs", "jobs", "metrics", "latest_metrics", "checkpoints", "rollouts", "rollout_texts",
-                "rollout_uses", "evaluations", "eval_samples", "leaderboard_entries", "workers"} <= tables
+                "rollout_uses", "evaluations", "eval_samples", "leaderboard_entries", "workers",
+                "offpolicy_steps"} <= tables
+        # the search index each dialect has beside the models (include_object leaves them out of _diff)
+        if engine.dialect.name == "sqlite":
+            assert SEARCH_TABLE in tables
+        else:
+            assert TERMS_INDEX in {i["name"] for i in inspect(engine).get_indexes("rollout_texts")}
         cfg = alembic_config(settings.sqlalchemy_url)
         with engine.connect() as conn:
             cfg.attributes["connection"] = conn
@@ -67,5 +76,54 @@ def test_migrations_match_models_and_downgrade(settings: Settings) -> None:
             assert current_revision(conn) is None
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         assert upgrade_database(settings, engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0004_moves_texts_into_the_new_layout_and_back(settings: Settings) -> None:
+    """0007 (after 0005, 0006) on a database with rollouts: texts become blobs with previews and search terms, uses
+    are aggregated into offpolicy_steps; the downgrade brings the texts back."""
+    engine = make_engine(settings.sqlalchemy_url)
+    long = "Wait, let me check that again. " * 20
+    try:
+        assert upgrade_database(settings, engine, revision="0004_job_phase") == "0004_job_phase"
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO runs (name, preset, algorithm, config, request, status, cancel_requested, "
+                              "steps_total, steps_done, rollouts_generated, tokens_generated, elapsed_s, created_at, "
+                              "updated_at) VALUES ('old', 'toy', 'remix-grpo', '{}', '{}', 'succeeded', false, 2, 2, "
+                              "2, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            run_id = conn.execute(text("SELECT max(id) FROM runs")).scalar_one()
+            for i, (prompt, response) in enumerate([("Compute 2+2.", long), ("Name a prime.", "Seven is prime.")]):
+                conn.execute(text("INSERT INTO rollouts (run_id, uid, step, policy_version, group_id, prompt_id, "
+                                  "extracted, correct, format_ok, length, truncated, use_count, reuse_count, wall_time) "
+                                  "VALUES (:run, :uid, :step, :step, 'g', 'p', 'x', true, true, 5, false, 1, 0, 0)"),
+                             {"run": run_id, "uid": f"u{i}", "step": i + 1})
+                rid = conn.execute(text("SELECT max(id) FROM rollouts")).scalar_one()
+                conn.execute(text("INSERT INTO rollout_texts (rollout_id, prompt, response) VALUES (:r, :p, :t)"),
+                             {"r": rid, "p": prompt, "t": response})
+                conn.execute(text("INSERT INTO rollout_uses (run_id, rollout_id, rollout_uid, step, age, ratio_mean, "
+                                  "clipfrac) VALUES (:run, :r, :uid, :step, 0, 1.5, 0.25)"),
+                             {"run": run_id, "r": rid, "uid": f"u{i}", "step": i + 1})
+        assert upgrade_database(settings, engine) == head_revision()
+        assert _diff(engine) == []
+        with Session(engine) as s:
+            ids = {r.uid: r.id for r in s.execute(select(Rollout).where(Rollout.run_id == run_id)).scalars()}
+            assert queries.rollout_texts(s, list(ids.values())) == {
+                ids["u0"]: ("Compute 2+2.", long), ids["u1"]: ("Name a prime.", "Seven is prime.")}
+            assert s.get(Rollout, ids["u1"]).preview == "Seven is prime."
+            assert s.get(Rollout, ids["u0"]).preview == long[:240] + "…"
+            cond = [Rollout.run_id == run_id]
+            assert [r.uid for r in queries.rollout_page(s, run_id, cond, "prime", None, "asc", 50)[0]] == ["u1"]
+            assert [r.uid for r in queries.rollout_page(s, run_id, cond, "check", None, "asc", 50)[0]] == ["u0"]
+            off = queries.offpolicy(s, run_id)
+            assert [(b["step"], b["uses"]) for b in off["reuse_by_step"]] == [(1, 1), (2, 1)]
+            assert off["by_age"][0]["ratio_mean"] == 1.5 and off["by_age"][0]["clipfrac"] == 0.25
+        cfg = alembic_config(settings.sqlalchemy_url)
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004_job_phase")
+            conn.commit()
+            back = conn.execute(text("SELECT prompt, response FROM rollout_texts ORDER BY rollout_id")).all()
+        assert [tuple(r) for r in back] == [("Compute 2+2.", long), ("Name a prime.", "Seven is prime.")]
     finally:
         engine.dispose()

@@ -1,38 +1,73 @@
 """The dashboard's analytic SQL (studio/queries.py), called without HTTP, on rows that the real SQL
-sink (worker/sink.py) wrote from trainer events into a SQLite database brought up by the migrations."""
+sink (worker/sink.py) wrote from trainer events into a database brought up by the migrations
+(SQLite, and PostgreSQL where REMIX_TEST_BACKENDS names it, as in tests/integration)."""
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
+from pathlib import Path
+
 import pytest
+from sqlalchemy import case, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from remix_engine.events import RolloutRecord, RolloutUseRecord
-from studio import jobs, queries
-from studio.db import make_engine, session_scope
+from studio import jobs, queries, rollout_text
+from studio.db import is_timeout, make_engine, session_scope
 from studio.migrate import upgrade_database
+from studio.models import Rollout, RolloutUse
 from studio.settings import Settings
 from worker.sink import SqlSink
 
+_tmp = []
 
-@pytest.fixture
-def engine(tmp_path):
-    settings = Settings(data_dir=tmp_path, database_url=None)
+
+def tmp_dir() -> str:
+    import tempfile
+
+    _tmp.append(tempfile.mkdtemp(prefix="remix-q-"))
+    return _tmp[-1]
+
+
+PG_ADMIN_URL = os.environ.get("REMIX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = [b.strip() for b in os.environ.get("REMIX_TEST_BACKENDS", "embedded,postgres").split(",") if b.strip()]
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request, tmp_path):
+    url = None
+    if request.param == "postgres":
+        psycopg = pytest.importorskip("psycopg")
+        name = f"remix_q_{uuid.uuid4().hex[:10]}"
+        try:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.OperationalError:
+            pytest.skip("no PostgreSQL at REMIX_TEST_POSTGRES_URL")
+        url = f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
+    settings = Settings(data_dir=tmp_path, database_url=url)
     eng = make_engine(settings.sqlalchemy_url)
     upgrade_database(settings, eng)
     yield eng
     eng.dispose()
+    if url:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _run(engine) -> int:
     with session_scope(engine) as s:
         run, _ = jobs.create_run_with_job(s, name="q", cfg_dict={"preset": "toy", "algorithm": "remix-grpo"},
-                                          request={}, settings=Settings(data_dir=engine.url.database + ".d"))
+                                          request={}, settings=Settings(data_dir=Path(tmp_dir())))
         return run.id
 
 
-def _rollout(uid: str, step: int, reward: float = 1.0) -> RolloutRecord:
+def _rollout(uid: str, step: int, reward: float = 1.0, response: str = "</think> \\boxed{2}") -> RolloutRecord:
     return RolloutRecord(uid=uid, step=step, policy_version=step, group_id=f"g{step}", prompt_id="p",
-                         prompt="Compute 1+1.", response="</think> \\boxed{2}", extracted="2", reference="2",
+                         prompt="Compute 1+1.", response=response, extracted="2", reference="2",
                          reward=reward, correct=reward > 0, format_ok=True, reason="correct", length=5,
                          truncated=False, advantage=0.5)
 
@@ -76,8 +111,8 @@ def test_downsampling_keeps_each_buckets_extremes_and_both_ends(engine):
     run_id = _run(engine)
     _write(engine, run_id, 60)
     with Session(engine) as s:
-        full = queries.downsample_metrics(s, run_id, ["critic/score/mean"], "step", 1000)[0]
-        small = queries.downsample_metrics(s, run_id, ["critic/score/mean", "cost/rollouts"], "rollouts", 12)
+        full = queries.metric_series(s, [run_id], ["critic/score/mean"], "step", 1000)[run_id][0]
+        small = queries.metric_series(s, [run_id], ["critic/score/mean", "cost/rollouts"], "rollouts", 12)[run_id]
     assert full["total"] == 60 and not full["downsampled"] and full["step"] == list(range(1, 61))
     score, cost = small
     assert score["downsampled"] and len(score["y"]) <= 12 + 2
@@ -93,3 +128,137 @@ def test_cost_at_step_reads_the_runs_cumulative_rollouts(engine):
     with Session(engine) as s:
         assert queries.cost_at_step(s, run_id, 2) == 16
         assert queries.cost_at_step(s, run_id, 99) is None
+
+
+# ------------------------------------------------------------------------------------------ issue 17
+def _page(engine, run_id: int, q: str | None = None, after=None, limit: int = 50, **filters):  # noqa: ANN001
+    cond = [Rollout.run_id == run_id] + [getattr(Rollout, k) == v for k, v in filters.items()]
+    with Session(engine) as s:
+        rows, count, capped = queries.rollout_page(s, run_id, cond, q, after, "asc", limit)
+    return [r.uid for r in rows], count, capped
+
+
+def _texts(engine, run_id: int, texts: dict[str, str], step: int = 1, resumed_from: int | None = None) -> None:
+    sink = SqlSink(run_id, engine=engine)
+    sink.on_start({"resumed_from": resumed_from})
+    sink.on_rollouts(step, [_rollout(uid, step, response=t) for uid, t in texts.items()])
+    sink.close()
+
+
+def test_search_finds_whole_words_in_this_run_only_and_every_word(engine):
+    a, b = _run(engine), _run(engine)
+    _texts(engine, a, {"a1": "Wait, let me check: 3*4 = 12.", "a2": "So the answer is 12.", "a3": "wait... WAITING"})
+    _texts(engine, b, {"b1": "wait here too"})
+    assert _page(engine, a, "wait")[0] == ["a1", "a3"], "whole words, case-insensitive, not run b's"
+    assert _page(engine, a, "WAITING")[0] == ["a3"] and _page(engine, a, "wai")[0] == []
+    assert _page(engine, a, "answer 12")[0] == ["a2"], "every word must occur"
+    assert _page(engine, a, "compute")[0] == ["a1", "a2", "a3"], "the prompt is searched too"
+    assert _page(engine, a, "nothing")[0] == [] and _page(engine, b, "wait")[0] == ["b1"]
+    assert _page(engine, a, "  ...  ")[0] == ["a1", "a2", "a3"], "no word: no search"
+    assert _page(engine, a, "wait", limit=1)[0] == ["a1", "a3"], "limit + 1 rows: the caller sees a next page"
+    with Session(engine) as s:
+        a1 = s.execute(select(Rollout.id).where(Rollout.uid == "a1")).scalar_one()
+    assert _page(engine, a, "wait", after=(1, a1))[0] == ["a3"], "a cursor continues after the last hit"
+
+
+def test_search_forgets_texts_a_resume_deleted_or_a_redelivery_replaced(engine):
+    run_id = _run(engine)
+    _texts(engine, run_id, {"r1": "alpha"}, step=1)
+    _texts(engine, run_id, {"r2": "beta"}, step=2, resumed_from=1)
+    sink = SqlSink(run_id, engine=engine)  # a re-delivered step 2 with another text
+    sink.on_start({"resumed_from": 1})
+    sink.on_rollouts(2, [_rollout("r2", 2, response="gamma")])
+    sink.on_rollouts(2, [_rollout("r2", 2, response="delta")])
+    sink.close()
+    assert _page(engine, run_id, "beta")[0] == [] and _page(engine, run_id, "gamma")[0] == []
+    assert _page(engine, run_id, "delta")[0] == ["r2"] and _page(engine, run_id, "alpha")[0] == ["r1"]
+
+
+def test_counts_stop_at_the_cap_and_say_so(engine, monkeypatch):
+    run_id = _run(engine)
+    _texts(engine, run_id, {f"r{i}": "same words" for i in range(5)})
+    assert _page(engine, run_id)[1:] == (5, False)
+    monkeypatch.setattr(queries, "COUNT_CAP", 3)
+    monkeypatch.setattr(queries, "SEARCH_COUNT_CAP", 2)
+    assert _page(engine, run_id)[1:] == (3, True)
+    assert _page(engine, run_id, "words")[1:] == (2, True)
+    assert _page(engine, run_id, after=(1, 0))[1:] == (None, False), "cursor pages do not count again"
+
+
+def test_metric_series_of_several_runs_in_one_query(engine):
+    a, b = _run(engine), _run(engine)
+    _write(engine, a, 5)
+    _write(engine, b, 3)
+    with Session(engine) as s:
+        out = queries.metric_series(s, [a, b], ["cost/rollouts", "missing/key"], "step", 100)
+    assert [ser["step"] for ser in out[a]] == [[1, 2, 3, 4, 5], []]
+    assert out[b][0]["y"] == [8.0, 16.0, 24.0] and out[b][1]["total"] == 0
+    with Session(engine) as s:
+        latest = queries.latest_metrics(s, [a, b], ["cost/rollouts"])
+    assert latest == {a: {"cost/rollouts": 40.0}, b: {"cost/rollouts": 24.0}}
+
+
+def _offpolicy_from_uses(s: Session, run_id: int) -> tuple[list, list]:
+    """What the off-policy view computed from every use per request before issue 17."""
+    u = RolloutUse
+    per_step = s.execute(select(u.step, func.count(), func.sum(case((u.age > 0, 1), else_=0)))
+                         .where(u.run_id == run_id).group_by(u.step).order_by(u.step)).all()
+    per_age = s.execute(select(u.age, func.count(), func.avg(u.ratio_mean), func.max(u.ratio_max), func.avg(u.clipfrac),
+                               func.avg(u.kl_to_behavior)).where(u.run_id == run_id).group_by(u.age).order_by(u.age)).all()
+    return ([(st, n, int(rep)) for st, n, rep in per_step],
+            [(a, n, pytest.approx(rm), pytest.approx(rx), pytest.approx(cf), pytest.approx(kl))
+             for a, n, rm, rx, cf, kl in per_age])
+
+
+def test_preaggregated_offpolicy_equals_the_per_use_computation(engine):
+    run_id = _run(engine)
+    _write(engine, run_id, 9)
+    sink = SqlSink(run_id, engine=engine)  # a resume from step 5 that re-sends steps 6..9 differently
+    sink.on_start({"resumed_from": 5})
+    for t in range(6, 10):
+        sink.on_rollouts(t, [_rollout(f"r{t}", t)])
+        sink.on_rollout_uses(t, [_use(f"r{t}", t, 0, 0.9, 0.1), _use(f"r{t - 2}", t, 2, 1.5, 0.25)])
+    sink.close()
+    with Session(engine) as s:
+        out = queries.offpolicy(s, run_id)
+        steps, ages = _offpolicy_from_uses(s, run_id)
+    assert [(b["step"], b["uses"], b["replayed"]) for b in out["reuse_by_step"]] == steps
+    assert [(b["age"], b["count"], b["ratio_mean"], b["ratio_max"], b["clipfrac"], b["kl_to_behavior"])
+            for b in out["by_age"]] == ages
+
+
+def test_rollout_text_is_compressed_and_comes_back_exactly(engine):
+    run_id = _run(engine)
+    long = "Wait — let me re-check: ∑ k² = n(n+1)(2n+1)/6. " * 80
+    _texts(engine, run_id, {"r1": long})
+    with Session(engine) as s:
+        rid = s.execute(select(Rollout.id).where(Rollout.run_id == run_id)).scalar_one()
+        preview = s.get(Rollout, rid).preview
+        assert queries.rollout_texts(s, [rid]) == {rid: ("Compute 1+1.", long)}
+    assert preview == long[:rollout_text.PREVIEW_CHARS] + "…"
+    assert len(rollout_text.pack("Compute 1+1.", long)) < len(long.encode()) / 10
+    assert rollout_text.unpack(rollout_text.pack("", "")) == ("", "")
+
+
+def test_api_sessions_give_up_on_a_slow_query(engine):
+    slow = ("SELECT pg_sleep(2)" if engine.dialect.name == "postgresql" else
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) SELECT count(*) FROM n")
+    t0 = time.monotonic()
+    with Session(engine, info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
+        s.execute(text(slow))
+    assert is_timeout(err.value) and time.monotonic() - t0 < 1.5
+    with Session(engine) as s:  # the connection went back to the pool without the limit
+        assert s.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_a_deleted_runs_texts_leave_the_search_index(engine):
+    old = _run(engine)
+    _texts(engine, old, {"o1": "unicorn"})
+    with session_scope(engine) as s:
+        run = s.get(jobs.Run, old)
+        run.status = "succeeded"
+        s.flush()
+        jobs.delete_run(s, run)
+    new = _run(engine)
+    _texts(engine, new, {"n1": "horse"})  # on SQLite it may get the deleted rollout's id
+    assert _page(engine, new, "unicorn")[0] == [] and _page(engine, new, "horse")[0] == ["n1"]

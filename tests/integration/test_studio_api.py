@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from studio_harness import Deployment, assert_every_step_once, fast_config, fresh_per_step, wait_for
 
+from studio.rollout_text import words
+
 pytestmark = pytest.mark.integration
 
 
@@ -209,13 +211,13 @@ def test_submit_train_read_back(deployment: Deployment) -> None:
     assert deployment.all_rollouts(run_id, reward_min=0.5) == [r for r in rows if r["reward"] >= 0.5]
     truncated = c.get(f"/runs/{run_id}/rollouts", params={"truncated": True}).json()["count"]
     assert truncated == sum(1 for r in rows if r["truncated"])
-    # text search finds a rollout by a piece of its response
+    # text search finds a rollout by a word of its response (whole words, studio/rollout_text.py)
     full = c.get(f"/runs/{run_id}/rollouts", params={"limit": 50, "include_text": True}).json()["data"]
-    target = next(r for r in full if len(r["response"].strip()) >= 6)
-    needle = target["response"].strip()[:6]
+    target = next(r for r in full if words(r["response"]))
+    needle = words(target["response"])[-1].upper()
     found = deployment.all_rollouts(run_id, q=needle, include_text=True)
     assert target["uid"] in {r["uid"] for r in found}
-    assert all(needle.lower() in (r["response"] + r["prompt"] + (r["extracted"] or "")).lower() for r in found)
+    assert all(needle.lower() in words(f"{r['prompt']}\n{r['response']}\n{r['extracted'] or ''}") for r in found)
     assert c.get(f"/runs/{run_id}/rollouts", params={"cursor": "garbage"}).status_code == 400
 
     # one rollout with its uses; a replayed one has a use with age > 0

@@ -52,7 +52,7 @@ def toy_run(context, studio, screenshot) -> int:
         page.click("#token-button")
         page.fill("#token-input", studio.token)
         page.click("#token-save")
-        assert page.text_content("#token-button").strip() == "API token ✓"
+        page.wait_for_function("() => document.querySelector('#token-button').textContent.trim() === 'API token ✓'")
 
         page.fill("#f-name", "browser toy remix")
         page.select_option("#f-algorithm", "remix-grpo")

@@ -27,12 +27,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 
+from backend.api.deps import API_PREFIX
 from studio.db import is_timeout
 from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.api")
-
-API_PREFIX = "/api/v1"
 
 
 class Reaper:

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import case, func, select
 from sqlmodel import Session
 
-from backend.api.deps import SessionDep, SessionReleasingRoute, errors, get_run_or_404
+from backend.api.deps import API_PREFIX, SessionDep, SessionReleasingRoute, errors, get_run_or_404
 from backend.api.schemas import AlertCounts, AlertLinks, AlertOut
-from backend.app import API_PREFIX
 from backend.auth import require_read
 from remix_engine.alerts import RULES
 from studio.models import Alert

@@ -30,6 +30,7 @@ async def get_session() -> AsyncIterator[Session]:
 # Writes (submit, cancel, retry, delete, import) wait for one of a few slots on the event loop
 # before they take an API thread: a burst of submissions, which serialise on the database's write
 # lock anyway, then cannot occupy every thread and starve the dashboard's reads.
+API_PREFIX = "/api/v1"  # where the routers are mounted (backend/app.py); links in responses start with it
 WRITE_SLOTS = 4
 _write_slots: asyncio.Semaphore | None = None
 

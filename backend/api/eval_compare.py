@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from sqlalchemy import select
 from sqlmodel import Session
 
-from backend.api.deps import FullView, SessionDep, SessionReleasingRoute, errors
+from backend.api.deps import API_PREFIX, FullView, SessionDep, SessionReleasingRoute, errors
 from backend.api.schemas import public_value
 from backend.auth import require_read
 from remix_engine.eval_paired import NotComparable, paired_comparison
@@ -31,7 +31,6 @@ from studio.models import EvalSample, Evaluation, Job, JobKind, JobStatus
 router = APIRouter(prefix="/evaluations", tags=["evaluations"], dependencies=[Depends(require_read)],
                    route_class=SessionReleasingRoute)
 
-API_PREFIX = "/api/v1"
 
 
 def _unprocessable(field: str, msg: str) -> HTTPException:

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --progress-bar off -e ".[$(EXTRAS)]"  # one line per package: visible progress
 	touch $@
 
-# Serves at once; the first toy run's job computes and caches the warm start (3.5–5 minutes once on
+# Serves at once; the first toy run's job computes and caches the warm start (about 3 minutes once on
 # 2 cores, measured), shown on its run page with an ETA. `make prepare` builds it ahead of time.
 studio: setup
 	$(BIN)/remix studio

@@ -10,6 +10,7 @@ and the warm start alone (from the job's phase lines). Run it from the repositor
 
     .venv/bin/python benchmarks/first_run.py                 # empty cache in a temporary folder
     .venv/bin/python benchmarks/first_run.py --keep-cache    # the user's cache (a second start)
+    .venv/bin/python benchmarks/first_run.py --set warm_start.steps=450   # another quick-demo override
 
 The install (`make setup`) is not included: time it with `time make setup` on a fresh clone.
 """
@@ -46,7 +47,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep-cache", action="store_true", help="use the user's warm-start cache (default: an empty one)")
     ap.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another override of the quick-demo run (repeatable), e.g. a variant to time beside the default")
     args = ap.parse_args()
+    overrides = dict(QUICK_DEMO)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = value
 
     root = Path(tempfile.mkdtemp(prefix="remix-first-run-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMIX_")}
@@ -82,7 +89,7 @@ def main() -> int:
                 mark("/health ok (worker online)")
             if run_id is None and "/health ok (worker online)" in marks:
                 token = (root / "data" / "api_token").read_text().strip()
-                body = {"config": {"preset": "toy", "algorithm": "remix-grpo", "steps": 20, "overrides": QUICK_DEMO}}
+                body = {"config": {"preset": "toy", "algorithm": "remix-grpo", "steps": 20, "overrides": overrides}}
                 r = httpx.post(f"{api}/runs", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
                 r.raise_for_status()
                 run_id = r.json()["id"]

@@ -568,7 +568,7 @@ def test_token_lens_colours_each_token_with_the_api_values(page, studio, toy_run
     studio.wait_run(toy_run, lambda r: r["status"] == "succeeded", 300, "finish")
     replayed = studio.api.get(f"/runs/{toy_run}/rollouts", params={"reuse_min": 1, "limit": 1}).json()["data"][0]
     lens = studio.api.get(f"/rollouts/{replayed['id']}/tokens").json()
-    assert len(lens["tokens"]) == replayed["length"] and [u["age"] for u in lens["uses"]][:2] == [0, 1]
+    assert len(lens["tokens"]) == replayed["length"] and lens["uses"][0]["age"] == 0 and lens["uses"][1]["age"] >= 1
 
     page.goto(f"/traces/{toy_run}?rollout={replayed['id']}")
     page.wait_for_selector("#token-text .tok")
@@ -582,7 +582,7 @@ def test_token_lens_colours_each_token_with_the_api_values(page, studio, toy_run
 
     # default: the importance ratio at the first (fresh) use — 1 everywhere (behaviour log-probs recomputed)
     assert values() == pytest.approx(lens["uses"][0]["ratios"])
-    page.select_option("#lens-use", "1")  # the replay one step later
+    page.select_option("#lens-use", "1")  # its first replay
     replay = lens["uses"][1]
     assert values() == pytest.approx(replay["ratios"])
     assert [c for _, _, c in shown()] == [bool(c) for c in replay["clipped"]]  # clipped tokens are outlined

@@ -9,6 +9,12 @@ HTML and PNG: accuracy vs cumulative rollouts, and response length vs step for r
 0.1…0.5 of plain Mix-PPG (the paper's "whipping effect"; first seed only; the share of "w/o all
 three" reuses that run). Re-running a command reuses its finished runs and resumes interrupted
 ones, so a stopped study continues where it was. docs/results.md has the command behind its table.
+
+    python benchmarks/ablation.py --study beta --betas 1 0.1 0.01 0.001 --seeds 0 1 2 --output runs/beta
+
+`--study beta` is the KL-Convex sweep (issue 19): full remix-ppo against remix-ppo with
+`remix.kl_convex=false` at each KL weight β (`actor.kl_coef`), every seed, the same budget. It
+prints, per β, the final pass@1 of both, their paired difference per seed, the KL terms and λ.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ STUDY = [
     (MIX_PPG_LABEL, "remix-ppo", MIX_PPG),
 ]
 WHIP_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5)
+BETAS = (1.0, 0.1, 0.01, 0.001)
 
 
 def _slug(label: str) -> str:
@@ -91,12 +98,19 @@ def main() -> None:
     ap.add_argument("--no-whip", action="store_true", help="skip the replay-share sweep")
     ap.add_argument("--set", action="append", default=[], help="override applied to every run")
     ap.add_argument("--remix-set", action="append", default=[], help="override applied to the remix-* runs only")
+    ap.add_argument("--study", choices=("table3", "beta"), default="table3",
+                    help="table3: the eight configurations and the replay-share sweep; beta: the KL-Convex sweep")
+    ap.add_argument("--betas", type=float, nargs="+", default=list(BETAS),
+                    help="(--study beta) KL weights, trained in this order")
     args = ap.parse_args()
     common = dict(parse_override(o) for o in args.set)
     remix_common = dict(parse_override(o) for o in args.remix_set)
     # Enough steps for the slowest spender (Phase-1 ReMix generates 60% of a batch per step).
     budget = {"trainer.max_rollouts": args.budget, "trainer.steps": 10_000}
     out = Path(args.output)
+    if args.study == "beta":
+        beta_study(args, {**common, **budget, **remix_common}, out)
+        return
 
     specs = [RunSpec(_slug(label), algo, seed,
                      {**common, **budget, **(remix_common if algo.startswith("remix-") else {}), **extra})
@@ -143,6 +157,38 @@ def main() -> None:
             for share, res in whip.items()]))
     for path in write_figures(study, whip, out):
         print("wrote", path)
+
+
+def beta_study(args: argparse.Namespace, overrides: dict, out: Path) -> None:
+    """Full remix-ppo vs w/o KL-Convex at each β; seeds paired (same warm start, same data order)."""
+    specs = [RunSpec(f"beta{beta:g}_{arm}", "remix-ppo", seed,
+                     {**overrides, "actor.kl_coef": beta, **({} if arm == "klc_on" else OFF_KLC)})
+             for beta in args.betas for arm in ("klc_on", "klc_off") for seed in args.seeds]
+    results = {(r.spec.label, r.spec.seed): r for r in run_all(specs, out, jobs=args.jobs)}
+    rows, per_seed = [], []
+    for beta in args.betas:
+        on = [results[(f"beta{beta:g}_klc_on", s)] for s in args.seeds]
+        off = [results[(f"beta{beta:g}_klc_off", s)] for s in args.seeds]
+        diff = [a.final - b.final for a, b in zip(on, off, strict=True)]
+        same = sum(a.curve == b.curve for a, b in zip(on, off, strict=True))
+        rows.append([
+            f"{beta:g}", mean_std([r.final for r in on]), mean_std([r.final for r in off]), mean_std(diff),
+            f"{same}/{len(on)}", f"{statistics.fmean(r.rollouts for r in on):.0f}",
+            f"{statistics.fmean(r.mean_of('actor/kl_anchor') for r in on):.2e}",
+            f"{statistics.fmean(r.mean_of('actor/kl_convex') for r in on):.2e}",
+            f"{statistics.fmean(r.mean_of('actor/kl_anchor') for r in off):.2e}",
+            f"{statistics.fmean(r.mean_of('actor/kl_lambda', last=1) for r in on):.2f}",
+        ])
+        per_seed.append(f"  β = {beta:g}: " + ", ".join(
+            f"seed {a.spec.seed}: on " + "/".join(f"{acc:.3f}" for _, acc in a.curve)
+            + " · off " + "/".join(f"{acc:.3f}" for _, acc in b.curve) for a, b in zip(on, off, strict=True)))
+    header = ["β (actor.kl_coef)", "final pass@1, KL-Convex on", "off", "on − off (paired)",
+              "identical curves", "rollouts / run", "KL to anchor (on)", "KL-Convex term (on)",
+              "KL to anchor (off)", "λ at the end"]
+    print(f"\nKL-Convex vs β, remix-ppo on the toy preset, budget {args.budget} rollouts, seeds {args.seeds}\n")
+    print(markdown_table(header, rows))
+    print("\nper seed, held-out pass@1 at each evaluation:")
+    print("\n".join(per_seed))
 
 
 if __name__ == "__main__":

@@ -55,10 +55,12 @@ def _preset_defaults() -> dict:
         return {"steps": c.warm_start.steps, "batch": c.warm_start.batch_size, "lr": c.warm_start.lr,
                 "heldout": c.data.heldout_size, "temperature": c.rollout.temperature,
                 "max_new_tokens": c.rollout.max_new_tokens, "prompts": c.rollout.prompts_per_step,
-                "group": c.rollout.group_size, "rl_lr": c.actor.lr, "max_prompt_tokens": c.data.max_prompt_tokens}
+                "group": c.rollout.group_size, "rl_lr": c.actor.lr, "max_prompt_tokens": c.data.max_prompt_tokens,
+                "processes": c.warm_start.processes}
     except ImportError:  # e.g. a machine without pydantic: the preset's values at the time of writing
         return {"steps": 300, "batch": 64, "lr": 3e-3, "heldout": 200, "temperature": 1.0, "max_new_tokens": 96,
-                "prompts": 16, "group": 8, "rl_lr": 3e-4, "max_prompt_tokens": 64}
+                "prompts": 16, "group": 8, "rl_lr": 3e-4, "max_prompt_tokens": 64,
+                "processes": 1}
 
 
 def prompt_ids_for(tokenizer, problems, max_prompt_tokens: int) -> list[list[int]]:
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rl-lr", type=float, default=d["rl_lr"])
     ap.add_argument("--rl-eval-every", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--processes", type=int, default=d["processes"],
+                    help="data-parallel warm-start processes (same weights for the toy batch shape)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="", help="prefix for every output line (parallel sweeps)")
     ap.add_argument("--json", default=None, help="append one JSON line per configuration to this file")
@@ -256,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
 
             if steps:
                 stats = train_on_demonstrations(model, tokenizer, steps=steps, batch_size=args.batch, lr=args.lr,
-                                                seed=seed, demo_mix=mix, callback=probe if args.eval_at else None)
+                                                seed=seed, demo_mix=mix, callback=probe if args.eval_at else None,
+                                                processes=args.processes)
                 loss = sum(stats["loss"][-20:]) / len(stats["loss"][-20:])
                 secs = stats["seconds"]
             else:

@@ -206,6 +206,9 @@ class WarmStartConfig(_Section):
     steps: int = Field(300, ge=0, le=1_000_000, description="Supervised steps on the toy task's demonstrations (0 = none).")
     batch_size: int = Field(64, ge=1, le=65_536, description="Demonstrations per warm-start step.")
     lr: float = Field(3e-3, gt=0, le=1, description="Warm-start learning rate.")
+    processes: int = Field(1, ge=1, le=64, description="Data-parallel CPU processes for the warm start (capped at "
+                                                        "the machine's cores); the weights do not depend on it up "
+                                                        "to float rounding (bitwise for the toy preset's 2).")
     cache_dir: str | None = Field(None, description="Where the warm-started weights are cached when "
                                                     "$REMIX_CACHE_DIR is not set; null = "
                                                     "~/.cache/remix-studio/warmstart.")
@@ -321,7 +324,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # One thread: the ~1M-parameter model gains nothing from more, and on 2 shared cores a second
         # thread made generation 20x slower (measured: 0.7 s vs 16.7 s for 128 responses under load).
         "trainer": {"torch_threads": 1},
-        "warm_start": {"steps": 700, "batch_size": 32},
+        "warm_start": {"steps": 700, "batch_size": 32, "processes": 2},
     },
     "r1-distill-1.5b": _PAPER_COMMON | {
         "model": _PAPER_COMMON["model"] | {"name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},

@@ -162,6 +162,57 @@ def test_warm_start_trains_then_hits_the_cache(tmp_path, monkeypatch):
     assert torch.equal(model.lm_head.weight, trained.lm_head.weight)
 
 
+def test_warm_start_micro_batches_give_the_whole_batch_gradient():
+    """The length-sorted micro-batches only skip padding: loss and gradient are the padded batch's."""
+    import random
+
+    from remix_engine import toy
+
+    tok = build_toy_tokenizer()
+    problems = toy.toy_problems("train", 2 * warmstart.MICRO_BATCH + 3, seed=5)
+    batch = warmstart.demo_batch(tok, problems, random.Random(0), warmstart.DEMO_MIX)
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert lengths.min() < lengths.max()  # there is padding to skip
+    model = build_toy_model(tok, seed=0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    whole = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                              batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    whole.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss = warmstart._accumulate_gradient(model, batch)
+    assert loss == pytest.approx(whole.item(), rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_data_parallel_warm_start_gives_the_same_weights_and_stops_on_cancel():
+    """Two ranks on the toy batch shape (two micro-batches) end bitwise where one process does; a
+    callback that raises (a cancel) stops both ranks."""
+    import psutil
+
+    tok = build_toy_tokenizer()
+    train = {"steps": 3, "batch_size": 2 * warmstart.MICRO_BATCH, "lr": 3e-3, "seed": 0}
+    one, two = build_toy_model(tok, seed=0), build_toy_model(tok, seed=0)
+    alone = warmstart.train_on_demonstrations(one, tok, **train)
+    seen: list[int] = []
+    together = warmstart.train_on_demonstrations(two, tok, processes=2, callback=lambda step, _: seen.append(step),
+                                                 **train)
+    assert seen == [1, 2, 3] and together["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+    def cancel(step: int, _loss: float) -> None:
+        if step == 2:
+            raise warmstart.StopRequested("cancelled")
+
+    with pytest.raises(warmstart.StopRequested):
+        warmstart.train_on_demonstrations(build_toy_model(tok, seed=0), tok, processes=2, callback=cancel,
+                                          **{**train, "steps": 50})
+    ranks = [c for c in psutil.Process().children(recursive=True) if "remix_engine.warmstart" in " ".join(c.cmdline())]
+    assert ranks == []  # the rank process is gone, not left training
+
+
 def test_warm_start_cache_key_and_corrupt_entry(tmp_path):
     tok = build_toy_tokenizer()
     model = build_toy_model(tok, seed=0)

@@ -370,19 +370,22 @@ class SqlSink(Sink):
             finite_or_none(r.reward), bool(r.correct), bool(r.format_ok), r.reason, r.length, bool(r.truncated),
             finite_or_none(r.advantage), 0, 0, wall, rollout_text.preview(r.response),
         ) for r in by_uid.values()]
+        # ids only grow, so a returned id at or below the largest before the insert is a re-delivery
+        newest_before = conn.exec_driver_sql(f"SELECT max(id) FROM {_ROLLOUTS.name}").scalar() or 0
         ids: list[tuple[int, str]] = []
         # the ids come back with the insert (RETURNING), no second query
         for chunk in _chunks(values, _ROWS_PER_INSERT):
             sql = self._upsert_sql(_ROLLOUTS, _ROLLOUT_COLS, ("run_id", "uid"), _ROLLOUT_UPDATABLE, len(chunk), "id, uid")
             ids += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).all()
         self._remember_ids(ids)
-        self._write_texts(conn, [(i, by_uid[uid]) for i, uid in ids])
+        self._write_texts(conn, [(i, by_uid[uid]) for i, uid in ids], [i for i, _ in ids if i <= newest_before])
         return len(values)
 
-    def _write_texts(self, conn: Connection, rows: list[tuple[int, RolloutRecord]]) -> None:
+    def _write_texts(self, conn: Connection, rows: list[tuple[int, RolloutRecord]], redelivered: list[int]) -> None:
         ids = [rid for rid, _ in rows]
         # a re-delivered rollout already has a text: FTS5 must forget its old terms first
-        rollout_text.forget_search(conn, ids)
+        if redelivered:
+            rollout_text.forget_search(conn, redelivered)
         docs = [(rid, rollout_text.document(r.prompt, r.response, r.extracted)) for rid, r in rows]
         bodies = [rollout_text.pack(r.prompt, r.response) for _, r in rows]
         if self._dialect == "postgresql":
@@ -407,9 +410,11 @@ class SqlSink(Sink):
             self._replace_by_copy(conn, _USES, _USE_COLS, values,
                                   "run_id = %s AND step = ANY(%s) AND rollout_uid = ANY(%s)",
                                   (rid, sorted({u.step for u in by_key.values()}), [uid for uid, _ in by_key]))
-        else:
-            conn.exec_driver_sql(self._upsert_sql(_USES, _USE_COLS, ("run_id", "rollout_uid", "step"),
-                                                  _USE_COLS[4:] + ("rollout_id",)), values)
+        else:  # multi-row statements: executemany runs one statement per use
+            for chunk in _chunks(values, _ROWS_PER_INSERT):
+                conn.exec_driver_sql(self._upsert_sql(_USES, _USE_COLS, ("run_id", "rollout_uid", "step"),
+                                                      _USE_COLS[4:] + ("rollout_id",), len(chunk)),
+                                     tuple(v for row in chunk for v in row))
         return len(values)
 
     def _replace_by_copy(self, conn: Connection, table: Table, cols: tuple[str, ...], rows: list[tuple],

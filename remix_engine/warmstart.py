@@ -146,7 +146,8 @@ def train_on_demonstrations(
     the steps run data-parallel (see `_train_in_processes`).
     """
     train = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "demo_mix": demo_mix}
-    processes = min(processes, os.cpu_count() or 1, -(-batch_size // MICRO_BATCH))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = min(processes, cores, -(-batch_size // MICRO_BATCH))  # a rank needs a core and a micro-batch
     if processes > 1:
         return _train_in_processes(model, tokenizer, processes, callback, train)
     return _train_loop(model, tokenizer, callback=callback, **train)
@@ -240,7 +241,10 @@ def _train_in_processes(model, tokenizer, processes: int, callback: Callable[[in
     are bitwise those of one process; with more they differ only in the order of float sums.
     `callback` runs here, as in one process; if it raises (a cancel), the other ranks are killed."""
     started = time.perf_counter()
-    store = dist.TCPStore("127.0.0.1", 0, processes, True, timeout=_RANK_TIMEOUT, wait_for_workers=False)
+    store = dist.TCPStore("127.0.0.1", 0, processes, True, timeout=_JOIN_TIMEOUT, wait_for_workers=False)
+    # the ranks import this package from where this process did, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
     children: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="remix-warmstart-") as tmp:
         job = Path(tmp) / "job.pt"
@@ -248,7 +252,7 @@ def _train_in_processes(model, tokenizer, processes: int, callback: Callable[[in
                     "tokenizer": tokenizer, "train": train, "parent": os.getpid()}, job)
         try:
             children = [subprocess.Popen([sys.executable, "-m", "remix_engine.warmstart", str(job), str(rank),
-                                          str(processes), str(store.port)]) for rank in range(1, processes)]
+                                          str(processes), str(store.port)], env=env) for rank in range(1, processes)]
             stats = _train_loop(model, tokenizer, callback=callback, group=_gloo_group(store, 0, processes),
                                 rank=0, world=processes, **train)
             for child in children:
@@ -262,7 +266,8 @@ def _train_in_processes(model, tokenizer, processes: int, callback: Callable[[in
     return {**stats, "seconds": time.perf_counter() - started}  # with the ranks' start-up
 
 
-_RANK_TIMEOUT = timedelta(seconds=300)
+_JOIN_TIMEOUT = timedelta(seconds=120)  # for a rank process to start (import torch) and connect
+_RANK_TIMEOUT = timedelta(seconds=300)  # for one collective
 
 
 def _gloo_group(store, rank: int, world: int):  # noqa: ANN001, ANN202
@@ -276,7 +281,7 @@ def _rank_main(job_path: str, rank: int, world: int, port: int) -> None:
     """Rank `rank` (≥ 1) of `_train_in_processes`."""
     torch.set_num_threads(1)
     job = torch.load(job_path, weights_only=False)  # written by our parent a moment ago
-    store = dist.TCPStore("127.0.0.1", port, world, False, timeout=_RANK_TIMEOUT)
+    store = dist.TCPStore("127.0.0.1", port, world, False, timeout=_JOIN_TIMEOUT)
     model = job["model_class"](job["config"])
     model.load_state_dict(job["state"], strict=False)
     if model.config.tie_word_embeddings:

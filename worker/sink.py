@@ -359,6 +359,18 @@ class SqlSink(Sink):
                f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update))
         return sql + (f" RETURNING {returning}" if returning else "")
 
+    def _upsert_rows(self, conn: Connection, table: Table, cols: tuple[str, ...], conflict: tuple[str, ...],
+                     update: tuple[str, ...], rows: list[tuple], where: str = "") -> None:
+        """Upsert many rows: multi-row statements on SQLite (its executemany runs one statement per
+        row); psycopg's executemany pipelines, which beats planning a multi-row statement."""
+        suffix = f" WHERE {where}" if where else ""
+        if self._dialect != "sqlite":
+            conn.exec_driver_sql(self._upsert_sql(table, cols, conflict, update) + suffix, rows)
+            return
+        for chunk in _chunks(rows, _ROWS_PER_INSERT):
+            conn.exec_driver_sql(self._upsert_sql(table, cols, conflict, update, len(chunk)) + suffix,
+                                 tuple(v for row in chunk for v in row))
+
     def _write_rollouts(self, conn: Connection, rows: list[RolloutRecord], wall: float) -> int:
         # one statement may not touch a row twice: a uid repeated within the batch keeps its last record
         by_uid = {r.uid: r for r in rows}
@@ -410,11 +422,9 @@ class SqlSink(Sink):
             self._replace_by_copy(conn, _USES, _USE_COLS, values,
                                   "run_id = %s AND step = ANY(%s) AND rollout_uid = ANY(%s)",
                                   (rid, sorted({u.step for u in by_key.values()}), [uid for uid, _ in by_key]))
-        else:  # multi-row statements: executemany runs one statement per use
-            for chunk in _chunks(values, _ROWS_PER_INSERT):
-                conn.exec_driver_sql(self._upsert_sql(_USES, _USE_COLS, ("run_id", "rollout_uid", "step"),
-                                                      _USE_COLS[4:] + ("rollout_id",), len(chunk)),
-                                     tuple(v for row in chunk for v in row))
+        else:
+            self._upsert_rows(conn, _USES, _USE_COLS, ("run_id", "rollout_uid", "step"), _USE_COLS[4:] + ("rollout_id",),
+                              values)
         return len(values)
 
     def _replace_by_copy(self, conn: Connection, table: Table, cols: tuple[str, ...], rows: list[tuple],
@@ -462,13 +472,13 @@ class SqlSink(Sink):
                   for k, v in metrics.values.items()]
         if not values:
             return 0
-        conn.exec_driver_sql(self._upsert_sql(_METRICS, ("run_id", "step", "key", "value", "rollouts", "elapsed_s",
-                                                         "wall_time"), ("run_id", "key", "step"),
-                                              ("value", "rollouts", "elapsed_s", "wall_time")), values)
+        values = list({row[2]: row for row in values}.values())  # keys cut to 250 characters may collide
+        self._upsert_rows(conn, _METRICS, ("run_id", "step", "key", "value", "rollouts", "elapsed_s", "wall_time"),
+                          ("run_id", "key", "step"), ("value", "rollouts", "elapsed_s", "wall_time"), values)
         # latest_metrics never goes back to an older step (a late re-delivery)
-        latest = self._upsert_sql(_LATEST, ("run_id", "key", "step", "value", "wall_time"), ("run_id", "key"),
-                                  ("step", "value", "wall_time")) + " WHERE latest_metrics.step <= excluded.step"
-        conn.exec_driver_sql(latest, [(rid, k, step, v, wall) for rid, step, k, v, _, _, wall in values])
+        self._upsert_rows(conn, _LATEST, ("run_id", "key", "step", "value", "wall_time"), ("run_id", "key"),
+                          ("step", "value", "wall_time"), [(r, k, st, v, w) for r, st, k, v, _, _, w in values],
+                          where="latest_metrics.step <= excluded.step")
         return len(values)
 
     def _write_checkpoint(self, conn: Connection, step: int, ckpt: CheckpointRecord) -> None:

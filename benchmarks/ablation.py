@@ -57,7 +57,6 @@ def _slug(label: str) -> str:
 def write_figures(study: dict[str, list[RunResult]], whip: dict[float, RunResult], out: Path) -> list[Path]:
     import plotly.graph_objects as go
 
-    written: list[Path] = []
     acc = go.Figure()
     for label, results in study.items():
         # mean curve over seeds at each evaluation index (all seeds share the eval schedule)
@@ -74,7 +73,13 @@ def write_figures(study: dict[str, list[RunResult]], whip: dict[float, RunResult
         length.add_trace(go.Scatter(x=steps, y=lens, mode="lines", name=f"Mix-PPG p={share}"))
     length.update_layout(title="Response length vs step for replay shares (plain Mix-PPG, toy preset)",
                          xaxis_title="step", yaxis_title="mean response tokens", template="plotly_white")
-    for name, fig in (("accuracy_vs_rollouts", acc), ("response_length_vs_step", length)):
+    return save_figures({"accuracy_vs_rollouts": acc, "response_length_vs_step": length}, out)
+
+
+def save_figures(figures: dict, out: Path, size: tuple[int, int] = (1000, 560)) -> list[Path]:
+    """Each figure as a standalone HTML file and, where kaleido finds a Chromium, a PNG."""
+    written: list[Path] = []
+    for name, fig in figures.items():
         html = out / f"{name}.html"
         fig.write_html(html, include_plotlyjs=True)
         written.append(html)
@@ -82,11 +87,55 @@ def write_figures(study: dict[str, list[RunResult]], whip: dict[float, RunResult
             if shutil.which("chromium") and "BROWSER_PATH" not in os.environ:
                 os.environ["BROWSER_PATH"] = shutil.which("chromium")
             png = out / f"{name}.png"
-            fig.write_image(png, width=1000, height=560)
+            fig.write_image(png, width=size[0], height=size[1])
             written.append(png)
         except Exception as exc:  # kaleido needs a Chromium; the HTML is still written
             print(f"PNG export skipped for {name}: {exc}")
     return written
+
+
+def write_beta_figures(arms: dict[float, tuple[list[RunResult], list[RunResult]]], out: Path) -> list[Path]:
+    """Final pass@1 against β (mean ± std over seeds), and per β the mean held-out curve and the KL
+    to the anchor against step, KL-Convex on (solid) and off (dashed)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    def mean_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float]]:
+        by_step: dict[int, list[float]] = {}
+        for r in runs:
+            for row in r.rows:
+                if key in row:
+                    by_step.setdefault(row["step"], []).append(row[key])
+        steps = sorted(s for s, v in by_step.items() if len(v) == len(runs))
+        return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+    betas = sorted(arms)
+    final = go.Figure()
+    for i, (arm, dash) in enumerate((("KL-Convex on", None), ("KL-Convex off", "dash"))):
+        finals = [[r.final for r in arms[b][i]] for b in betas]
+        final.add_trace(go.Scatter(
+            x=betas, y=[statistics.fmean(f) for f in finals], name=arm, mode="lines+markers", line={"dash": dash},
+            error_y={"type": "data", "array": [statistics.stdev(f) if len(f) > 1 else 0 for f in finals]}))
+    final.update_layout(title="Final held-out pass@1 vs β (remix-ppo, toy; mean ± std over seeds)",
+                        xaxis={"type": "log", "title": "β (actor.kl_coef)"}, yaxis_title="greedy pass@1",
+                        template="plotly_white")
+    curves = make_subplots(rows=2, cols=len(betas), subplot_titles=[f"β = {b:g}" for b in betas], shared_xaxes=True,
+                           vertical_spacing=0.12)
+    for col, beta in enumerate(betas, start=1):
+        for i, (arm, dash) in enumerate((("on", None), ("off", "dash"))):
+            for row, key, color in ((1, "eval/heldout/pass@1", "#1f77b4"), (2, "actor/kl_anchor", "#d62728")):
+                steps, ys = mean_curve(arms[beta][i], key)
+                curves.add_trace(go.Scatter(x=steps, y=ys, mode="lines", line={"dash": dash, "color": color},
+                                            name=f"{key.split('/')[-1]}, KL-Convex {arm}",
+                                            showlegend=col == 1), row=row, col=col)
+        curves.update_yaxes(type="log", row=2, col=col)
+    curves.update_yaxes(title_text="held-out pass@1", row=1, col=1)
+    curves.update_yaxes(title_text="KL to the anchor", row=2, col=1)
+    curves.update_xaxes(title_text="step", row=2)
+    curves.update_layout(title="KL-Convex on (solid) vs off (dashed): accuracy and KL to the anchor, mean over seeds",
+                         template="plotly_white")
+    return (save_figures({"beta_final_accuracy": final}, out)
+            + save_figures({"beta_curves": curves}, out, size=(1400, 700)))
 
 
 def main() -> None:
@@ -165,10 +214,10 @@ def beta_study(args: argparse.Namespace, overrides: dict, out: Path) -> None:
                      {**overrides, "actor.kl_coef": beta, **({} if arm == "klc_on" else OFF_KLC)})
              for beta in args.betas for arm in ("klc_on", "klc_off") for seed in args.seeds]
     results = {(r.spec.label, r.spec.seed): r for r in run_all(specs, out, jobs=args.jobs)}
+    arms = {beta: ([results[(f"beta{beta:g}_klc_on", s)] for s in args.seeds],
+                   [results[(f"beta{beta:g}_klc_off", s)] for s in args.seeds]) for beta in args.betas}
     rows, per_seed = [], []
-    for beta in args.betas:
-        on = [results[(f"beta{beta:g}_klc_on", s)] for s in args.seeds]
-        off = [results[(f"beta{beta:g}_klc_off", s)] for s in args.seeds]
+    for beta, (on, off) in arms.items():
         diff = [a.final - b.final for a, b in zip(on, off, strict=True)]
         same = sum(a.curve == b.curve for a, b in zip(on, off, strict=True))
         rows.append([
@@ -189,6 +238,8 @@ def beta_study(args: argparse.Namespace, overrides: dict, out: Path) -> None:
     print(markdown_table(header, rows))
     print("\nper seed, held-out pass@1 at each evaluation:")
     print("\n".join(per_seed))
+    for path in write_beta_figures(arms, out):
+        print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -383,7 +383,9 @@ class SqlSink(Sink):
             finite_or_none(r.advantage), 0, 0, wall, rollout_text.preview(r.response),
         ) for r in by_uid.values()]
         # ids only grow, so a returned id at or below the largest before the insert is a re-delivery
-        newest_before = conn.exec_driver_sql(f"SELECT max(id) FROM {_ROLLOUTS.name}").scalar() or 0
+        # (only SQLite's FTS5 needs to know: PostgreSQL keeps the terms in the text's own row)
+        newest_before = (conn.exec_driver_sql(f"SELECT max(id) FROM {_ROLLOUTS.name}").scalar() or 0
+                         if self._dialect == "sqlite" else 0)
         ids: list[tuple[int, str]] = []
         # the ids come back with the insert (RETURNING), no second query
         for chunk in _chunks(values, _ROWS_PER_INSERT):

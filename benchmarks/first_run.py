@@ -30,6 +30,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from remix_engine.config import parse_override  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 # The dashboard's quick-demo settings (frontend/static/new_run.js) for remix-grpo, 20 steps.
 QUICK_DEMO = {"rollout.prompts_per_step": 8, "rollout.group_size": 4, "rollout.max_new_tokens": 64,
@@ -50,10 +53,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another override of the quick-demo run (repeatable), e.g. a variant to time beside the default")
     args = ap.parse_args()
-    overrides = dict(QUICK_DEMO)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = value
+    overrides = {**QUICK_DEMO, **dict(parse_override(item) for item in args.set)}
 
     root = Path(tempfile.mkdtemp(prefix="remix-first-run-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMIX_")}

@@ -15,11 +15,22 @@ ones, so a stopped study continues where it was. docs/results.md has the command
 `--study beta` is the KL-Convex sweep (issue 19): full remix-ppo against remix-ppo with
 `remix.kl_convex=false` at each KL weight β (`actor.kl_coef`), every seed, the same budget. It
 prints, per β, the final pass@1 of both, their paired difference per seed, the KL terms and λ.
+
+    python benchmarks/ablation.py --study long --seeds 0 1 --steps 60 --output runs/long
+
+`--study long` is the long-horizon study (issue 19) on the `toy-long` preset (3x longer responses
+that correct and re-check themselves): on-policy PPO, and Mix-PPG made strongly off-policy (replay
+share `--share`, UTD `--utd`, no KL-Convex) without and with reincarnation at `--reincarnate-at`,
+each for the same number of steps. It prints accuracy (final and peak),
+response length and self-reflection at the start and the end, and writes figures of the three
+against the step: the paper's signs of off-policy damage are a late accuracy decline, shrinking
+responses and collapsing self-reflection.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -48,6 +59,7 @@ STUDY = [
 ]
 WHIP_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5)
 BETAS = (1.0, 0.1, 0.01, 0.001)
+LONG_PRESET = "toy-long"
 
 
 def _slug(label: str) -> str:
@@ -147,13 +159,21 @@ def main() -> None:
     ap.add_argument("--no-whip", action="store_true", help="skip the replay-share sweep")
     ap.add_argument("--set", action="append", default=[], help="override applied to every run")
     ap.add_argument("--remix-set", action="append", default=[], help="override applied to the remix-* runs only")
-    ap.add_argument("--study", choices=("table3", "beta"), default="table3",
-                    help="table3: the eight configurations and the replay-share sweep; beta: the KL-Convex sweep")
+    ap.add_argument("--study", choices=("table3", "beta", "long"), default="table3",
+                    help="table3: the eight configurations and the replay-share sweep; beta: the KL-Convex sweep; "
+                         "long: off-policy damage and reincarnation on the toy-long preset")
     ap.add_argument("--betas", type=float, nargs="+", default=list(BETAS),
                     help="(--study beta) KL weights, trained in this order")
+    ap.add_argument("--steps", type=int, default=60, help="(--study long) training steps of every run")
+    ap.add_argument("--share", type=float, default=0.5, help="(--study long) replay share p of the Mix-PPG runs")
+    ap.add_argument("--utd", type=int, default=4, help="(--study long) update epochs m of the Mix-PPG runs")
+    ap.add_argument("--reincarnate-at", type=int, default=30, help="(--study long) T of the runs that reincarnate")
     args = ap.parse_args()
     common = dict(parse_override(o) for o in args.set)
     remix_common = dict(parse_override(o) for o in args.remix_set)
+    if args.study == "long":
+        long_study(args, common, remix_common, Path(args.output))
+        return
     # Enough steps for the slowest spender (Phase-1 ReMix generates 60% of a batch per step).
     budget = {"trainer.max_rollouts": args.budget, "trainer.steps": 10_000}
     out = Path(args.output)
@@ -240,6 +260,86 @@ def beta_study(args: argparse.Namespace, overrides: dict, out: Path) -> None:
     print("\n".join(per_seed))
     for path in write_beta_figures(arms, out):
         print("wrote", path)
+
+
+def long_study(args: argparse.Namespace, common: dict, remix_common: dict, out: Path) -> None:
+    """On-policy PPO against strongly off-policy Mix-PPG, without and with reincarnation, on
+    toy-long, all for `args.steps` steps (the paper compares them per step)."""
+    off_policy = {**OFF_KLC, "remix.replay_share": args.share, "remix.utd": args.utd}
+    reinc = {"remix.reincarnate_at": args.reincarnate_at}
+    arms = [
+        ("ppo", "ppo", {}),
+        (f"mix-ppg p={args.share:g} m={args.utd}", "remix-ppo", {**off_policy, **OFF_REINC}),
+        (f"mix-ppg p={args.share:g} m={args.utd} + reincarnation", "remix-ppo", {**off_policy, **reinc}),
+    ]
+    specs = [RunSpec(_slug(label), algo, seed, {**common, **(remix_common if algo.startswith("remix-") else {}),
+                                                **extra, "trainer.steps": args.steps}, preset=LONG_PRESET)
+             for label, algo, extra in arms for seed in args.seeds]
+    results = run_all(specs, out, jobs=args.jobs)
+    study = {label: [r for r in results if r.spec.label == _slug(label)] for label, _, _ in arms}
+
+    def at(r: RunResult, key: str, first: bool) -> float:
+        vals = [row[key] for row in r.rows if key in row]
+        part = vals[:10] if first else vals[-10:]
+        return statistics.fmean(part) if part else math.nan
+
+    rows = []
+    for label, runs in study.items():
+        # (step, pass@1) of each run's best evaluation, the earliest on ties
+        peaks = [max(((row["step"], row[ACC]) for row in r.rows if ACC in row), key=lambda e: (e[1], -e[0]))
+                 for r in runs]
+        rows.append([
+            label, mean_std([r.initial for r in runs]), mean_std([r.final for r in runs]),
+            mean_std([acc for _, acc in peaks]) + " @ " + "/".join(str(step) for step, _ in peaks),
+            f"{statistics.fmean(r.rollouts for r in runs):.0f}",
+            f"{statistics.fmean(at(r, LENGTH, True) for r in runs):.1f} → "
+            f"{statistics.fmean(at(r, LENGTH, False) for r in runs):.1f}",
+            f"{statistics.fmean(at(r, REFLECT, True) for r in runs):.2f} → "
+            f"{statistics.fmean(at(r, REFLECT, False) for r in runs):.2f}",
+            f"{statistics.fmean(r.mean_of(RATIO) for r in runs):.4f}",
+        ])
+    header = ["configuration", "step-0 pass@1", "final pass@1", "peak pass@1 @ step (per seed)", "rollouts / run",
+              "response length, first → last 10 steps", "self-reflection rate, first → last 10 steps",
+              "importance ratio (run mean)"]
+    print(f"\nLong-horizon toy ({LONG_PRESET} preset), {args.steps} steps per run, seeds {args.seeds}\n")
+    print(markdown_table(header, rows))
+    print("\nper seed, held-out pass@1 at each evaluation:")
+    for label, runs in study.items():
+        print(f"  {label}: " + " · ".join(f"seed {r.spec.seed}: " + "/".join(f"{acc:.3f}" for _, acc in r.curve)
+                                          for r in runs))
+    for path in write_long_figures(study, out):
+        print("wrote", path)
+
+
+ACC = "eval/heldout/pass@1"
+LENGTH = "response_length/mean"
+REFLECT = "behavior/self_reflection_rate"
+RATIO = "actor/importance_ratio_mean"
+
+
+def write_long_figures(study: dict[str, list[RunResult]], out: Path) -> list[Path]:
+    """Held-out pass@1, response length and self-reflection rate against the step, mean over seeds."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    keys = ((ACC, "held-out pass@1"), (LENGTH, "mean response tokens"), (REFLECT, "self-reflection rate"))
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    for color, (label, runs) in zip(palette, study.items(), strict=False):
+        for row, (key, title) in enumerate(keys, start=1):
+            by_step: dict[int, list[float]] = {}
+            for r in runs:
+                for m in r.rows:
+                    if key in m:
+                        by_step.setdefault(m["step"], []).append(m[key])
+            steps = sorted(s for s, v in by_step.items() if len(v) == len(runs))
+            fig.add_trace(go.Scatter(x=steps, y=[statistics.fmean(by_step[s]) for s in steps], mode="lines",
+                                     name=label, line={"color": color}, showlegend=row == 1), row=row, col=1)
+            fig.update_yaxes(title_text=title, row=row, col=1)
+    fig.update_xaxes(title_text="step", row=len(keys), col=1)
+    fig.update_layout(title=f"Long-horizon toy ({LONG_PRESET}): accuracy, length and self-reflection per step "
+                            "(mean over seeds)", template="plotly_white")
+    return save_figures({"long_horizon_curves": fig}, out, size=(1100, 900))
 
 
 if __name__ == "__main__":

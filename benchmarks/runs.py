@@ -26,6 +26,7 @@ class RunSpec:
     seed: int
     overrides: dict = field(default_factory=dict)
     steps: int | None = None
+    preset: str = "toy"
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _run_one(args: tuple[RunSpec, str]) -> tuple[str, float]:
     that was stopped picks up where it left off. Wall time is the trainer's own (carried across
     resumes), so a resumed run reports the time it would have taken uninterrupted."""
     spec, out = args
-    cfg = build_config("toy", spec.algorithm, overrides=spec.overrides, seed=spec.seed, steps=spec.steps)
+    cfg = build_config(spec.preset, spec.algorithm, overrides=spec.overrides, seed=spec.seed, steps=spec.steps)
     saved = Path(out) / "config.yaml"
     if saved.is_file() and not _same_run(load_saved_config(saved), cfg):
         raise ValueError(f"{out} holds a run with a different config: choose another --output")

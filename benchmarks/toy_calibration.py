@@ -1,4 +1,4 @@
-"""Calibrate the toy preset: warm-start length vs held-out accuracy, pass@k, RL headroom and time.
+"""Calibrate a toy preset (toy, toy-long): warm-start length vs held-out accuracy, pass@k, RL headroom and time.
 
 For each warm-start length (and seed) it builds a fresh toy model, runs the supervised warm start
 (uncached: this measures it), then on the fixed held-out toy problems measures
@@ -18,6 +18,7 @@ calibration probe written for this script, not the engine's trainer.)
     python benchmarks/toy_calibration.py                               # the toy preset's settings
     python benchmarks/toy_calibration.py --steps 100 200 300 400 --lr 3e-3 --batch 64
     python benchmarks/toy_calibration.py --rl-steps 100 --rl-lr 3e-4 --threads 2
+    python benchmarks/toy_calibration.py --preset toy-long              # the long-horizon toy
 
 Timings depend on the machine and on whatever else runs on its cores. On a shared 2-core machine
 ``--threads 1`` is often faster than 2 (OpenMP threads of several processes fight for the cores).
@@ -39,26 +40,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from remix_engine import toy  # noqa: E402
 from remix_engine.data import encode_prompts  # noqa: E402
 from remix_engine.models import build_toy_model, build_toy_tokenizer, n_parameters  # noqa: E402
-from remix_engine.warmstart import DEMO_MIX, train_on_demonstrations  # noqa: E402
+from remix_engine.warmstart import train_on_demonstrations  # noqa: E402
 
 REFLECTION_WORDS = ("verify", "re-examine", "double-check", "why", "root cause", "validate", "abduct",
                     "question", "check", "but", "wait", "confirm", "scrutinize", "analyze", "investigate",
                     "probe")
 
 
-def _preset_defaults() -> dict:
-    """The toy preset's numbers (read from remix_engine.config when pydantic is importable)."""
+def _preset_defaults(preset: str) -> dict:
+    """The preset's numbers (read from remix_engine.config when pydantic is importable)."""
     try:
         from remix_engine.config import build_config  # noqa: PLC0415
 
-        c = build_config("toy")
-        return {"steps": c.warm_start.steps, "batch": c.warm_start.batch_size, "lr": c.warm_start.lr,
+        c = build_config(preset)
+        return {"task": c.data.train, "steps": c.warm_start.steps, "batch": c.warm_start.batch_size, "lr": c.warm_start.lr,
                 "heldout": c.data.heldout_size, "temperature": c.rollout.temperature,
                 "max_new_tokens": c.rollout.max_new_tokens, "prompts": c.rollout.prompts_per_step,
                 "group": c.rollout.group_size, "rl_lr": c.actor.lr, "max_prompt_tokens": c.data.max_prompt_tokens,
                 "processes": c.warm_start.processes}
     except ImportError:  # e.g. a machine without pydantic: the preset's values at the time of writing
-        return {"steps": 300, "batch": 64, "lr": 3e-3, "heldout": 200, "temperature": 1.0, "max_new_tokens": 96,
+        return {"task": preset, "steps": 300, "batch": 64, "lr": 3e-3, "heldout": 200, "temperature": 1.0, "max_new_tokens": 96,
                 "prompts": 16, "group": 8, "rl_lr": 3e-4, "max_prompt_tokens": 64,
                 "processes": 1}
 
@@ -141,10 +142,10 @@ def time_rollout_batch(model, tokenizer, prompt_ids, *, prompts: int, group: int
 
 def grpo_probe(model, tokenizer, heldout, heldout_ids, *, steps: int, lr: float, prompts: int, group: int,
                temperature: float, max_new_tokens: int, max_prompt_tokens: int, eval_every: int, seed: int,
-               log) -> list[tuple[int, float, float]]:
+               task: str, log) -> list[tuple[int, float, float]]:
     """Minimal on-policy GRPO; returns [(step, mean train reward, held-out greedy acc)]."""
     device = next(model.parameters()).device
-    train = toy.toy_problems("train", steps * prompts, seed=10_000 + seed)
+    train = toy.toy_problems("train", steps * prompts, seed=10_000 + seed, task=task)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     curve = [(0, float("nan"), evaluate(model, tokenizer, heldout, heldout_ids, k=0, temperature=temperature,
                                         max_new_tokens=max_new_tokens)["greedy"])]
@@ -194,8 +195,12 @@ def grpo_probe(model, tokenizer, heldout, heldout_ids, *, steps: int, lr: float,
 
 
 def main(argv: list[str] | None = None) -> None:
-    d = _preset_defaults()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="toy", choices=sorted(toy.TASKS))
+    d = _preset_defaults(first.parse_known_args(argv)[0].preset)
+    task = toy.task_named(d["task"])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 parents=[first])
     ap.add_argument("--steps", type=int, nargs="+", default=[d["steps"]], help="warm-start lengths to compare")
     ap.add_argument("--batch", type=int, default=d["batch"])
     ap.add_argument("--lr", type=float, default=d["lr"])
@@ -204,14 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--k", type=int, default=d["group"], help="samples per problem for pass@k")
     ap.add_argument("--temperature", type=float, default=d["temperature"])
     ap.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"])
-    ap.add_argument("--forget", type=float, default=DEMO_MIX["forget"], help="demos: share of carries forgotten")
-    ap.add_argument("--notice", type=float, default=DEMO_MIX["notice"], help="demos: share of those corrected")
-    ap.add_argument("--slip", type=float, default=DEMO_MIX["slip"], help="demos: share with a random slip")
-    ap.add_argument("--check", type=float, default=DEMO_MIX["check"], help="demos: share that re-check")
+    ap.add_argument("--forget", type=float, default=task.forget, help="demos: share of carries forgotten")
+    ap.add_argument("--notice", type=float, default=task.notice, help="demos: share of those corrected")
+    ap.add_argument("--slip", type=float, default=task.slip, help="demos: share with a random slip")
+    ap.add_argument("--check", type=float, default=task.check, help="demos: share that re-check")
     ap.add_argument("--eval-at", type=int, nargs="*", default=[],
                     help="also print greedy accuracy at these warm-start steps (same run, no extra training)")
-    ap.add_argument("--terms", type=int, nargs=2, default=list(toy.TERMS_RANGE),
-                    help="(experiments) override the task's number of terms")
     ap.add_argument("--layers", type=int, default=None, help="(experiments) toy model depth override")
     ap.add_argument("--ffn", type=int, default=None, help="(experiments) toy model MLP width override")
     ap.add_argument("--rl-steps", type=int, default=0, help="run a minimal GRPO probe for this many steps")
@@ -226,19 +229,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    toy.TERMS_RANGE = tuple(args.terms)
 
     def log(msg: str) -> None:
         print(f"{args.tag}{msg}", flush=True)
 
     tokenizer = build_toy_tokenizer()
-    problems = toy.toy_problems("heldout", args.heldout)
+    problems = toy.toy_problems("heldout", args.heldout, task=task)
     prompt_ids = prompt_ids_for(tokenizer, problems, d["max_prompt_tokens"])
     mix = {"forget": args.forget, "notice": args.notice, "slip": args.slip, "check": args.check}
     no_carry = sum(p.meta["carries"] == 0 for p in problems) / len(problems)
     log(f"held-out problems without a carrying addition: {no_carry:.1%} (greedy accuracy of a model that "
         f"always follows the demonstrator's most likely step)")
-    log(f"toy task {toy.TASK_VERSION}: start {toy.START_RANGE}, terms {toy.TERMS_RANGE}; demos {mix}; "
+    log(f"toy task {task.version}: start {toy.START_RANGE}, terms {task.terms}; demos {mix}; "
         f"held-out {len(problems)}; k={args.k} at T={args.temperature}; max_new_tokens={args.max_new_tokens}; "
         f"device {args.device}, torch threads {torch.get_num_threads()}")
     header = (f"{'seed':>4} {'steps':>5} {'batch':>5} {'lr':>7} {'loss':>6} {'train_s':>7} {'greedy':>6} "
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             if steps:
                 stats = train_on_demonstrations(model, tokenizer, steps=steps, batch_size=args.batch, lr=args.lr,
                                                 seed=seed, demo_mix=mix, callback=probe if args.eval_at else None,
-                                                processes=args.processes)
+                                                processes=args.processes, task=task.name)
                 loss = sum(stats["loss"][-20:]) / len(stats["loss"][-20:])
                 secs = stats["seconds"]
             else:
@@ -277,14 +279,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"{m['sampled']:>7.1%} {m['pass@k']:>6.1%} {m['mixed']:>5.0%} {m['reflect']:>7.1%} {m['len']:>5.1f} "
                 f"{gen_s:>8.2f}  {terms}")
             record = {"seed": seed, "steps": steps, "batch": args.batch, "lr": args.lr, "mix": mix,
-                      "terms": list(toy.TERMS_RANGE), "loss": loss, "train_s": secs, "gen128_s": gen_s,
+                      "task": task.name, "loss": loss, "train_s": secs, "gen128_s": gen_s,
                       **{k: v for k, v in m.items() if k != "by_terms"}}
             if args.rl_steps:
                 torch.manual_seed(seed)
                 curve = grpo_probe(model, tokenizer, problems, prompt_ids, steps=args.rl_steps, lr=args.rl_lr,
                                    prompts=d["prompts"], group=d["group"], temperature=args.temperature,
                                    max_new_tokens=args.max_new_tokens, max_prompt_tokens=d["max_prompt_tokens"],
-                                   eval_every=args.rl_eval_every, seed=seed, log=log)
+                                   eval_every=args.rl_eval_every, seed=seed, task=task.name, log=log)
                 record |= {"rl_lr": args.rl_lr, "rl_curve": curve}
             if args.json:
                 with open(args.json, "a") as fh:

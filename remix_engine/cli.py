@@ -193,7 +193,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         cfg = build_config(args.preset, seed=seed)
         start = time.perf_counter()
-        load_policy(cfg.model, cfg.warm_start, seed)
+        load_policy(cfg.model, cfg.warm_start, seed, task=cfg.data.train)
         print(f"{args.preset} policy for seed {seed} ready in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -326,6 +326,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trainer": {"torch_threads": 1},
         "warm_start": {"steps": 700, "batch_size": 32, "processes": 2},
     },
+    # The toy with 3x longer responses (remix_engine/toy.py, issue 19's long-horizon study): prompt and
+    # response fit the toy model's 256 positions; 8 prompts x 8 per step halve the step.
+    "toy-long": {
+        "data": {"train": "toy-long", "heldout": "toy-long", "prompt_suffix": "", "max_prompt_tokens": 40},
+        "rollout": {"max_new_tokens": 216, "prompts_per_step": 8},
+        "actor": {"lr": 1e-5, "entropy_coef": 0.0},
+        "critic": {"lr": 1e-3},
+        "remix": {"schedule": {"start": 20, "interval": 5}},
+        "trainer": {"torch_threads": 1},
+        "warm_start": {"steps": 700, "batch_size": 32, "processes": 2},
+    },
     "r1-distill-1.5b": _PAPER_COMMON | {
         "model": _PAPER_COMMON["model"] | {"name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
         "rollout": _PAPER_COMMON["rollout"] | {"prompts_per_step": 256},
@@ -344,6 +355,9 @@ _FAMILY_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "toy": {"grpo": {},
             "ppo": {"actor": {"advantage": "gae", "mini_batch_size": 64},
                     "rollout": {"group_size": 1, "prompts_per_step": 128}}},
+    "toy-long": {"grpo": {"actor": {"mini_batch_size": 4}},
+                 "ppo": {"actor": {"advantage": "gae", "mini_batch_size": 32},
+                         "rollout": {"group_size": 1, "prompts_per_step": 64}}},
     "r1-distill-1.5b": {"grpo": {},
                         "ppo": {"actor": {"advantage": "gae"}, "rollout": {"group_size": 1, "prompts_per_step": 256}}},
     "r1-distill-7b": {"grpo": {},

@@ -2,7 +2,7 @@
 
 Sources (`load_problems`):
 
-* ``"toy"`` — the synthetic arithmetic task (remix_engine/toy.py);
+* ``"toy"``, ``"toy-long"`` — the synthetic arithmetic tasks (remix_engine/toy.py);
 * a file: ``.jsonl`` (one ``{"id", "problem", "answer"}`` object per line), ``.json`` (one array of
   such objects, as DeepScaleR-Preview's ``deepscaler.json``) or ``.parquet``; extra keys go to
   `meta`, a missing ``id`` becomes ``<file stem>-<line or index>``, a missing ``answer`` is taken from
@@ -41,6 +41,8 @@ from remix_engine.benchmarks import (
 from remix_engine.problem import DataError, Problem
 from remix_engine.prompts import render_user_turn
 from remix_engine.reward.grader import last_boxed_content
+from remix_engine.toy import TASKS as TOY_TASKS
+from remix_engine.toy import toy_problems
 
 TOY_DEFAULT_SIZE = {"train": 10_000, "heldout": 500}
 
@@ -225,12 +227,11 @@ def load_problems(source: str, split: str = "train", limit: int | None = None, s
     if limit is not None and limit < 0:
         raise DataError("limit must be >= 0")
     source = source.strip()
-    if source == "toy":
-        from remix_engine.toy import toy_problems  # noqa: PLC0415 - only when the toy task is asked for
-
+    if source in TOY_TASKS:
         if split not in ("train", "heldout"):
-            raise DataError(f"toy: split must be 'train' or 'heldout', got '{split}'")
-        return toy_problems(split, TOY_DEFAULT_SIZE[split] if limit is None else limit, seed)  # type: ignore[arg-type]
+            raise DataError(f"{source}: split must be 'train' or 'heldout', got '{split}'")
+        return toy_problems(split, TOY_DEFAULT_SIZE[split] if limit is None else limit, seed,  # type: ignore[arg-type]
+                            task=source)
     if source.startswith("hf:"):
         return load_hf(source, split=split, limit=limit, seed=seed)
     path = Path(source).expanduser()
@@ -239,8 +240,8 @@ def load_problems(source: str, split: str = "train", limit: int | None = None, s
         return load_file(path, limit)
     if source.isidentifier() or source.replace("-", "_").isidentifier():
         return load_file(resolve_benchmark(source), limit)
-    raise DataError(f"unknown data source '{source}': use 'toy', a .jsonl/.json/.parquet path, a benchmark name "
-                    f"({', '.join(BENCHMARKS)}) or hf:<dataset id>[:split]")
+    raise DataError(f"unknown data source '{source}': use {' or '.join(map(repr, TOY_TASKS))}, a .jsonl/.json/.parquet "
+                    f"path, a benchmark name ({', '.join(BENCHMARKS)}) or hf:<dataset id>[:split]")
 
 
 def load_benchmark(spec: str, limit: int | None = None) -> Benchmark:

@@ -282,11 +282,13 @@ def load_pretrained(
     return model, _prepare_tokenizer(tokenizer)
 
 
-def load_policy(model_cfg, warm_cfg, seed: int, should_stop=None, log=None) -> tuple[torch.nn.Module, Any]:
+def load_policy(model_cfg, warm_cfg, seed: int, should_stop=None, log=None,
+                task: str = "toy") -> tuple[torch.nn.Module, Any]:
     """The policy to fine-tune and its tokenizer.
 
     ``model_cfg.name_or_path == "toy"``: toy tokenizer + toy model (init seed `seed`) + the
-    supervised warm start of `warm_cfg` (cached on disk; skipped when ``warm_cfg.steps == 0``).
+    supervised warm start of `warm_cfg` on the toy task `task` names (the run's data.train; a source
+    that is not a toy task warm-starts on ``toy``), cached on disk, skipped when ``warm_cfg.steps == 0``.
     Otherwise a local checkpoint directory or hub id, with the tokenizer's pad token set to eos
     when missing and left padding. The policy is always loaded in float32: these are the master
     weights the optimizer steps (a bf16 weight cannot absorb an update of lr ≈ 1e-6); forward
@@ -298,7 +300,7 @@ def load_policy(model_cfg, warm_cfg, seed: int, should_stop=None, log=None) -> t
 
         tokenizer = build_toy_tokenizer()
         model = build_toy_model(tokenizer, seed)
-        model = warm_start(model, tokenizer, warm_cfg, seed, should_stop=should_stop,
+        model = warm_start(model, tokenizer, warm_cfg, seed, task=task, should_stop=should_stop,
                            **({"log": log} if log is not None else {}))
         return model, tokenizer
     model, tokenizer = load_pretrained(

@@ -28,6 +28,11 @@ numbers and the command that reproduces them: benchmarks/toy_calibration.py.
 * ``slip`` (0.05): share of demonstrations with one random off-by-one/two step elsewhere;
 * ``check`` (0.25): share that re-check the last step backwards (``check: 57-8=49 ok``).
 
+These are the ``toy`` task's values. ``toy-long`` (`TASKS`) has chains of 7-9 terms whose step
+lines restate the terms still to come (``47+5=52 -3+8``), so responses of 100-220 tokens (3x the
+toy's), and a demonstrator that corrects and re-checks itself more often: the long-horizon setting
+where off-policy training can shorten responses and drop reflection (the ``toy-long`` preset).
+
 The words used (wait, but, check, double-check, confirm) are self-reflection keywords of
 remix_algorithm.md §9.1, so ``behavior/self_reflection_rate`` measures how often the policy
 corrects or re-checks itself (~35% of warm-start samples). Plain steps contain no words at all.
@@ -48,21 +53,53 @@ from typing import Literal
 
 from remix_engine.problem import Problem
 
-# Bump when problems, prompts or demonstrations change: it invalidates cached warm starts.
-TASK_VERSION = "toy-arith-v2"
-
-# Problem family (part of the task version).
+# Shared by every toy task (part of each task's warm-start cache key).
 START_RANGE = (10, 59)  # the two-digit first number
-TERMS_RANGE = (3, 5)  # how many single-digit terms follow it
 VALUE_RANGE = (0, 99)  # the running value stays inside this range
 HELDOUT_BUCKETS = 8  # 1 in HELDOUT_BUCKETS of the problem space is held out
 _HELDOUT_STREAM_SEED = 20250707
 
-# Demonstration mix (defaults used by the warm start; recorded in its cache key).
-DEFAULT_FORGET = 0.65  # carrying additions written without the carry
-DEFAULT_NOTICE = 0.30  # forgotten carries that the demonstrator notices and corrects ("wait, ...")
-DEFAULT_SLIP = 0.05  # demonstrations with one random off-by-one/two slip elsewhere
-DEFAULT_CHECK = 0.25  # demonstrations that re-check their last step before answering
+
+@dataclass(frozen=True)
+class ToyTask:
+    """One family of toy problems and the demonstrator of its warm start.
+
+    `version` is hashed into the held-out split and the warm-start cache key: bump it when the
+    problems, prompts or demonstrations of the task change.
+    """
+
+    name: str  # the data source that selects it (data.train / data.heldout)
+    version: str
+    terms: tuple[int, int]  # how many single-digit terms follow the start number
+    forget: float  # carrying additions written without the carry
+    notice: float  # forgotten carries that the demonstrator notices and corrects ("wait, ...")
+    slip: float  # demonstrations with one random off-by-one/two slip elsewhere
+    check: float  # demonstrations that re-check their last step before answering
+    restate: bool = False  # step lines end with the terms still to come (see toy_demonstration)
+
+    @property
+    def demo_mix(self) -> dict[str, float | bool]:
+        return {"forget": self.forget, "notice": self.notice, "slip": self.slip, "check": self.check,
+                "restate": self.restate}
+
+
+TASKS = {
+    "toy": ToyTask("toy", "toy-arith-v2", terms=(3, 5), forget=0.65, notice=0.30, slip=0.05, check=0.25),
+    # Longer chains whose lines restate what is left (responses of ~100-220 tokens: the toy model
+    # could not count out the 10th term of a prompt, 23% of its copied terms were right) and whose
+    # demonstrator corrects and re-checks itself more often: issue 19's long-horizon study.
+    "toy-long": ToyTask("toy-long", "toy-long-v2", terms=(7, 9), forget=0.5, notice=0.6, slip=0.05,
+                        check=0.5, restate=True),
+}
+DEFAULT_TASK = TASKS["toy"]
+
+
+def task_named(source: str | ToyTask) -> ToyTask:
+    """The toy task a data source names; any other source (a file, a benchmark) warm-starts on `toy`."""
+    if isinstance(source, ToyTask):
+        return source
+    return TASKS.get(source.strip(), DEFAULT_TASK)
+
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -96,15 +133,15 @@ class Chain:
         return sum(is_carry(a, t) for a, t in zip(self.values()[:-1], self.terms, strict=True))
 
 
-def _is_heldout(text: str) -> bool:
-    digest = hashlib.sha256(f"{TASK_VERSION}|{text}".encode()).digest()
+def _is_heldout(text: str, version: str = DEFAULT_TASK.version) -> bool:
+    digest = hashlib.sha256(f"{version}|{text}".encode()).digest()
     return digest[0] % HELDOUT_BUCKETS == 0
 
 
-def _sample_chain(rng: random.Random, n_terms: int | None = None) -> Chain:
+def _sample_chain(rng: random.Random, terms: tuple[int, int]) -> Chain:
     value = rng.randint(*START_RANGE)
     start = value
-    n = n_terms if n_terms is not None else rng.randint(*TERMS_RANGE)
+    n = rng.randint(*terms)
     terms: list[int] = []
     lo, hi = VALUE_RANGE
     for _ in range(n):
@@ -130,8 +167,9 @@ def parse_problem(text: str) -> Chain:
     return Chain(int(m.group(1)), terms)
 
 
-def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> list[Problem]:
-    """`n` distinct toy problems.
+def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0,
+                 task: str | ToyTask = DEFAULT_TASK) -> list[Problem]:
+    """`n` distinct problems of `task` (a ToyTask or its name).
 
     ``train``: drawn from the training part of the problem space with `seed`.
     ``heldout``: a fixed list (the `seed` argument is ignored), so every run is evaluated on the
@@ -141,6 +179,7 @@ def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> l
         raise ValueError(f"toy split must be 'train' or 'heldout', got {split!r}")
     if n < 0:
         raise ValueError("n must be >= 0")
+    task = task_named(task)
     want_heldout = split == "heldout"
     rng = random.Random(_HELDOUT_STREAM_SEED if want_heldout else seed)
     out: list[Problem] = []
@@ -150,9 +189,9 @@ def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> l
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise RuntimeError(f"could not draw {n} distinct toy {split} problems")
-        chain = _sample_chain(rng)
+        chain = _sample_chain(rng, task.terms)
         text = problem_text(chain)
-        if text in seen or _is_heldout(text) != want_heldout:
+        if text in seen or _is_heldout(text, task.version) != want_heldout:
             continue
         seen.add(text)
         out.append(
@@ -160,7 +199,7 @@ def toy_problems(split: Literal["train", "heldout"], n: int, seed: int = 0) -> l
                 id=f"toy-{split}-{hashlib.sha1(text.encode()).hexdigest()[:10]}",
                 problem=text,
                 answer=str(chain.answer),
-                meta={"task": TASK_VERSION, "terms": len(chain.terms), "carries": chain.carries(), "split": split},
+                meta={"task": task.version, "terms": len(chain.terms), "carries": chain.carries(), "split": split},
             )
         )
     return out
@@ -188,10 +227,11 @@ def toy_demonstration(
     problem: Problem | str,
     rng: random.Random,
     *,
-    forget: float = DEFAULT_FORGET,
-    notice: float = DEFAULT_NOTICE,
-    slip: float = DEFAULT_SLIP,
-    check: float = DEFAULT_CHECK,
+    forget: float = DEFAULT_TASK.forget,
+    notice: float = DEFAULT_TASK.notice,
+    slip: float = DEFAULT_TASK.slip,
+    check: float = DEFAULT_TASK.check,
+    restate: bool = DEFAULT_TASK.restate,
 ) -> str:
     """One response for `problem`, as the policy should write it after the prompt's ``<think>``.
 
@@ -201,6 +241,9 @@ def toy_demonstration(
     * With probability `slip` one other step is off by one or two (uncorrected).
     * With probability `check` the demonstration re-checks its last step backwards before
       answering (``check: 57-8=49 ok``).
+    * With `restate`, every step line but the last ends with the terms still to come
+      (``47+5=52 -3+8``), so the next term is copied from the line above rather than counted out
+      in the prompt.
 
     With ``forget=0`` and ``slip=0`` every demonstration's boxed answer is correct.
     """
@@ -223,6 +266,8 @@ def toy_demonstration(
             lines.append(_step(value, t, true))
         else:
             lines.append(_step(value, t, true))
+        if restate and i + 1 < len(chain.terms):
+            lines[-1] += " " + "".join(f"{u:+d}" for u in chain.terms[i + 1:])
         value = true
     if rng.random() < check:
         prev = value - chain.terms[-1]

@@ -149,7 +149,7 @@ class Trainer:
         # Rank 0 loads first, so a warm start is computed and cached once, not raced for.
         if not self.world.is_main:
             self.world.barrier()
-        self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed,
+        self.model, self.tokenizer = load_policy(cfg.model, cfg.warm_start, seed, task=cfg.data.train,
                                                  should_stop=self.sink.should_abort if self.world.is_main else None,
                                                  log=self._report_phase)
         if self.world.is_main:

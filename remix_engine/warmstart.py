@@ -48,9 +48,7 @@ CACHE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "warmstart.json"
 
-# Demonstration mix and schedule of the warm start (part of the cache key).
-DEMO_MIX = {"forget": toy.DEFAULT_FORGET, "notice": toy.DEFAULT_NOTICE, "slip": toy.DEFAULT_SLIP,
-            "check": toy.DEFAULT_CHECK}
+# Schedule of the warm start (part of the cache key, with the task and its demonstration mix).
 WARMUP_STEPS = 20
 MIN_LR_RATIO = 0.1
 WEIGHT_DECAY = 0.01
@@ -67,7 +65,7 @@ def cache_root(cfg) -> Path:
     return Path.home() / ".cache" / "remix-studio" / "warmstart"
 
 
-def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | None = None) -> str:
+def cache_key(model, tokenizer, cfg, seed: int, task: toy.ToyTask = toy.DEFAULT_TASK) -> str:
     """Hash of everything that determines the warm-started weights."""
     config = model.config.to_dict()
     for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures",
@@ -75,13 +73,13 @@ def cache_key(model, tokenizer, cfg, seed: int, demo_mix: dict[str, float] | Non
         config.pop(volatile, None)
     payload = {
         "format": CACHE_FORMAT,
-        "task": toy.TASK_VERSION,
+        "task": [task.version, task.terms],
         "vocab": sorted(tokenizer.get_vocab().items()),
         "chat_template": getattr(tokenizer, "chat_template", None),
         "model": config,
         "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
         "schedule": [WARMUP_STEPS, MIN_LR_RATIO, WEIGHT_DECAY, GRAD_CLIP, MICRO_BATCH],
-        "demos": demo_mix or DEMO_MIX,
+        "demos": task.demo_mix,
         "code": _code_signature(),
         "seed": seed,
     }
@@ -93,7 +91,7 @@ def _code_signature() -> str:
     """Hash of the code that makes demonstrations and trains on them: editing it invalidates the cache."""
     parts = [inspect.getsource(f) for f in (toy.toy_demonstration, toy._sample_chain, toy._slip, toy.is_carry,
                                             demo_batch, _train_loop, _accumulate_gradient, _lr_at)]
-    parts.append(repr((toy._CHECK_WORDS, toy._NOTICE_WORDS, toy.START_RANGE, toy.TERMS_RANGE, toy.VALUE_RANGE)))
+    parts.append(repr((toy._CHECK_WORDS, toy._NOTICE_WORDS, toy.START_RANGE, toy.VALUE_RANGE)))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -139,13 +137,15 @@ def train_on_demonstrations(
     demo_mix: dict[str, float] | None = None,
     callback: Callable[[int, float], None] | None = None,
     processes: int = 1,
+    task: str = toy.DEFAULT_TASK.name,
 ) -> dict[str, Any]:
-    """The supervised loop itself (no caching). Returns {'loss': [...], 'seconds': s}.
+    """The supervised loop itself (no caching) on demonstrations of the toy task named `task`, with
+    its demonstration mix unless `demo_mix` says otherwise. Returns {'loss': [...], 'seconds': s}.
 
     `callback(step, loss)` is called after every step (step counts from 1). With `processes` > 1
     the steps run data-parallel (see `_train_in_processes`).
     """
-    train = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "demo_mix": demo_mix}
+    train = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "demo_mix": demo_mix, "task": task}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     processes = min(processes, cores, -(-batch_size // MICRO_BATCH))  # a rank needs a core and a micro-batch
     if processes > 1:
@@ -154,13 +154,13 @@ def train_on_demonstrations(
 
 
 def _train_loop(model, tokenizer, *, steps: int, batch_size: int, lr: float, seed: int,
-                demo_mix: dict[str, float] | None, callback: Callable[[int, float], None] | None,
+                demo_mix: dict[str, float] | None, task: str, callback: Callable[[int, float], None] | None,
                 group=None, rank: int = 0, world: int = 1) -> dict[str, Any]:  # noqa: ANN001
     """Every rank of a data-parallel warm start runs this same loop on the same batches, takes its
     share of each batch's micro-batches and sums the gradients over `group`."""
-    demo_mix = demo_mix or DEMO_MIX
+    demo_mix = demo_mix or toy.task_named(task).demo_mix
     rng = random.Random(f"warmstart-{seed}")
-    problems = toy.toy_problems("train", steps * batch_size, seed=rng.randrange(2**31))
+    problems = toy.toy_problems("train", steps * batch_size, seed=rng.randrange(2**31), task=task)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
@@ -312,21 +312,23 @@ def _load_into(model, entry: Path) -> None:
         model.tie_weights()
 
 
-def cached_entry(model, tokenizer, cfg, seed: int) -> Path:
+def cached_entry(model, tokenizer, cfg, seed: int, task: toy.ToyTask = toy.DEFAULT_TASK) -> Path:
     """Where this warm start is (or would be) cached."""
-    return cache_root(cfg) / cache_key(model, tokenizer, cfg, seed)
+    return cache_root(cfg) / cache_key(model, tokenizer, cfg, seed, task)
 
 
-def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] | None = logger.info,
-               should_stop: Callable[[], bool] | None = None):
-    """Fine-tune `model` on toy demonstrations per `cfg` (WarmStartConfig), or load the cached result.
+def warm_start(model, tokenizer, cfg, seed: int, *, task: str | toy.ToyTask = toy.DEFAULT_TASK,
+               log: Callable[[str], None] | None = logger.info, should_stop: Callable[[], bool] | None = None):
+    """Fine-tune `model` on demonstrations of the toy `task` per `cfg` (WarmStartConfig), or load
+    the cached result.
 
     Returns the same model object, in eval mode. ``cfg.steps == 0`` returns it untouched.
     `should_stop` is polled every step: when true, `StopRequested` is raised and nothing is cached.
     """
     if cfg.steps == 0:
         return model
-    entry = cached_entry(model, tokenizer, cfg, seed)
+    task = toy.task_named(task)
+    entry = cached_entry(model, tokenizer, cfg, seed, task)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if _try_load(model, entry, initial, log):
         return model
@@ -345,12 +347,13 @@ def warm_start(model, tokenizer, cfg, seed: int, *, log: Callable[[str], None] |
                     raise StopRequested(f"stopped during the warm start (step {step} of {cfg.steps})")
 
             stats = train_on_demonstrations(model, tokenizer, steps=cfg.steps, batch_size=cfg.batch_size,
-                                             lr=cfg.lr, seed=seed, callback=step_done, processes=cfg.processes)
+                                             lr=cfg.lr, seed=seed, callback=step_done, processes=cfg.processes,
+                                             task=task.name)
         tail = stats["loss"][-20:]
         _store(model, entry, {
-            "key": entry.name, "task": toy.TASK_VERSION, "seed": seed,
+            "key": entry.name, "task": task.version, "seed": seed,
             "warm_start": {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
-            "demos": DEMO_MIX, "final_loss": sum(tail) / len(tail),
+            "demos": task.demo_mix, "final_loss": sum(tail) / len(tail),
             "seconds": round(stats["seconds"], 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         if log:

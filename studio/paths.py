@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from remix_engine.benchmarks import benchmark_search_dirs, find_benchmark_file
+from remix_engine.toy import TASKS as TOY_TASKS
 from studio.settings import PROJECT_DIR, Settings, get_settings
 
 # The checkout's neighbour that holds the benchmarks/ and train/ sets (remix_engine/benchmarks.py
@@ -95,7 +96,7 @@ def _exists(value: str) -> bool:
 
 def _is_named(value: str, kind: Kind) -> bool:
     """A source that is not a path, in the engine's order of precedence."""
-    if kind in ("data", "model") and value == "toy":
+    if (kind == "model" and value == "toy") or (kind == "data" and value in TOY_TASKS):
         return True
     if kind in ("data", "benchmark") and value.startswith("hf:"):
         return True

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from remix_engine import warmstart
+from remix_engine import toy, warmstart
 from remix_engine.benchmarks import BENCHMARKS, benchmark_search_dirs
 from remix_engine.config import DataConfig, ModelConfig, WarmStartConfig
 from remix_engine.data import (
@@ -166,11 +166,9 @@ def test_warm_start_micro_batches_give_the_whole_batch_gradient():
     """The length-sorted micro-batches only skip padding: loss and gradient are the padded batch's."""
     import random
 
-    from remix_engine import toy
-
     tok = build_toy_tokenizer()
     problems = toy.toy_problems("train", 2 * warmstart.MICRO_BATCH + 3, seed=5)
-    batch = warmstart.demo_batch(tok, problems, random.Random(0), warmstart.DEMO_MIX)
+    batch = warmstart.demo_batch(tok, problems, random.Random(0), toy.DEFAULT_TASK.demo_mix)
     lengths = batch["attention_mask"].sum(dim=1)
     assert lengths.min() < lengths.max()  # there is padding to skip
     model = build_toy_model(tok, seed=0)
@@ -222,6 +220,7 @@ def test_warm_start_cache_key_and_corrupt_entry(tmp_path):
     assert key != warmstart.cache_key(model, tok, cfg, 1)
     assert key != warmstart.cache_key(model, tok, cfg.model_copy(update={"steps": 3}), 0)
     assert key == warmstart.cache_key(model, tok, cfg.model_copy(update={"cache_dir": "/elsewhere"}), 0)
+    assert key != warmstart.cache_key(model, tok, cfg, 0, toy.TASKS["toy-long"])  # another task's demonstrations
 
     entry = tmp_path / key
     entry.mkdir()

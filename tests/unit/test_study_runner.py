@@ -2,12 +2,14 @@
 interrupted ones resumed from their last checkpoint, and a directory holding another config is refused."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 from test_trainer import TINY, StopAfter
 
+from remix_engine import toy
 from remix_engine.config import build_config
 from remix_engine.trainer import train
 
@@ -37,3 +39,16 @@ def test_interrupted_run_is_resumed_then_reused(tmp_path):
     other = RunSpec("grpo", "grpo", 0, {**TINY, "actor.lr": 1e-4}, steps=4)
     with pytest.raises(ValueError, match="different config"):
         _run_one((other, str(out)))
+
+
+def test_a_spec_trains_on_its_preset(tmp_path):
+    """The long-horizon study's runs use the toy-long preset: its problems, its demonstrations."""
+    spec = RunSpec("ppo", "ppo", 0, {**TINY, "warm_start.steps": 0}, steps=1, preset="toy-long")
+    out = tmp_path / "ppo" / "seed0"
+    _, wall = _run_one((spec, str(out)))
+    assert wall > 0
+    saved = (out / "config.yaml").read_text()
+    assert "preset: toy-long" in saved and "train: toy-long" in saved
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    problems = [re.search(r"Compute \d+(?:[+-]\d)+\.", r["prompt"]).group(0) for r in rollouts]
+    assert problems and all(len(toy.parse_problem(p).terms) >= toy.TASKS["toy-long"].terms[0] for p in problems)

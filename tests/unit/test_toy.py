@@ -38,7 +38,7 @@ def test_problems_are_well_formed():
     problems = toy.toy_problems("train", 500, seed=0) + toy.toy_problems("heldout", 200)
     assert len({p.id for p in problems}) == len(problems)
     assert len({p.problem for p in problems}) == len(problems)
-    lo, hi = toy.TERMS_RANGE
+    lo, hi = toy.DEFAULT_TASK.terms
     for p in problems:
         assert isinstance(p, Problem)
         m = re.fullmatch(r"Compute (\d\d)((?:[+-][1-9])+)\.", p.problem)
@@ -120,3 +120,30 @@ def test_demonstrations_fit_the_toy_generation_budget():
     lengths = [len(tok(toy.toy_demonstration(p, rng), add_special_tokens=False)["input_ids"]) + 1
                for p in toy.toy_problems("train", 600, seed=0)]
     assert sum(n <= 96 for n in lengths) / len(lengths) > 0.98  # rollout.max_new_tokens of the toy preset
+
+
+def test_the_long_toy_is_its_own_task_with_longer_chains():
+    """toy-long: its own held-out split and problems, 10-14 terms, and demonstrations that reflect more."""
+    from remix_engine.data import load_problems
+
+    long_task = toy.TASKS["toy-long"]
+    heldout = toy.toy_problems("heldout", 200, task="toy-long")
+    assert heldout == load_problems("toy-long", "heldout", limit=200)
+    assert all(toy._is_heldout(p.problem, long_task.version) for p in heldout)
+    train = toy.toy_problems("train", 2000, seed=0, task="toy-long")
+    assert not {p.problem for p in train} & {p.problem for p in heldout}
+    lo, hi = long_task.terms
+    assert lo > toy.DEFAULT_TASK.terms[1]
+    assert all(lo <= p.meta["terms"] <= hi and p.meta["task"] == long_task.version for p in train + heldout)
+    assert all(p.answer == str(toy.parse_problem(p.problem).answer) for p in train)
+    rng = random.Random(0)
+    demos = [toy.toy_demonstration(p, rng, **long_task.demo_mix) for p in train[:500]]
+    reflect = sum(("wait" in d or "check" in d or "confirm" in d) for d in demos) / len(demos)
+    assert reflect > 0.7  # most demonstrations correct or re-check themselves (the toy's: ~35%)
+    assert sum(len(d) for d in demos) / len(demos) > 2.5 * 47  # the toy's responses: ~47 characters
+    # every step line but the last restates the terms still to come
+    chain = toy.parse_problem(train[0].problem)
+    steps = [line for line in demos[0].splitlines() if re.match(r"\d+[+-]\d=", line)]
+    assert steps[0].endswith(" " + "".join(f"{t:+d}" for t in chain.terms[1:]))
+    assert re.search(r"=\d+$", steps[-1])  # the last step has nothing left to restate
+    assert toy.task_named("toy-long") is long_task and toy.task_named("data.jsonl") is toy.DEFAULT_TASK

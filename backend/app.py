@@ -273,7 +273,9 @@ def _mount_frontend(app: FastAPI, frontend_dir: Path) -> None:
     def render(request: Request, name: str, **context) -> HTMLResponse:
         if not (templates_dir / name).is_file():
             raise HTTPException(404, detail=f"page not found: {request.url.path}")
-        return templates.TemplateResponse(request, name, {"api_base": API_PREFIX, **context})
+        from remix_engine.config import PRESETS  # noqa: PLC0415 - the engine's list, not a copy of it
+
+        return templates.TemplateResponse(request, name, {"api_base": API_PREFIX, "presets": list(PRESETS), **context})
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:

@@ -246,7 +246,8 @@ class AlertsConfig(_Section):
 
 
 class RunConfig(_Section):
-    preset: str = Field("toy", description="The preset the run started from (toy, r1-distill-1.5b, r1-distill-7b).")
+    preset: str = Field("toy", description="The preset the run started from (toy, toy-long, r1-distill-1.5b, "
+                                            "r1-distill-7b).")
     algorithm: Literal["grpo", "remix-grpo", "ppo", "remix-ppo"] = Field(
         "remix-grpo", description="grpo / ppo: the on-policy baselines; remix-*: the same code with replay, "
                                   "UTD, KL-Convex and reincarnation on.")

@@ -358,6 +358,11 @@ def test_config_help_is_served_for_the_new_run_page(deployment: Deployment) -> N
     toy = c.get("/config/presets/toy", params={"algorithm": "ppo"}).json()
     assert toy["preset"] == "toy" and toy["actor"]["advantage"] == "gae" and toy["remix"]["replay_share"] == 0
     assert c.get("/config/presets/nosuch").status_code == 404
+    import httpx
+
+    page = httpx.get(deployment.base_url + "/new", timeout=30).text  # the engine's presets, not a copy
+    assert all(f'<option value="{name}"' in page for name in ("toy", "toy-long", "r1-distill-1.5b", "r1-distill-7b"))
+    assert c.get("/config/presets/toy-long").json()["data"]["train"] == "toy-long"
 
 
 def test_idempotent_submission(deployment: Deployment) -> None:

@@ -106,20 +106,22 @@ def save_figures(figures: dict, out: Path, size: tuple[int, int] = (1000, 560)) 
     return written
 
 
+def mean_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float]]:
+    """The steps every run logged `key` at, and its mean over the runs there."""
+    by_step: dict[int, list[float]] = {}
+    for r in runs:
+        for row in r.rows:
+            if key in row:
+                by_step.setdefault(row["step"], []).append(row[key])
+    steps = sorted(s for s, v in by_step.items() if len(v) == len(runs))
+    return steps, [statistics.fmean(by_step[s]) for s in steps]
+
+
 def write_beta_figures(arms: dict[float, tuple[list[RunResult], list[RunResult]]], out: Path) -> list[Path]:
     """Final pass@1 against β (mean ± std over seeds), and per β the mean held-out curve and the KL
     to the anchor against step, KL-Convex on (solid) and off (dashed)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-
-    def mean_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float]]:
-        by_step: dict[int, list[float]] = {}
-        for r in runs:
-            for row in r.rows:
-                if key in row:
-                    by_step.setdefault(row["step"], []).append(row[key])
-        steps = sorted(s for s, v in by_step.items() if len(v) == len(runs))
-        return steps, [statistics.fmean(by_step[s]) for s in steps]
 
     betas = sorted(arms)
     final = go.Figure()
@@ -327,14 +329,9 @@ def write_long_figures(study: dict[str, list[RunResult]], out: Path) -> list[Pat
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
     for color, (label, runs) in zip(palette, study.items(), strict=False):
         for row, (key, title) in enumerate(keys, start=1):
-            by_step: dict[int, list[float]] = {}
-            for r in runs:
-                for m in r.rows:
-                    if key in m:
-                        by_step.setdefault(m["step"], []).append(m[key])
-            steps = sorted(s for s, v in by_step.items() if len(v) == len(runs))
-            fig.add_trace(go.Scatter(x=steps, y=[statistics.fmean(by_step[s]) for s in steps], mode="lines",
-                                     name=label, line={"color": color}, showlegend=row == 1), row=row, col=1)
+            steps, ys = mean_curve(runs, key)
+            fig.add_trace(go.Scatter(x=steps, y=ys, mode="lines", name=label, line={"color": color},
+                                     showlegend=row == 1), row=row, col=1)
             fig.update_yaxes(title_text=title, row=row, col=1)
     fig.update_xaxes(title_text="step", row=len(keys), col=1)
     fig.update_layout(title=f"Long-horizon toy ({LONG_PRESET}): accuracy, length and self-reflection per step "

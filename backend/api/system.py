@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from datetime import timedelta
 
@@ -64,6 +65,37 @@ def _probe_broker() -> dict:
     return {"ok": True}
 
 
+BROKER_PROBE_TTL_S = 2.0
+
+
+class BrokerProbe:
+    """The broker's reachability, probed at most once per BROKER_PROBE_TTL_S per app: a dashboard
+    (or a load test) calling /health many times a second shares one probe instead of opening a
+    broker connection per call. Single-flight: callers arriving during a probe wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._result: dict | None = None
+        self._at = float("-inf")
+
+    def result(self) -> dict:
+        with self._lock:  # held across the probe: one probe at a time, the others reuse it
+            if time.monotonic() - self._at >= BROKER_PROBE_TTL_S:
+                try:
+                    self._result = _probe_pool.submit(_probe_broker).result(timeout=5)
+                except Exception as exc:  # noqa: BLE001
+                    self._result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                self._at = time.monotonic()
+            return dict(self._result)
+
+
+def _broker_probe(request: Request) -> BrokerProbe:
+    state = request.app.state  # per app: tests build several apps on several brokers in one process
+    if getattr(state, "broker_probe", None) is None:
+        state.broker_probe = BrokerProbe()
+    return state.broker_probe
+
+
 @router.get("/health", response_model=HealthOut,
             summary="Database, broker and the workers seen recently; status ok | starting | degraded | error",
             responses={503: {"description": "the database is unreachable"}})
@@ -82,11 +114,7 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
             db["warning"] = "the schema is behind the code: restart `remix studio` (or run the migrations)"
     except Exception as exc:  # noqa: BLE001
         db.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-    broker: dict = {"url": redact_url(settings.celery_broker_url)}
-    try:
-        broker.update(_probe_pool.submit(_probe_broker).result(timeout=5))
-    except Exception as exc:  # noqa: BLE001
-        broker.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+    broker: dict = {"url": redact_url(settings.celery_broker_url), **_broker_probe(request).result()}
     workers: dict = {"online": 0, "lost": 0, "items": []}
     reasons: list[str] = []
     if db.get("ok"):

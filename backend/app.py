@@ -28,6 +28,7 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 
 from backend.api.deps import API_PREFIX
+from backend.api.read_cache import ReadCache
 from studio.db import is_timeout
 from studio.settings import Settings, get_settings
 
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.started_at = started_at  # /health: `starting` within REMIX_WORKER_START_GRACE_S of this
+    app.state.read_cache = ReadCache()  # the hot GET reads (backend/api/read_cache.py)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                            allow_methods=["*"], allow_headers=["*"])

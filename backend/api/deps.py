@@ -8,6 +8,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from sqlmodel import Session
@@ -44,6 +45,17 @@ async def write_slot() -> AsyncIterator[None]:
 
 
 WRITE = [Depends(require_write), Depends(write_slot)]
+# A write that holds a slot runs on a thread of its own (at most WRITE_SLOTS of them): on the
+# shared pool it queued behind every read waiting for a thread, and under a read-heavy load
+# submissions timed out while the dashboard was served.
+_write_threads: anyio.CapacityLimiter | None = None
+
+
+def _write_thread_limiter() -> anyio.CapacityLimiter:
+    global _write_threads  # noqa: PLW0603 - created on the running loop
+    if _write_threads is None:
+        _write_threads = anyio.CapacityLimiter(WRITE_SLOTS)
+    return _write_threads
 
 # The error statuses a route can answer, described once for OpenAPI: `responses=errors(404, 409)`,
 # or `(409, "what the conflict is")` for a route's own wording. tests/unit/test_studio_security.py
@@ -87,6 +99,8 @@ class SessionReleasingRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         if not inspect.iscoroutinefunction(endpoint):
             endpoint = _closing_sessions(endpoint)
+            if any(getattr(d, "dependency", None) is write_slot for d in kwargs.get("dependencies") or []):
+                endpoint = _on_write_threads(endpoint)
         super().__init__(path, endpoint, **kwargs)
 
 
@@ -101,6 +115,15 @@ def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
                     value.close()
 
     return run_then_close
+
+
+def _on_write_threads(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__, sees a coroutine
+    async def run_on_write_thread(*args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(functools.partial(endpoint, *args, **kwargs),
+                                              limiter=_write_thread_limiter())
+
+    return run_on_write_thread
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

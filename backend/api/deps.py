@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from sqlmodel import Session
@@ -45,17 +46,11 @@ async def write_slot() -> AsyncIterator[None]:
 
 
 WRITE = [Depends(require_write), Depends(write_slot)]
-# A write that holds a slot runs on a thread of its own (at most WRITE_SLOTS of them): on the
-# shared pool it queued behind every read waiting for a thread, and under a read-heavy load
-# submissions timed out while the dashboard was served.
-_write_threads: anyio.CapacityLimiter | None = None
+# A write that holds a slot runs on a thread of its own (WRITE_SLOTS of them, kept for the
+# process's life): on the shared pool it queued behind every read waiting for a thread, and under a
+# read-heavy load submissions timed out while the dashboard was served.
+_write_threads = concurrent.futures.ThreadPoolExecutor(WRITE_SLOTS, thread_name_prefix="api-write")
 
-
-def _write_thread_limiter() -> anyio.CapacityLimiter:
-    global _write_threads  # noqa: PLW0603 - created on the running loop
-    if _write_threads is None:
-        _write_threads = anyio.CapacityLimiter(WRITE_SLOTS)
-    return _write_threads
 
 # The error statuses a route can answer, described once for OpenAPI: `responses=errors(404, 409)`,
 # or `(409, "what the conflict is")` for a route's own wording. tests/unit/test_studio_security.py
@@ -120,8 +115,8 @@ def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 def _on_write_threads(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__, sees a coroutine
     async def run_on_write_thread(*args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(endpoint, *args, **kwargs),
-                                              limiter=_write_thread_limiter())
+        call = functools.partial(contextvars.copy_context().run, endpoint, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(_write_threads, call)
 
     return run_on_write_thread
 

@@ -65,35 +65,46 @@ def _probe_broker() -> dict:
     return {"ok": True}
 
 
-BROKER_PROBE_TTL_S = 2.0
+# What /health reports that changes rarely is worked out at most every SLOW_FACTS_TTL_S per app: a
+# dashboard (or a load test) calling it many times a second shares one broker probe (a broker
+# connection each) and one schema-revision read (Alembic's, the costliest part of a call).
+# The database's reachability and the workers are read on every call.
+SLOW_FACTS_TTL_S = 2.0
 
 
-class BrokerProbe:
-    """The broker's reachability, probed at most once per BROKER_PROBE_TTL_S per app: a dashboard
-    (or a load test) calling /health many times a second shares one probe instead of opening a
-    broker connection per call. Single-flight: callers arriving during a probe wait for it."""
+class Recent:
+    """`fn()`'s result, computed at most once per SLOW_FACTS_TTL_S; single-flight (callers arriving
+    during a computation wait for it). An exception is not kept: it goes to the caller."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._result: dict | None = None
+        self._value = None
         self._at = float("-inf")
 
-    def result(self) -> dict:
-        with self._lock:  # held across the probe: one probe at a time, the others reuse it
-            if time.monotonic() - self._at >= BROKER_PROBE_TTL_S:
-                try:
-                    self._result = _probe_pool.submit(_probe_broker).result(timeout=5)
-                except Exception as exc:  # noqa: BLE001
-                    self._result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    def get(self, fn):  # noqa: ANN001, ANN201
+        with self._lock:  # held across fn(): one computation at a time, the others reuse it
+            if time.monotonic() - self._at >= SLOW_FACTS_TTL_S:
+                self._value = fn()
                 self._at = time.monotonic()
-            return dict(self._result)
+            return self._value
 
 
-def _broker_probe(request: Request) -> BrokerProbe:
-    state = request.app.state  # per app: tests build several apps on several brokers in one process
-    if getattr(state, "broker_probe", None) is None:
-        state.broker_probe = BrokerProbe()
-    return state.broker_probe
+_recent_made = threading.Lock()
+
+
+def _recent(request: Request, name: str) -> Recent:
+    state = request.app.state  # per app: tests build several apps on several databases in one process
+    with _recent_made:
+        if getattr(state, name, None) is None:
+            setattr(state, name, Recent())
+        return getattr(state, name)
+
+
+def _broker_state() -> dict:
+    try:
+        return _probe_pool.submit(_probe_broker).result(timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 @router.get("/health", response_model=HealthOut,
@@ -107,14 +118,14 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
     try:
         session.execute(select(1))
         db["ok"] = True
-        db["revision"] = current_revision(session.connection())
+        db["revision"] = _recent(request, "schema_revision").get(lambda: current_revision(session.connection()))
         db["head"] = head_revision()
         db["schema_current"] = db["revision"] == db["head"]
         if not db["schema_current"]:
             db["warning"] = "the schema is behind the code: restart `remix studio` (or run the migrations)"
     except Exception as exc:  # noqa: BLE001
         db.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-    broker: dict = {"url": redact_url(settings.celery_broker_url), **_broker_probe(request).result()}
+    broker: dict = {"url": redact_url(settings.celery_broker_url), **_recent(request, "broker_state").get(_broker_state)}
     workers: dict = {"online": 0, "lost": 0, "items": []}
     reasons: list[str] = []
     if db.get("ok"):

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlmodel import Session
 
 from backend.api.deps import API_PREFIX, SessionDep, SessionReleasingRoute, errors, get_run_or_404
@@ -29,13 +29,17 @@ def alert_out(run_id: int, a: Alert) -> AlertOut:
                          traces=f"/traces/{run_id}?{steps}{rule.traces if rule else ''}"))
 
 
+# built once: every run list and run page asks, and building the statement cost more than running it
+_COUNTS = (select(Alert.run_id, func.sum(case((Alert.status == "firing", 1), else_=0)), func.count())
+           .where(Alert.run_id.in_(bindparam("ids", expanding=True))).group_by(Alert.run_id))
+
+
 def alert_counts(session: Session, run_ids: Iterable[int]) -> dict[int, AlertCounts]:
     """Per run: episodes still firing and all episodes (the runs list's badges), in one query."""
     ids = list(run_ids)
     if not ids:
         return {}
-    rows = session.execute(select(Alert.run_id, func.sum(case((Alert.status == "firing", 1), else_=0)), func.count())
-                           .where(Alert.run_id.in_(ids)).group_by(Alert.run_id))
+    rows = session.execute(_COUNTS, {"ids": ids})
     return {rid: AlertCounts(firing=int(firing or 0), total=int(total)) for rid, firing, total in rows}
 
 

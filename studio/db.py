@@ -26,6 +26,10 @@ T = TypeVar("T")
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+# The last (settings, engine) handed out: the API asks on every request, and working out the URL
+# resolves the data folder on disk each time. Only for settings whose URL cannot change with the
+# working directory; dispose_engines() forgets it.
+_last: tuple[Settings, Engine] | None = None
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -> Engine:
@@ -60,17 +64,25 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
+    global _last  # noqa: PLW0603
     settings = settings or get_settings()
+    last = _last
+    if last is not None and last[0] is settings:
+        return last[1]
     url = settings.sqlalchemy_url
     with _lock:
         engine = _engines.get(url)
         if engine is None:
             engine = _engines[url] = make_engine(url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        if settings.database_url or settings.data_dir.expanduser().is_absolute():
+            _last = (settings, engine)
         return engine
 
 
 def dispose_engines() -> None:
+    global _last  # noqa: PLW0603
     with _lock:
+        _last = None
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()

@@ -7,6 +7,7 @@ serialised: a PostgreSQL advisory lock, or a file lock next to the SQLite databa
 from __future__ import annotations
 
 import fcntl
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:  # noqa: AN
     return not ((type_ == "table" and is_search_table(name)) or (type_ == "index" and name == TERMS_INDEX))
 
 
+@functools.cache  # the migrations ship with the code: fixed for the process; /health asks on every call
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import case, func, select
-from sqlmodel import Session
+from sqlalchemy import select
 
 from backend.api.deps import API_PREFIX, SessionDep, SessionReleasingRoute, errors, get_run_or_404
-from backend.api.schemas import AlertCounts, AlertLinks, AlertOut
+from backend.api.schemas import AlertLinks, AlertOut
 from backend.auth import require_read
 from remix_engine.alerts import RULES
 from studio.models import Alert
@@ -27,16 +25,6 @@ def alert_out(run_id: int, a: Alert) -> AlertOut:
         detail=a.detail, metric=a.metric,
         links=AlertLinks(metrics=f"{API_PREFIX}/runs/{run_id}/metrics?keys={quote(a.metric, safe='')}&{steps}",
                          traces=f"/traces/{run_id}?{steps}{rule.traces if rule else ''}"))
-
-
-def alert_counts(session: Session, run_ids: Iterable[int]) -> dict[int, AlertCounts]:
-    """Per run: episodes still firing and all episodes (the runs list's badges), in one query."""
-    ids = list(run_ids)
-    if not ids:
-        return {}
-    rows = session.execute(select(Alert.run_id, func.sum(case((Alert.status == "firing", 1), else_=0)), func.count())
-                           .where(Alert.run_id.in_(ids)).group_by(Alert.run_id))
-    return {rid: AlertCounts(firing=int(firing or 0), total=int(total)) for rid, firing, total in rows}
 
 
 @router.get("/runs/{run_id}/alerts", response_model=list[AlertOut], responses=errors(404),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +46,11 @@ async def write_slot() -> AsyncIterator[None]:
 
 
 WRITE = [Depends(require_write), Depends(write_slot)]
+# A write that holds a slot runs on a thread of its own (WRITE_SLOTS of them, kept for the
+# process's life): on the shared pool it queued behind every read waiting for a thread, and under a
+# read-heavy load submissions timed out while the dashboard was served.
+_write_threads = concurrent.futures.ThreadPoolExecutor(WRITE_SLOTS, thread_name_prefix="api-write")
+
 
 # The error statuses a route can answer, described once for OpenAPI: `responses=errors(404, 409)`,
 # or `(409, "what the conflict is")` for a route's own wording. tests/unit/test_studio_security.py
@@ -87,6 +94,8 @@ class SessionReleasingRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         if not inspect.iscoroutinefunction(endpoint):
             endpoint = _closing_sessions(endpoint)
+            if any(getattr(d, "dependency", None) is write_slot for d in kwargs.get("dependencies") or []):
+                endpoint = _on_write_threads(endpoint)
         super().__init__(path, endpoint, **kwargs)
 
 
@@ -101,6 +110,15 @@ def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
                     value.close()
 
     return run_then_close
+
+
+def _on_write_threads(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__, sees a coroutine
+    async def run_on_write_thread(*args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(contextvars.copy_context().run, endpoint, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(_write_threads, call)
+
+    return run_on_write_thread
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

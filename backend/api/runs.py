@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Any, Literal, NamedTuple
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
-from sqlalchemy import func, select
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from sqlalchemy import Row, bindparam, case, func, select
+from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from backend.api.alerts import alert_counts
 from backend.api.deps import (
     UNREADABLE_BODY,
     WRITE,
@@ -25,6 +26,7 @@ from backend.api.deps import (
 )
 from backend.api.idempotency import RESPONSES as IDEMPOTENCY_RESPONSES
 from backend.api.idempotency import IdempotencyKeyHeader, idempotency_of, submit_once
+from backend.api.read_cache import cached_json
 from backend.api.schemas import (
     AlertCounts,
     CheckpointOut,
@@ -43,7 +45,7 @@ from backend.api.schemas import (
 from backend.auth import require_read
 from remix_engine.config import ConfigError, RunConfig, build_config, config_to_dict
 from studio import jobs, paths, queries
-from studio.models import ACTIVE_STATUSES, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
+from studio.models import ACTIVE_STATUSES, Alert, Checkpoint, Job, JobKind, LatestMetric, Run, as_utc
 from studio.settings import get_settings
 
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Depends(require_read)],
@@ -109,24 +111,101 @@ def _build_run_config(raw: dict[str, Any]) -> RunConfig:
         raise _config_error(f"config: {exc}") from None
 
 
-# ----------------------------------------------------------------------------------- helpers
-def run_detail(session: Session, run: Run, full: bool) -> RunDetail:
+# ----------------------------------------------------------------------------------- a run's state
+# What a run page shows, read by one query (plus its checkpoints, if any, and the job's waiting
+# reason); it is also the version of GET /runs/{id} in the read cache (backend/api/read_cache.py).
+# Every write to a run row sets updated_at (studio/jobs.py; the sink's metric batches go through
+# jobs.record_progress in the same transaction), and the run columns the pages show are compared
+# too, so a hand-made UPDATE is seen as well. config and request are written only when the run is
+# created, summary only with its final status.
+_RUN_OUT_COLUMNS = (Run.id, Run.name, Run.preset, Run.algorithm, Run.status, Run.cancel_requested, Run.parent_run_id,
+                    Run.steps_total, Run.steps_done, Run.rollouts_generated, Run.tokens_generated, Run.elapsed_s,
+                    Run.error, Run.created_at, Run.started_at, Run.finished_at, Run.updated_at)
+# JobOut's columns (not params, keys or tokens: never shown); heartbeat_at moves every few seconds
+_JOB_OUT_COLUMNS = (Job.id, Job.run_id, Job.kind, Job.status, Job.attempt, Job.lost_attempts, Job.max_attempts,
+                    Job.queue, Job.worker, Job.cancel_requested, Job.progress_step, Job.progress_total,
+                    Job.resumed_from_step, Job.last_checkpoint_step, Job.phase, Job.error, Job.celery_task_id,
+                    Job.created_at, Job.queued_at, Job.started_at, Job.heartbeat_at, Job.finished_at)
+
+
+def _per_run(where, **columns) -> list:  # noqa: ANN001 - correlated scalar subqueries, labelled
+    return [select(c).where(where).scalar_subquery().label(name) for name, c in columns.items()]
+
+
+_ALERT_COUNTS = _per_run(Alert.run_id == Run.id, alerts_n=func.count(),
+                         alerts_firing=func.sum(case((Alert.status == "firing", 1), else_=0)))
+# the run's latest metrics: the sink upserts them with a newer wall time or step, a resume rebuilds them
+_LATEST_STATE = _per_run(LatestMetric.run_id == Run.id, latest_n=func.count(),
+                         latest_wall=func.max(LatestMetric.wall_time), latest_steps=func.sum(LatestMetric.step))
+_child = aliased(Run)
+_newest_job = aliased(Job)
+_RUN_STATE = (
+    select(*_RUN_OUT_COLUMNS, Run.output_dir, *_ALERT_COUNTS, *_LATEST_STATE,
+           *_per_run(_child.parent_run_id == Run.id, children_n=func.count(), children_ids=func.sum(_child.id)),
+           *_per_run(Checkpoint.run_id == Run.id, checkpoints_n=func.count()),
+           *[c.label(f"job_{c.key}") for c in _JOB_OUT_COLUMNS])
+    .outerjoin(Job, Job.id == select(func.max(_newest_job.id)).where(_newest_job.run_id == Run.id).scalar_subquery())
+    .where(Run.id == bindparam("run_id"))
+)
+_CHECKPOINTS = (select(Checkpoint.step, Checkpoint.policy_version, Checkpoint.path, Checkpoint.policy_path,
+                       Checkpoint.created_at).where(Checkpoint.run_id == bindparam("run_id")).order_by(Checkpoint.step))
+_RUN_BODY = select(Run.config, Run.request, Run.summary).where(Run.id == bindparam("run_id"))
+_LATEST = (select(LatestMetric.key, LatestMetric.value).where(LatestMetric.run_id == bindparam("run_id"))
+           .order_by(LatestMetric.key))
+_CHILDREN = select(_child.id).where(_child.parent_run_id == bindparam("run_id")).order_by(_child.id)
+_METRICS_VERSION = select(Run.updated_at, *_LATEST_STATE).where(Run.id == bindparam("run_id"))
+
+
+class RunState(NamedTuple):
+    row: Row  # the run's columns, the counts behind its alerts, latest metrics, retries and checkpoints, job_*
+    checkpoints: tuple  # (step, policy_version, path, policy_path, created_at, still on disk)
+    waiting: str | None  # read fresh: it depends on workers, other jobs and the clock
+
+
+def run_state(session: Session, run_id: int) -> RunState:
+    """404 if there is no such run."""
+    row = session.execute(_RUN_STATE, {"run_id": run_id}).first()
+    if row is None:
+        raise HTTPException(404, detail=f"run {run_id} not found")
+    checkpoints = () if not row.checkpoints_n else tuple(
+        (*c, Path(c.path).exists()) for c in session.execute(_CHECKPOINTS, {"run_id": run_id}))
+    job = SimpleNamespace(id=row.job_id, status=row.job_status, queue=row.job_queue)
+    waiting = jobs.waiting_reason(session, job) if job.id is not None else None  # type: ignore[arg-type]
+    return RunState(row, checkpoints, waiting)
+
+
+def run_detail(session: Session, state: RunState, full: bool) -> RunDetail:
     """`full`: the request has a valid token (absolute paths, worker, full error)."""
-    job = jobs.latest_job(session, run.id)
-    latest = {k: v for k, v in session.execute(
-        select(LatestMetric.key, LatestMetric.value).where(LatestMetric.run_id == run.id).order_by(LatestMetric.key))}
-    ckpts = [CheckpointOut(step=c.step, policy_version=c.policy_version, path=public_path(c.path, full),
-                           policy_path=public_path(c.policy_path, full), exists=Path(c.path).exists(),
-                           created_at=as_utc(c.created_at))
-             for c in session.execute(select(Checkpoint).where(Checkpoint.run_id == run.id)
-                                      .order_by(Checkpoint.step)).scalars()]
-    children = list(session.execute(select(Run.id).where(Run.parent_run_id == run.id).order_by(Run.id)).scalars())
-    counts = alert_counts(session, [run.id]).get(run.id, AlertCounts())
-    return RunDetail(**RunOut.fields_of(run, full), alerts=counts, config=public_value(run.config or {}, full),
-                     request=public_value(run.request or {}, full), summary=public_value(run.summary, full),
+    run = state.row
+    body = session.execute(_RUN_BODY, {"run_id": run.id}).first()
+    if body is None:  # deleted since its state was read
+        raise HTTPException(404, detail=f"run {run.id} not found")
+    latest = dict(session.execute(_LATEST, {"run_id": run.id}).all()) if run.latest_n else {}
+    children = list(session.execute(_CHILDREN, {"run_id": run.id}).scalars()) if run.children_n else []
+    ckpts = [CheckpointOut(step=step, policy_version=version, path=public_path(path, full),
+                           policy_path=public_path(policy_path, full), exists=exists, created_at=as_utc(created))
+             for step, version, path, policy_path, created, exists in state.checkpoints]
+    job = (SimpleNamespace(**{c.key: getattr(run, f"job_{c.key}") for c in _JOB_OUT_COLUMNS})
+           if run.job_id is not None else None)
+    return RunDetail(**RunOut.fields_of(run, full), alerts=_alerts(run), config=public_value(body.config or {}, full),
+                     request=public_value(body.request or {}, full), summary=public_value(body.summary, full),
                      output_dir=public_path(run.output_dir, full),
-                     job=JobOut.of(job, full, jobs.waiting_reason(session, job)) if job else None,
+                     job=JobOut.of(job, full, state.waiting) if job else None,  # type: ignore[arg-type]
                      latest_metrics=latest, checkpoints=ckpts, child_run_ids=children)
+
+
+def _alerts(row: Row) -> AlertCounts:
+    return AlertCounts(firing=int(row.alerts_firing or 0), total=int(row.alerts_n or 0))
+
+
+def _metrics_version(session: Session, run_id: int) -> tuple:
+    """GET /runs/{id}/metrics' version in the read cache (404 if there is no such run): metric rows
+    are written with their latest_metrics rows and the run's updated_at, in one transaction
+    (worker/sink.py)."""
+    row = session.execute(_METRICS_VERSION, {"run_id": run_id}).first()
+    if row is None:
+        raise HTTPException(404, detail=f"run {run_id} not found")
+    return tuple(row)
 
 
 def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict, parent_run_id: int | None,
@@ -142,8 +221,7 @@ def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict
         jobs.dispatch(job.id)
     elif response is not None:
         response.status_code = status.HTTP_200_OK
-    session.expire_all()
-    return run_detail(session, session.get(Run, job.run_id), full=True)
+    return run_detail(session, run_state(session, job.run_id), full=True)
 
 
 # ----------------------------------------------------------------------------------- routes
@@ -160,13 +238,13 @@ def create_run(body: RunCreate, session: SessionDep, response: Response,
 
 
 @router.get("", response_model=RunList, summary="List runs (newest first), with their latest metrics")
-def list_runs(session: SessionDep, full: FullView,
+def list_runs(request: Request, session: SessionDep, full: FullView,
               status_: str | None = Query(None, alias="status", description="comma-separated: queued,running,..."),
               algorithm: str | None = Query(None, description="comma-separated algorithms"),
               parent_run_id: int | None = None,
               metrics: str | None = Query(None, description=f"comma-separated metric keys (at most {MAX_KEYS}): "
                                                             "each run's latest value of them, in latest_metrics"),
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> RunList:
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> Response:
     cond = []
     if status_:
         cond.append(Run.status.in_([s.strip() for s in status_.split(",") if s.strip()]))
@@ -175,14 +253,17 @@ def list_runs(session: SessionDep, full: FullView,
     if parent_run_id is not None:
         cond.append(Run.parent_run_id == parent_run_id)
     count = session.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
-    rows = session.execute(select(Run).where(*cond).order_by(Run.created_at.desc(), Run.id.desc())
-                           .limit(limit).offset(offset)).scalars().all()
+    # the listed columns only: no Run objects, no config JSON decoded per row
+    rows = session.execute(select(*_RUN_OUT_COLUMNS, *_ALERT_COUNTS).where(*cond)
+                           .order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
     keys = _keys(metrics, MAX_KEYS)
     latest = queries.latest_metrics(session, [r.id for r in rows], keys) if keys else {}
-    counts = alert_counts(session, (r.id for r in rows))
-    return RunList(data=[RunOut(**RunOut.fields_of(r, full), latest_metrics=latest.get(r.id, {}),
-                                alerts=counts.get(r.id, AlertCounts())) for r in rows],
-                   count=count, limit=limit, offset=offset)
+    # The page's rows are its own version: a hit skips the response models and the JSON encoding.
+    return cached_json(request, ("runs", status_, algorithm, parent_run_id, metrics, limit, offset, full),
+                       (count, rows, latest),
+                       lambda: RunList(data=[RunOut(**RunOut.fields_of(r, full), latest_metrics=latest.get(r.id, {}),
+                                                    alerts=_alerts(r)) for r in rows],
+                                       count=count, limit=limit, offset=offset))
 
 
 @router.get("/metrics", response_model=MultiMetricsOut, responses=errors((422, "too many runs × keys")),
@@ -213,8 +294,9 @@ def get_runs_metrics(session: SessionDep,
 
 @router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints",
             responses=errors(404))
-def get_run(run_id: int, session: SessionDep, full: FullView) -> RunDetail:
-    return run_detail(session, get_run_or_404(session, run_id), full)
+def get_run(run_id: int, request: Request, session: SessionDep, full: FullView) -> Response:
+    state = run_state(session, run_id)  # the version; a write after it can only make the body newer
+    return cached_json(request, ("run", run_id, full), state, lambda: run_detail(session, state, full))
 
 
 @router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunDetail,
@@ -231,8 +313,7 @@ def cancel_run(run_id: int, session: SessionDep) -> RunDetail:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run.id} is {run.status}; only pending, queued "
                                                              "or running runs can be cancelled") from None
     session.commit()
-    session.expire_all()
-    return run_detail(session, session.get(Run, run_id), full=True)
+    return run_detail(session, run_state(session, run_id), full=True)
 
 
 @router.post("/{run_id}/retry", status_code=status.HTTP_201_CREATED, response_model=RunDetail,
@@ -284,14 +365,20 @@ def metric_keys(run_id: int, session: SessionDep) -> list[str]:
 @router.get("/{run_id}/metrics", response_model=MetricsOut,
             summary="Metric series, downsampled (min and max of every bucket are kept)",
             responses=errors(404))
-def get_metrics(run_id: int, session: SessionDep,
+def get_metrics(run_id: int, request: Request, session: SessionDep,
                 keys: str | None = Query(None, description=f"comma-separated metric keys (default: the first "
                                                            f"{MAX_KEYS} in name order; keys_capped says so)"),
                 x: Literal["step", "rollouts", "time"] = Query(
                     "step", description="x axis: training step, rollouts generated so far, or training seconds"),
                 max_points: int = Query(1000, ge=10, le=20000, description="upper bound on points per series"),
-                step_min: int | None = None, step_max: int | None = None) -> MetricsOut:
-    get_run_or_404(session, run_id)
+                step_min: int | None = None, step_max: int | None = None) -> Response:
+    version = _metrics_version(session, run_id)  # first (404 if there is no such run)
+    return cached_json(request, ("metrics", run_id, keys, x, max_points, step_min, step_max), version,
+                       lambda: _metrics(session, run_id, keys, x, max_points, step_min, step_max))
+
+
+def _metrics(session: Session, run_id: int, keys: str | None, x: str, max_points: int, step_min: int | None,
+             step_max: int | None) -> MetricsOut:
     wanted = _keys(keys, MAX_KEYS + 1)
     if wanted is None:
         wanted = list(session.execute(select(LatestMetric.key).where(LatestMetric.run_id == run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from datetime import timedelta
 
@@ -64,6 +65,48 @@ def _probe_broker() -> dict:
     return {"ok": True}
 
 
+# What /health reports that changes rarely is worked out at most every SLOW_FACTS_TTL_S per app: a
+# dashboard (or a load test) calling it many times a second shares one broker probe (a broker
+# connection each) and one schema-revision read (Alembic's, the costliest part of a call).
+# The database's reachability and the workers are read on every call.
+SLOW_FACTS_TTL_S = 2.0
+
+
+class Recent:
+    """`fn()`'s result, computed at most once per SLOW_FACTS_TTL_S; single-flight (callers arriving
+    during a computation wait for it). An exception is not kept: it goes to the caller."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = None
+        self._at = float("-inf")
+
+    def get(self, fn):  # noqa: ANN001, ANN201
+        with self._lock:  # held across fn(): one computation at a time, the others reuse it
+            if time.monotonic() - self._at >= SLOW_FACTS_TTL_S:
+                self._value = fn()
+                self._at = time.monotonic()
+            return self._value
+
+
+_recent_made = threading.Lock()
+
+
+def _recent(request: Request, name: str) -> Recent:
+    state = request.app.state  # per app: tests build several apps on several databases in one process
+    with _recent_made:
+        if getattr(state, name, None) is None:
+            setattr(state, name, Recent())
+        return getattr(state, name)
+
+
+def _broker_state() -> dict:
+    try:
+        return _probe_pool.submit(_probe_broker).result(timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
 @router.get("/health", response_model=HealthOut,
             summary="Database, broker and the workers seen recently; status ok | starting | degraded | error",
             responses={503: {"description": "the database is unreachable"}})
@@ -75,18 +118,14 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
     try:
         session.execute(select(1))
         db["ok"] = True
-        db["revision"] = current_revision(session.connection())
+        db["revision"] = _recent(request, "schema_revision").get(lambda: current_revision(session.connection()))
         db["head"] = head_revision()
         db["schema_current"] = db["revision"] == db["head"]
         if not db["schema_current"]:
             db["warning"] = "the schema is behind the code: restart `remix studio` (or run the migrations)"
     except Exception as exc:  # noqa: BLE001
         db.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-    broker: dict = {"url": redact_url(settings.celery_broker_url)}
-    try:
-        broker.update(_probe_pool.submit(_probe_broker).result(timeout=5))
-    except Exception as exc:  # noqa: BLE001
-        broker.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+    broker: dict = {"url": redact_url(settings.celery_broker_url), **_recent(request, "broker_state").get(_broker_state)}
     workers: dict = {"online": 0, "lost": 0, "items": []}
     reasons: list[str] = []
     if db.get("ok"):

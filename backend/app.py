@@ -21,6 +21,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import sqlalchemy.exc
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,6 +35,7 @@ from studio.db import is_timeout
 from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.api")
+API_THREADS = 24  # threads for the sync routes (see lifespan)
 
 
 class Reaper:
@@ -184,6 +186,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # GC's reach, a full collection (every few requests that build thousands of objects, e.g.
         # the off-policy view) no longer walks it -- ~80 ms pauses on this 2-core machine.
         gc.freeze()
+        # Few threads for the sync routes: a read takes about a millisecond of CPU, so more threads
+        # add no throughput on a few cores, only contenders for the GIL -- with anyio's 40, the 4
+        # write threads (deps.py) got so little of it that submissions timed out under a read load.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
         reaper = Reaper(settings) if settings.reaper_enabled else None
         if reaper is not None:
             reaper.start()

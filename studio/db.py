@@ -41,8 +41,8 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -
             # Runs, rollouts and token hashes are the owner's: 0600 (SQLite gives -wal/-shm the same mode).
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(path, 0o600)
-        # One connection per API thread (anyio's 40) and some for the reaper and the health probe:
-        # SQLite connections are cheap, and a request never waits for another's.
+        # A connection per API thread (backend/app.py's API_THREADS and deps.py's write threads) and some
+        # for the reaper and the health probe: SQLite connections are cheap, and a request never waits for another's.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
                                pool_size=40, max_overflow=10)
 

@@ -313,30 +313,27 @@ _PAPER_COMMON: dict[str, Any] = {
     "warm_start": {"steps": 0},
 }
 
+_TOY: dict[str, Any] = {
+    "data": {"prompt_suffix": "", "max_prompt_tokens": 64},
+    "rollout": {"max_new_tokens": 96},
+    # lr 1e-5: the climb spans ~100 steps (3e-5 saturates in ~20; 3e-4 was unstable) — measured by
+    # benchmarks/toy_calibration.py; warm start 700 x 32 puts greedy pass@1 at 30-40%, pass@8 ~90%.
+    "actor": {"lr": 1e-5, "entropy_coef": 0.0},
+    "critic": {"lr": 1e-3},
+    "remix": {"schedule": {"start": 20, "interval": 5}},
+    # One thread: the ~1M-parameter model gains nothing from more, and on 2 shared cores a second
+    # thread made generation 20x slower (measured: 0.7 s vs 16.7 s for 128 responses under load).
+    "trainer": {"torch_threads": 1},
+    "warm_start": {"steps": 700, "batch_size": 32, "processes": 2},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "toy": {
-        "data": {"prompt_suffix": "", "max_prompt_tokens": 64},
-        "rollout": {"max_new_tokens": 96},
-        # lr 1e-5: the climb spans ~100 steps (3e-5 saturates in ~20; 3e-4 was unstable) — measured by
-        # benchmarks/toy_calibration.py; warm start 700 x 32 puts greedy pass@1 at 30-40%, pass@8 ~90%.
-        "actor": {"lr": 1e-5, "entropy_coef": 0.0},
-        "critic": {"lr": 1e-3},
-        "remix": {"schedule": {"start": 20, "interval": 5}},
-        # One thread: the ~1M-parameter model gains nothing from more, and on 2 shared cores a second
-        # thread made generation 20x slower (measured: 0.7 s vs 16.7 s for 128 responses under load).
-        "trainer": {"torch_threads": 1},
-        "warm_start": {"steps": 700, "batch_size": 32, "processes": 2},
-    },
+    "toy": _TOY,
     # The toy with 3x longer responses (remix_engine/toy.py, issue 19's long-horizon study): prompt and
-    # response fit the toy model's 256 positions; 8 prompts x 8 per step halve the step.
-    "toy-long": {
+    # response fit the toy model's 256 positions; 8 prompts x 8 per step, half the toy's responses.
+    "toy-long": _TOY | {
         "data": {"train": "toy-long", "heldout": "toy-long", "prompt_suffix": "", "max_prompt_tokens": 40},
         "rollout": {"max_new_tokens": 216, "prompts_per_step": 8},
-        "actor": {"lr": 1e-5, "entropy_coef": 0.0},
-        "critic": {"lr": 1e-3},
-        "remix": {"schedule": {"start": 20, "interval": 5}},
-        "trainer": {"torch_threads": 1},
-        "warm_start": {"steps": 700, "batch_size": 32, "processes": 2},
     },
     "r1-distill-1.5b": _PAPER_COMMON | {
         "model": _PAPER_COMMON["model"] | {"name_or_path": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},

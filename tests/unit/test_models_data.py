@@ -452,3 +452,12 @@ def test_concurrent_cache_misses_train_once(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(),
                                                  strict=True))
+
+
+def test_the_warm_start_demonstrates_the_task_data_train_names(tmp_path, monkeypatch):
+    monkeypatch.delenv("REMIX_CACHE_DIR", raising=False)
+    cfg = WarmStartConfig(steps=1, batch_size=2, lr=1e-3, cache_dir=str(tmp_path))
+    load_policy(ModelConfig(), cfg, seed=0, task="toy-long")
+    load_policy(ModelConfig(), cfg, seed=0, task="data.jsonl")  # not a toy task: the toy's demonstrations
+    tasks = sorted(json.loads((e / warmstart.META_FILE).read_text())["task"] for e in tmp_path.iterdir() if e.is_dir())
+    assert tasks == [toy.DEFAULT_TASK.version, toy.TASKS["toy-long"].version]

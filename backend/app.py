@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
+import signal
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -32,10 +34,14 @@ from starlette.datastructures import MutableHeaders
 from backend.api.deps import API_PREFIX
 from backend.api.read_cache import ReadCache
 from studio.db import is_timeout
+from studio.processes import die_with_parent
 from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.api")
 API_THREADS = 24  # threads for the sync routes (see lifespan)
+# `remix studio --api-workers N` sets it to its pid for the API processes it spawns: each dies with it
+# (SIGTERM, a graceful shutdown), so a kill -9 of the studio leaves no process holding the port.
+API_PARENT_ENV = "REMIX_API_PARENT_PID"
 
 
 class Reaper:
@@ -177,6 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from backend.api.tokens import router as tokens_router
 
     settings = settings or get_settings()
+    parent = os.environ.get(API_PARENT_ENV)
+    if parent and multiprocessing.parent_process() is not None:  # one of the studio's API processes
+        die_with_parent(signal.SIGTERM, int(parent))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -1,6 +1,6 @@
 """`remix studio`: the embedded default in one command.
 
-    remix studio [--host 127.0.0.1] [--port 8000] [--data-dir DIR]
+    remix studio [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--api-workers N]
 
 runs the database migrations, makes sure an API token exists (created on first start, stored in
 DIR/api_token and printed), starts one Celery worker process (solo pool, server-less filesystem
@@ -48,6 +48,10 @@ def add_studio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory: SQLite file, broker folders, token, runs (REMIX_DATA_DIR, "
                                       "default ./.remix)")
     p.add_argument("--no-worker", action="store_true", help="serve the API only (workers run elsewhere)")
+    p.add_argument("--api-workers", type=int, default=1, metavar="N",
+                   help="API processes sharing the port (default 1). One process uses at most about one core "
+                        "(Python's GIL): on a machine with more cores, N up to the core count serves more "
+                        "dashboard readers at once. Each process has its own database pool and read cache")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--worker-stop-timeout", type=float, default=120.0,
                    help="seconds to wait for the worker to checkpoint and exit on Ctrl-C before killing it")
@@ -163,8 +167,9 @@ def run_studio(args: argparse.Namespace) -> int:
     revision = upgrade_database(settings)
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    from backend.app import create_app
+    from backend.app import API_PARENT_ENV, create_app
 
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"ReMix Studio on http://{url_host}:{args.port}   (API docs: /docs, OpenAPI: /openapi.json)", flush=True)
@@ -183,22 +188,33 @@ def run_studio(args: argparse.Namespace) -> int:
         worker.start()
     # Keep-alive of 30 s (uvicorn's default is 5): a client's pooled connection closing under it
     # is the commonest connection reset under load.
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                                           log_level=args.log_level, timeout_keep_alive=30))
+    options = {"host": args.host, "port": args.port, "log_level": args.log_level, "timeout_keep_alive": 30}
+    if args.api_workers > 1:
+        # uvicorn's supervisor spawns the processes; each builds the app from the environment set
+        # above (data dir, token, URLs) and dies with this one (API_PARENT_ENV, backend/app.py)
+        os.environ[API_PARENT_ENV] = str(os.getpid())
+        config = uvicorn.Config("backend.app:create_app", factory=True, workers=args.api_workers, **options)
+        sockets = [config.bind_socket()]
+    else:
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
     code = 0
 
     def _terminate(signum, _frame):  # noqa: ANN001
         # uvicorn handles SIGTERM itself and re-raises it after its shutdown; end up in `finally`.
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGINT)
     try:
-        server.run()
-        if not server.started:
-            code = 1
+        if args.api_workers > 1:
+            # the supervisor takes SIGINT and SIGTERM over: it stops its processes, then returns here
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server.run()
+            code = 0 if server.started else 1
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
         pass
     finally:
+        signal.signal(signal.SIGINT, previous[1])
         if worker is not None:
             print("stopping the worker (the running job checkpoints and resumes on the next start) ...", flush=True)
             try:
@@ -206,7 +222,7 @@ def run_studio(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 rc = worker.stop(0)
             print(f"worker stopped (exit {rc})", flush=True)
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
     return code
 
 

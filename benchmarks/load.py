@@ -14,6 +14,7 @@ default, or on PostgreSQL + Redis with --database-url / --broker-url) in a tempo
     python benchmarks/load.py --submitters 20 --readers 40 --seconds 10
     python benchmarks/load.py --database-url postgresql://postgres@127.0.0.1:5432/postgres \\
         --broker-url redis://127.0.0.1:6379/0                  # a fresh database is created and dropped
+    python benchmarks/load.py --api-workers 2                  # `remix studio --api-workers 2`
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "load-benchmark-token"
@@ -63,7 +66,8 @@ def _drop_postgres(admin_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_studio(data_dir: Path, database_url: str | None, broker_url: str | None) -> tuple[subprocess.Popen, str]:
+def start_studio(data_dir: Path, database_url: str | None, broker_url: str | None,
+                 api_workers: int = 1) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMIX_")}
     env.update(REMIX_DATA_DIR=str(data_dir), REMIX_API_TOKENS=TOKEN, PYTHONPATH=str(REPO))
@@ -73,7 +77,7 @@ def start_studio(data_dir: Path, database_url: str | None, broker_url: str | Non
         env["REMIX_BROKER_URL"] = broker_url
     log = open(data_dir / "api.log", "ab")  # noqa: SIM115 - closed when the process ends
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "studio", "--no-worker", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             "--api-workers", str(api_workers), "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -89,6 +93,55 @@ def start_studio(data_dir: Path, database_url: str | None, broker_url: str | Non
     raise SystemExit("the studio did not answer within 120 s")
 
 
+# ----------------------------------------------------------------------------- a lean HTTP client
+class Connection:
+    """One keep-alive HTTP/1.1 connection, as a browser tab holds one. The load generator shares
+    the machine's two cores with the studio it measures: httpx spent about as much CPU per request
+    as the API (its CPU per request is printed beside the API's), this client a fraction of it. A
+    request that fails or times out drops the connection, as httpx does; the next one reconnects."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port, self.prefix = parsed.hostname or "127.0.0.1", parsed.port or 80, parsed.path.rstrip("/")
+        self.timeout = timeout
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        try:
+            return await asyncio.wait_for(self._exchange(method, path, body, headers or {}), self.timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _exchange(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        head = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+        if body:
+            head.append("Content-Type: application/json")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                data += (await reader.readexactly(size + 2))[:-2]
+            await reader.readuntil(b"\r\n")
+        else:
+            data = await reader.readexactly(int(fields.get("content-length", "0")))
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split(" ", 2)[1]), data
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 # ----------------------------------------------------------------------------- load
 class Stats:
     def __init__(self) -> None:
@@ -96,65 +149,68 @@ class Stats:
         self.outcomes: Counter[str] = Counter()
         self.run_ids: dict[str, int] = {}  # idempotency key -> run id the client was given
         self.created = 0  # 201s
+        self.cpu_ms: dict[str, float] = {}  # CPU milliseconds per answered request, by process
 
 
 def _outcome(kind: str, exc_or_status) -> str:
     return f"{kind} {exc_or_status}" if isinstance(exc_or_status, int) else f"{kind} {type(exc_or_status).__name__}"
 
 
-async def submitter(client: httpx.AsyncClient, stop: float, stats: Stats) -> None:
+# what a request can fail with: refused or reset connections, a cut-off answer, the time-out
+_FAILURES = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+
+
+async def submitter(conn: Connection, stop: float, stats: Stats) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = json.dumps({"config": RUN_BODY}).encode()
     while time.monotonic() < stop:
         key = str(uuid.uuid4())
         while True:  # retry the same request (same key) until the API answers
             t0 = time.monotonic()
             try:
-                r = await client.post("/runs", json={"config": RUN_BODY}, headers={**headers, "Idempotency-Key": key})
-            except httpx.HTTPError as exc:
+                status, data = await conn.request("POST", "/runs", body, {**headers, "Idempotency-Key": key})
+            except _FAILURES as exc:
                 stats.outcomes[_outcome("write", exc)] += 1
                 if time.monotonic() > stop + 60:
                     break
                 continue
             stats.latency["write"].append(time.monotonic() - t0)
-            stats.outcomes[_outcome("write", r.status_code)] += 1
-            if r.status_code in (200, 201):
-                stats.run_ids[key] = r.json()["id"]
-                stats.created += r.status_code == 201
+            stats.outcomes[_outcome("write", status)] += 1
+            if status in (200, 201):
+                stats.run_ids[key] = json.loads(data)["id"]
+                stats.created += status == 201
                 break
-            if r.status_code < 500:
+            if status < 500:
                 break
         await asyncio.sleep(random.uniform(0, 0.05))
 
 
-async def reader(client: httpx.AsyncClient, stop: float, stats: Stats) -> None:
+async def reader(conn: Connection, stop: float, stats: Stats) -> None:
     while time.monotonic() < stop:
         known = list(stats.run_ids.values())
         rid = random.choice(known) if known else None
         path = random.choice(["/runs?limit=20", "/health"] + ([f"/runs/{rid}", f"/runs/{rid}/metrics"] if rid else []))
         t0 = time.monotonic()
         try:
-            r = await client.get(path)
-        except httpx.HTTPError as exc:
+            status, _ = await conn.request("GET", path)
+        except _FAILURES as exc:
             stats.outcomes[_outcome("read", exc)] += 1
             continue
         stats.latency["read"].append(time.monotonic() - t0)
-        stats.outcomes[_outcome("read", r.status_code)] += 1
+        stats.outcomes[_outcome("read", status)] += 1
 
 
 async def run_load(url: str, submitters: int, readers: int, seconds: float, timeout: float) -> Stats:
-    # One client (one keep-alive connection) per simulated user, as a browser tab would have: one
-    # shared pool of 300 connections cost the load generator more CPU than the API it measures
-    # (httpcore re-scans every connection and waiting request on each request, O(n^2)).
+    # one connection per simulated user, as a browser tab would have
     stats = Stats()
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [httpx.AsyncClient(base_url=url + "/api/v1", timeout=timeout, limits=limits)
-               for _ in range(submitters + readers)]
+    conns = [Connection(url + "/api/v1", timeout) for _ in range(submitters + readers)]
     try:
         stop = time.monotonic() + seconds
-        await asyncio.gather(*[submitter(c, stop, stats) for c in clients[:submitters]],
-                             *[reader(c, stop, stats) for c in clients[submitters:]])
+        await asyncio.gather(*[submitter(c, stop, stats) for c in conns[:submitters]],
+                             *[reader(c, stop, stats) for c in conns[submitters:]])
     finally:
-        await asyncio.gather(*[c.aclose() for c in clients])
+        for c in conns:
+            c.close()
     return stats
 
 
@@ -166,6 +222,10 @@ def stored_run_ids(url: str) -> list[int]:
             ids += [r["id"] for r in page["data"]]
             if len(ids) >= page["count"] or not page["data"]:
                 return ids
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -180,7 +240,8 @@ def summary(stats: Stats, stored: list[int]) -> dict:
     return {"outcomes": dict(stats.outcomes), "given": len(given), "created": stats.created,
             "stored": len(set(stored)), "stored_twice": len(stored) - len(set(stored)),
             "ghosts": len(set(stored) - set(given)), "missing": len(set(given) - set(stored)),
-            "read_p95_s": _pct(stats.latency["read"], .95), "write_p95_s": _pct(stats.latency["write"], .95)}
+            "read_p95_s": _pct(stats.latency["read"], .95), "write_p95_s": _pct(stats.latency["write"], .95),
+            "cpu_ms_per_request": stats.cpu_ms}
 
 
 def report(stats: Stats, stored: list[int], seconds: float, label: str) -> bool:
@@ -197,6 +258,8 @@ def report(stats: Stats, stored: list[int], seconds: float, label: str) -> bool:
               f"{_pct(lat, .99):7.3f}")
     print(f"runs: {len(given)} given to clients ({stats.created} as 201), {len(set(stored))} stored, "
           f"{duplicates} stored twice, {len(ghosts)} stored without a client, {len(missing)} given but missing")
+    if stats.cpu_ms:
+        print("CPU per answered request: " + ", ".join(f"{k} {v:.2f} ms" for k, v in stats.cpu_ms.items()))
     print("errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "none"))
     return not errors and not duplicates and not ghosts and not missing
 
@@ -210,6 +273,7 @@ def main() -> int:
     ap.add_argument("--url", help="a running studio (default: start a throw-away one)")
     ap.add_argument("--database-url", help="PostgreSQL admin URL: a fresh database is created there and dropped")
     ap.add_argument("--broker-url")
+    ap.add_argument("--api-workers", type=int, default=1, help="`remix studio --api-workers` of the throw-away studio")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -222,10 +286,17 @@ def main() -> int:
                 database_url = None
                 if args.database_url:
                     database_url, db_name = _fresh_postgres(args.database_url)
-                proc, url = start_studio(Path(tmp), database_url, args.broker_url)
+                proc, url = start_studio(Path(tmp), database_url, args.broker_url, args.api_workers)
+            studio = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)] if proc else []
+            cpu0 = (time.process_time(), _cpu_seconds(studio))
             started = time.monotonic()
             stats = asyncio.run(run_load(url, args.submitters, args.readers, args.seconds, args.timeout))
             elapsed = time.monotonic() - started
+            # CPU per answered request: the generator's and the studio's (none for --url)
+            answered = len(stats.latency["read"]) + len(stats.latency["write"])
+            stats.cpu_ms = {"load generator": (time.process_time() - cpu0[0]) * 1000 / max(1, answered)}
+            if studio:
+                stats.cpu_ms["studio"] = (_cpu_seconds(studio) - cpu0[1]) * 1000 / max(1, answered)
             stored = stored_run_ids(url)
             ok = report(stats, stored, elapsed,
                         f"{label}: {args.submitters} submitters + {args.readers} readers for {args.seconds:.0f} s "

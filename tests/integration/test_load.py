@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_concurrent_submitters_and_readers(tmp_path):
     out = tmp_path / "load.json"
-    done = subprocess.run([sys.executable, "benchmarks/load.py", "--submitters", "20", "--readers", "40",
+    done = subprocess.run([sys.executable, "benchmarks/load.py", "--submitters", "20", "--readers", "40", "--api-workers", "2",
                            "--seconds", "10", "--timeout", "30", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.is_file(), done.stdout + done.stderr

@@ -238,3 +238,69 @@ def test_kill_9_of_the_studio_leaves_no_orphan_and_the_next_studio_resumes_the_j
                     proc.kill()
         for pid in _workers_on(data_dir):
             os.kill(pid, signal.SIGKILL)
+
+
+def _children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
+def _api_processes(studio: subprocess.Popen) -> list[int]:
+    """The API processes `--api-workers` spawned (multiprocessing's resource tracker left out)."""
+    return [pid for pid in _children_of(studio.pid)
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_api_workers_share_the_port_stop_on_ctrl_c_and_die_with_a_killed_studio(tmp_path: Path) -> None:
+    data_dir, log_path = tmp_path / "studio-data", tmp_path / "studio.log"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def start() -> subprocess.Popen:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "backend.cli", "studio", "--no-worker", "--api-workers", "2",
+                                     "--port", str(port), "--data-dir", str(data_dir)], cwd=tmp_path,
+                                    env=_child_env({}), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def serving(studio: subprocess.Popen) -> list[int] | None:
+        assert studio.poll() is None, log_path.read_text()[-4000:]
+        try:
+            ok = httpx.get(f"{api}/health", timeout=10).status_code == 200
+        except httpx.HTTPError:
+            return None
+        procs = _api_processes(studio)
+        return procs if ok and len(procs) == 2 else None
+
+    studio = start()
+    first: list[int] = []
+    second: list[int] = []
+    try:
+        first = wait_for(lambda: serving(studio), 180, what="two API processes")
+        token = (data_dir / "api_token").read_text().strip()
+        # a write in one process is read back (through any of them) at once: the read caches are per process
+        r = httpx.post(f"{api}/runs", json={"config": {"preset": "toy", "steps": 3}},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 201, r.text
+        for _ in range(6):
+            assert httpx.get(f"{api}/runs/{r.json()['id']}", timeout=10).json()["status"] in ("pending", "queued")
+        studio.send_signal(signal.SIGINT)
+        assert studio.wait(timeout=90) == 0, log_path.read_text()[-4000:]
+        assert not [pid for pid in first if _pid_alive(pid)]
+
+        studio = start()
+        second = wait_for(lambda: serving(studio), 180, what="two API processes after a restart")
+        studio.send_signal(signal.SIGKILL)  # the API processes get SIGTERM from the kernel
+        studio.wait()
+        wait_for(lambda: not [pid for pid in second if _pid_alive(pid)], 60, what="the API processes to exit")
+    finally:
+        if studio.poll() is None:
+            studio.kill()
+        for pid in first + second:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -48,13 +48,23 @@ def add_studio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory: SQLite file, broker folders, token, runs (REMIX_DATA_DIR, "
                                       "default ./.remix)")
     p.add_argument("--no-worker", action="store_true", help="serve the API only (workers run elsewhere)")
-    p.add_argument("--api-workers", type=int, default=1, metavar="N",
+    p.add_argument("--api-workers", type=_positive_int, default=1, metavar="N",
                    help="API processes sharing the port (default 1). One process uses at most about one core "
                         "(Python's GIL): on a machine with more cores, N up to the core count serves more "
                         "dashboard readers at once. Each process has its own database pool and read cache")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--worker-stop-timeout", type=float, default=120.0,
                    help="seconds to wait for the worker to checkpoint and exit on Ctrl-C before killing it")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 class WorkerProcess:
@@ -194,7 +204,6 @@ def run_studio(args: argparse.Namespace) -> int:
         # above (data dir, token, URLs) and dies with this one (API_PARENT_ENV, backend/app.py)
         os.environ[API_PARENT_ENV] = str(os.getpid())
         config = uvicorn.Config("backend.app:create_app", factory=True, workers=args.api_workers, **options)
-        sockets = [config.bind_socket()]
     else:
         server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
     code = 0
@@ -207,7 +216,8 @@ def run_studio(args: argparse.Namespace) -> int:
     try:
         if args.api_workers > 1:
             # the supervisor takes SIGINT and SIGTERM over: it stops its processes, then returns here
-            Multiprocess(config, sockets=sockets).run()
+            # (a port in use exits 1 from bind_socket, after `finally` stopped the worker)
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
         else:
             server.run()
             code = 0 if server.started else 1

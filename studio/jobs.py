@@ -427,12 +427,13 @@ def waiting_reason(session: Session, job: Job, settings: Settings | None = None)
         return None
     settings = settings or get_settings()
     fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
-    serving = [w for w in session.execute(select(WorkerNode).where(WorkerNode.status == "online",
-                                                                   WorkerNode.last_seen_at >= fresh)).scalars()
+    conn = session.connection()  # Core rows: read on every run page of a waiting run
+    serving = [w for w in conn.execute(select(WorkerNode).where(WorkerNode.status == "online",
+                                                                WorkerNode.last_seen_at >= fresh))
                if job.queue in w.queues.split(",")]
     if not serving:
         return f"waiting for a worker: none is online for queue '{job.queue}'"
-    ahead = session.execute(select(func.count()).select_from(Job).where(
+    ahead = conn.execute(select(func.count()).select_from(Job).where(
         Job.queue == job.queue, Job.status.in_((JobStatus.PENDING.value, JobStatus.QUEUED.value)),
         Job.id < job.id)).scalar_one()
     then = f"; {ahead} queued job{'s' if ahead != 1 else ''} ahead of it" if ahead else ""

@@ -164,11 +164,12 @@ class RunState(NamedTuple):
 
 def run_state(session: Session, run_id: int) -> RunState:
     """404 if there is no such run."""
-    row = session.execute(_RUN_STATE, {"run_id": run_id}).first()
+    conn = session.connection()  # Core: the ORM's per-statement work cost more than these queries
+    row = conn.execute(_RUN_STATE, {"run_id": run_id}).first()
     if row is None:
         raise HTTPException(404, detail=f"run {run_id} not found")
     checkpoints = () if not row.checkpoints_n else tuple(
-        (*c, Path(c.path).exists()) for c in session.execute(_CHECKPOINTS, {"run_id": run_id}))
+        (*c, Path(c.path).exists()) for c in conn.execute(_CHECKPOINTS, {"run_id": run_id}))
     job = SimpleNamespace(id=row.job_id, status=row.job_status, queue=row.job_queue)
     waiting = jobs.waiting_reason(session, job) if job.id is not None else None  # type: ignore[arg-type]
     return RunState(row, checkpoints, waiting)
@@ -202,7 +203,7 @@ def _metrics_version(session: Session, run_id: int) -> tuple:
     """GET /runs/{id}/metrics' version in the read cache (404 if there is no such run): metric rows
     are written with their latest_metrics rows and the run's updated_at, in one transaction
     (worker/sink.py)."""
-    row = session.execute(_METRICS_VERSION, {"run_id": run_id}).first()
+    row = session.connection().execute(_METRICS_VERSION, {"run_id": run_id}).first()
     if row is None:
         raise HTTPException(404, detail=f"run {run_id} not found")
     return tuple(row)
@@ -252,10 +253,10 @@ def list_runs(request: Request, session: SessionDep, full: FullView,
         cond.append(Run.algorithm.in_([a.strip() for a in algorithm.split(",") if a.strip()]))
     if parent_run_id is not None:
         cond.append(Run.parent_run_id == parent_run_id)
-    count = session.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
-    # the listed columns only: no Run objects, no config JSON decoded per row
-    rows = session.execute(select(*_RUN_OUT_COLUMNS, *_ALERT_COUNTS).where(*cond)
-                           .order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
+    conn = session.connection()  # Core: the listed columns only, no Run objects, no config JSON per row
+    count = conn.execute(select(func.count()).select_from(Run).where(*cond)).scalar_one()
+    rows = conn.execute(select(*_RUN_OUT_COLUMNS, *_ALERT_COUNTS).where(*cond)
+                        .order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)).all()
     keys = _keys(metrics, MAX_KEYS)
     latest = queries.latest_metrics(session, [r.id for r in rows], keys) if keys else {}
     # The page's rows are its own version: a hit skips the response models and the JSON encoding.

@@ -116,9 +116,10 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
     settings = get_settings()
     db: dict = {"url": redact_url(settings.sqlalchemy_url), "dialect": session.get_bind().dialect.name}
     try:
-        session.execute(select(1))
+        conn = session.connection()  # Core: the ORM's per-statement work is most of a cheap read
+        conn.execute(select(1))
         db["ok"] = True
-        db["revision"] = _recent(request, "schema_revision").get(lambda: current_revision(session.connection()))
+        db["revision"] = _recent(request, "schema_revision").get(lambda: current_revision(conn))
         db["head"] = head_revision()
         db["schema_current"] = db["revision"] == db["head"]
         if not db["schema_current"]:
@@ -130,7 +131,7 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
     reasons: list[str] = []
     if db.get("ok"):
         fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
-        for w in session.execute(select(WorkerNode).order_by(WorkerNode.last_seen_at.desc()).limit(50)).scalars():
+        for w in session.connection().execute(select(WorkerNode).order_by(WorkerNode.last_seen_at.desc()).limit(50)):
             seen = as_utc(w.last_seen_at)
             alive = w.status == "online" and seen is not None and seen >= fresh
             # online and silent: lost, even before the reaper's next pass marks it so

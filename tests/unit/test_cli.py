@@ -24,6 +24,8 @@ def remix(*args, cwd=None):
     (["train", "--config", "/nonexistent.yaml"], "not found"),
     (["train", "--resume", "/nonexistent-run"], "--resume"),
     (["frobnicate"], "invalid choice"),
+    (["studio", "--api-workers", "0"], "--api-workers: must be at least 1"),
+    (["studio", "--api-workers", "two"], "--api-workers: must be a whole number"),
     ([], "choose a command"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, needle):

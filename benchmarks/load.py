@@ -77,8 +77,8 @@ def start_studio(data_dir: Path, database_url: str | None, broker_url: str | Non
         env["REMIX_BROKER_URL"] = broker_url
     log = open(data_dir / "api.log", "ab")  # noqa: SIM115 - closed when the process ends
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "studio", "--no-worker", "--port", str(port),
-                             "--api-workers", str(api_workers), "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             "--api-workers", str(api_workers), "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

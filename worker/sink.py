@@ -80,11 +80,14 @@ _TEXTS: Table = RolloutText.__table__
 _USES: Table = RolloutUse.__table__
 _TOKEN_STATS: Table = RolloutTokenStats.__table__
 _OFFPOLICY: Table = OffPolicyStep.__table__
-_ROWS_PER_INSERT = 500  # rows per multi-row INSERT … RETURNING (19 parameters each; SQLite allows 32,766)
+_ROWS_PER_INSERT = 500  # rows per multi-row INSERT … RETURNING (24 parameters each; SQLite allows 32,766)
+# a rollout's use statistics, recomputed from its uses (_refresh_use_stats) or, for a new row, from the
+# uses that follow it in the same batch (_use_stats)
+_USE_STATS = ("use_count", "reuse_count", "max_age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
 _ROLLOUT_COLS = ("run_id", "uid", "step", "policy_version", "group_id", "prompt_id", "extracted", "reference", "reward",
-                 "correct", "format_ok", "reason", "length", "truncated", "advantage", "use_count", "reuse_count",
-                 "wall_time", "preview")
-_ROLLOUT_UPDATABLE = tuple(c for c in _ROLLOUT_COLS if c not in ("run_id", "uid", "use_count", "reuse_count"))
+                 "correct", "format_ok", "reason", "length", "truncated", "advantage", "wall_time", "preview",
+                 *_USE_STATS)
+_ROLLOUT_UPDATABLE = tuple(c for c in _ROLLOUT_COLS if c not in ("run_id", "uid", *_USE_STATS))
 _USE_COLS = ("run_id", "rollout_id", "rollout_uid", "step", "age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
 _ID_CACHE = 200_000  # uid → id of the newest rollouts: their uses (fresh and replayed) need no look-up
 
@@ -250,11 +253,16 @@ class SqlSink(Sink):
             written = 0
             last_step: StepMetrics | None = None
             use_steps: set[int] = set()
-            for kind, step, payload, wall in events:
+            stats_at = _use_stats_of_new_rollouts(events)
+            # rows inserted by this batch get their use statistics with the insert: the UPDATE below
+            # then rewrites only older rows (on PostgreSQL each UPDATE leaves a dead row version)
+            newest_before_batch = (conn.execute(select(func.max(_ROLLOUTS.c.id))).scalar() or 0
+                                   if stats_at and any(e[0] == "uses" for e in events) else None)
+            for i, (kind, step, payload, wall) in enumerate(events):
                 if kind == "truncate":
                     self._truncate(conn, step)
                 elif kind == "rollouts":
-                    written += self._write_rollouts(conn, payload, wall)
+                    written += self._write_rollouts(conn, payload, wall, stats_at[i])
                 elif kind == "uses":
                     written += self._write_uses(conn, payload)
                     use_steps.add(step)
@@ -272,6 +280,8 @@ class SqlSink(Sink):
             if use_steps:
                 used = select(_USES.c.rollout_id).where(_USES.c.run_id == self.run_id, _USES.c.step.in_(sorted(use_steps)),
                                                         _USES.c.rollout_id.is_not(None))
+                if newest_before_batch is not None:
+                    used = used.where(_USES.c.rollout_id <= newest_before_batch)
                 self._refresh_use_stats(conn, used)
                 self._aggregate_uses(conn, sorted(use_steps))
             if last_step is not None:
@@ -371,7 +381,8 @@ class SqlSink(Sink):
             conn.exec_driver_sql(self._upsert_sql(table, cols, conflict, update, len(chunk)) + suffix,
                                  tuple(v for row in chunk for v in row))
 
-    def _write_rollouts(self, conn: Connection, rows: list[RolloutRecord], wall: float) -> int:
+    def _write_rollouts(self, conn: Connection, rows: list[RolloutRecord], wall: float,
+                        use_stats: dict[str, tuple]) -> int:
         # one statement may not touch a row twice: a uid repeated within the batch keeps its last record
         by_uid = {r.uid: r for r in rows}
         rid = self.run_id
@@ -380,7 +391,7 @@ class SqlSink(Sink):
             # several accepted answers are stored as their list's text
             r.reference if isinstance(r.reference, str) or r.reference is None else str(r.reference),
             finite_or_none(r.reward), bool(r.correct), bool(r.format_ok), r.reason, r.length, bool(r.truncated),
-            finite_or_none(r.advantage), 0, 0, wall, rollout_text.preview(r.response),
+            finite_or_none(r.advantage), wall, rollout_text.preview(r.response), *use_stats.get(r.uid, _UNUSED),
         ) for r in by_uid.values()]
         # ids only grow, so a returned id at or below the largest before the insert is a re-delivery
         # (only SQLite's FTS5 needs to know: PostgreSQL keeps the terms in the text's own row)
@@ -520,6 +531,37 @@ class SqlSink(Sink):
         if metrics.elapsed_s is not None:
             values["elapsed_s"] = metrics.elapsed_s
         jobs.record_progress(conn, run_id=self.run_id, job_id=self.job_id, step=metrics.step, counters=values)
+
+
+_UNUSED = (0, 0, None, None, None, None, None)  # _USE_STATS of a rollout with no use yet
+
+
+def _use_stats_of_new_rollouts(events: list[tuple]) -> dict[int, dict[str, tuple]]:
+    """For each rollouts event (by its index in the batch): uid → _USE_STATS from the uses that come
+    after it in the batch, as _refresh_use_stats computes them (a use sent twice counts once, the
+    later copy). A rollout row that already existed keeps its statistics on insert and is refreshed
+    by the UPDATE instead."""
+    out: dict[int, dict[str, tuple]] = {}
+    later: dict[str, dict[int, RolloutUseRecord]] = {}  # uid → step → the batch's last copy of that use
+    for i in range(len(events) - 1, -1, -1):
+        kind, _step, payload, _wall = events[i]
+        if kind == "uses":
+            for u in reversed(payload):
+                later.setdefault(u.rollout_uid, {}).setdefault(u.step, u)
+        elif kind == "rollouts":
+            out[i] = {r.uid: _use_stats(list(later[r.uid].values())) for r in payload if r.uid in later}
+    return out
+
+
+def _use_stats(uses: list[RolloutUseRecord]) -> tuple:
+    def mean(values: list[float | None]) -> float | None:
+        kept = [v for v in values if v is not None]
+        return sum(kept) / len(kept) if kept else None
+
+    ratio_max = [v for u in uses if (v := finite_or_none(u.ratio_max)) is not None]
+    return (len(uses), sum(1 for u in uses if u.age > 0), max(u.age for u in uses),
+            mean([finite_or_none(u.ratio_mean) for u in uses]), max(ratio_max) if ratio_max else None,
+            mean([finite_or_none(u.clipfrac) for u in uses]), mean([finite_or_none(u.kl_to_behavior) for u in uses]))
 
 
 def _rows_in(item: tuple) -> int:

@@ -5,7 +5,7 @@ the real filesystem broker for the re-queue."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlmodel import Session
 
 from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord
@@ -220,3 +220,51 @@ def test_token_stats_are_stored_compactly_and_served_per_use(engine, studio_env)
     sink.on_start({"resumed_from": 2})
     sink.close()
     assert [u["step"] for u in client.get(f"/api/v1/rollouts/{rid}/tokens").json()["uses"]] == [1]
+
+
+def test_use_statistics_written_with_the_insert_equal_those_recomputed_from_the_uses(engine):
+    """New rows get their use statistics from the uses that follow them in the same batch (no
+    UPDATE of every fresh row); older rows are refreshed by the UPDATE. Either way each row holds
+    exactly what its stored uses give: fresh and replayed uses, replays in a later batch, a use sent
+    twice with new values, non-finite ratios, a rollout used before it arrived, a re-delivered rollout."""
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine)
+    sink.on_start({"resumed_from": None})
+
+    def use(uid: str, step: int, age: int, ratio: float) -> RolloutUseRecord:
+        return RolloutUseRecord(uid, step, age, ratio, ratio + 0.5, 0.1 * age, 0.01 * step)
+
+    sink.on_rollout_uses(1, [use("early", 1, 0, 1.0)])  # before its rollout: stored without a rollout id
+    for t in (1, 2, 3):
+        sink.on_rollouts(t, [_rollout(f"a{t}", t), _rollout(f"b{t}", t), _rollout("early", 1)])
+        uses = [use(f"a{t}", t, 0, 1.0 + t), use(f"b{t}", t, 0, float("nan"))]
+        if t > 1:
+            uses.append(use(f"a{t - 1}", t, 1, 0.9))  # a replay in the same batch as its rollout
+        sink.on_rollout_uses(t, uses)
+    sink.flush()  # a batch boundary: the replays below update rows of the earlier batch
+    sink.on_rollouts(4, [_rollout("a4", 4), _rollout("a1", 1)])  # a1 re-delivered: keeps its statistics
+    sink.on_rollout_uses(4, [use("a4", 4, 0, 1.2), use("a3", 4, 1, 1.1), use("a1", 4, 3, float("inf")),
+                             use("b3", 4, 1, 0.8)])  # b3: the newest row before this batch
+    sink.on_rollout_uses(4, [use("a3", 4, 1, 0.7), use("a4", 4, 0, 1.6)])  # the same uses again, new values: the later ones count
+    sink.on_end({})
+    sink.close()
+
+    u = RolloutUse.__table__.c
+    expected_q = (select(u.rollout_id, func.count(), func.sum(case((u.age > 0, 1), else_=0)), func.max(u.age),
+                         func.avg(u.ratio_mean), func.max(u.ratio_max), func.avg(u.clipfrac), func.avg(u.kl_to_behavior))
+                  .where(u.run_id == claim.run_id, u.rollout_id.is_not(None)).group_by(u.rollout_id))
+    r = Rollout.__table__.c
+    with Session(engine) as s:
+        expected = {row[0]: tuple(row[1:]) for row in s.execute(expected_q)}
+        stored = {row[0]: (row[1], tuple(row[2:])) for row in s.execute(
+            select(r.id, r.uid, r.use_count, r.reuse_count, r.max_age, r.ratio_mean, r.ratio_max, r.clipfrac,
+                   r.kl_to_behavior).where(r.run_id == claim.run_id))}
+    assert len(stored) == 8
+    for rid, (uid, stats) in stored.items():
+        want = expected.get(rid, (0, 0, None, None, None, None, None))
+        assert stats == pytest.approx(want), (uid, stats, want)
+    by_uid = {uid: stats for uid, stats in stored.values()}
+    assert by_uid["a3"][:3] == (2, 1, 1) and by_uid["a3"][3] == pytest.approx((4.0 + 0.7) / 2)
+    assert by_uid["a1"][:3] == (3, 2, 3) and by_uid["b2"][3] is None  # NaN ratio stored as NULL
+    assert by_uid["early"][0] == 0  # its only use came before it: no rollout id to count it by
+    assert by_uid["a4"][:2] == (1, 0) and by_uid["a4"][3] == pytest.approx(1.6)  # a new row, its use sent twice

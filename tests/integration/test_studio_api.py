@@ -14,6 +14,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from studio_harness import Deployment, assert_every_step_once, fast_config, fresh_per_step, wait_for
 
@@ -358,8 +359,6 @@ def test_config_help_is_served_for_the_new_run_page(deployment: Deployment) -> N
     toy = c.get("/config/presets/toy", params={"algorithm": "ppo"}).json()
     assert toy["preset"] == "toy" and toy["actor"]["advantage"] == "gae" and toy["remix"]["replay_share"] == 0
     assert c.get("/config/presets/nosuch").status_code == 404
-    import httpx
-
     page = httpx.get(deployment.base_url + "/new", timeout=30).text  # the engine's presets, not a copy
     assert all(f'<option value="{name}"' in page for name in ("toy", "toy-long", "r1-distill-1.5b", "r1-distill-7b"))
     assert c.get("/config/presets/toy-long").json()["data"]["train"] == "toy-long"

@@ -163,19 +163,26 @@ def _start_studio(data_dir: Path, port: int, log_path: Path, cwd: Path) -> subpr
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _workers_on(data_dir: Path) -> list[int]:
-    """Pids of the worker processes serving `data_dir` (found by their lock-file argument); the
-    processes they fork (grading pool) carry the same command line and are left out."""
-    lock = str(data_dir / "worker.lock")
-    parents = {}
+def _processes() -> list[tuple[int, int, list[bytes]]]:
+    """(pid, parent pid, argv) of every process /proc shows."""
+    found = []
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if b"worker.cli" in argv and lock.encode() in argv:
-            parents[int(entry.name)] = ppid
+        found.append((int(entry.name), ppid, argv))
+    return found
+
+
+def _workers_on(data_dir: Path) -> list[int]:
+    """Pids of the worker processes serving `data_dir` (found by their lock-file argument); the
+    processes they fork (grading pool) carry the same command line and are left out."""
+    lock = str(data_dir / "worker.lock").encode()
+    parents = {pid: ppid for pid, ppid, argv in _processes() if b"worker.cli" in argv and lock in argv}
     return [pid for pid, ppid in parents.items() if ppid not in parents]
 
 
@@ -240,21 +247,10 @@ def test_kill_9_of_the_studio_leaves_no_orphan_and_the_next_studio_resumes_the_j
             os.kill(pid, signal.SIGKILL)
 
 
-def _children_of(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return kids
-
-
 def _api_processes(studio: subprocess.Popen) -> list[int]:
     """The API processes `--api-workers` spawned (multiprocessing's resource tracker left out)."""
-    return [pid for pid in _children_of(studio.pid)
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [pid for pid, ppid, argv in _processes()
+            if ppid == studio.pid and any(b"spawn_main" in arg for arg in argv)]
 
 
 def test_api_workers_share_the_port_stop_on_ctrl_c_and_die_with_a_killed_studio(tmp_path: Path) -> None:

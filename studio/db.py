@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlmodel import Session, create_engine
 
 from studio.settings import Settings, get_settings
@@ -32,7 +32,7 @@ _lock = threading.Lock()
 _last: tuple[Settings, Engine] | None = None
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -> Engine:
+def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 30) -> Engine:
     """A new engine for `url` (SQLAlchemy form). Prefer `get_engine()` for the shared one."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -60,7 +60,44 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -
             dbapi_conn.set_progress_handler(None, 0)
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=10)
+    _ping_connections_idle_for(engine, PING_AFTER_IDLE_S)
+    return engine
+
+
+# A PostgreSQL connection is pinged before use only when it has sat in the pool for this long: a
+# ping is a round trip, and a hot read is only three or four of them. A connection the database
+# dropped (a restart) within this window fails its first request instead, and that failure
+# invalidates the pool (SQLAlchemy's disconnect handling), so each process loses one request.
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_connections_idle_for(engine: Engine, idle_s: float) -> None:
+    """pool_pre_ping, skipped for connections back in the pool less than `idle_s` ago."""
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _note_time(_dbapi_conn, record) -> None:  # noqa: ANN001
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        if time.monotonic() - record.info.get("idle_since", 0.0) < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # the pool discards this connection and checks out another (up to three times)
+            raise DisconnectionError(f"ping failed: {exc}") from exc
+
+
+@functools.cache
+def autocommit_engine(engine: Engine) -> Engine:
+    """`engine` whose connections run each statement in its own transaction (PostgreSQL): the API's
+    GET sessions, which only read, then send no BEGIN and no ROLLBACK. At READ COMMITTED every
+    statement saw its own snapshot already, so nothing a read returns changes. SQLite's driver
+    does not open a transaction for a SELECT in the first place: `engine` itself."""
+    return engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
@@ -95,13 +132,33 @@ def limit_statements(session: Session, _transaction, connection) -> None:  # noq
     it from a progress handler once the transaction is t seconds old. Either raises
     OperationalError; a runaway search can no longer keep the database busy after the client left."""
     timeout_s = session.info.get("timeout_s")
-    if not timeout_s:
-        return
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-    elif connection.dialect.name == "sqlite":
+        _statement_timeout(connection, int(timeout_s * 1000) if timeout_s else 0)
+    elif timeout_s and connection.dialect.name == "sqlite":
         deadline = time.monotonic() + timeout_s
         connection.connection.driver_connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+
+
+def _statement_timeout(connection: Connection, ms: int) -> None:
+    """PostgreSQL's statement_timeout for this transaction, set for the connection's session and
+    remembered on it: the API's sessions all want the same value, so after a connection's first
+    request this costs no round trip. (0: the server's default, what a fresh connection has.)"""
+    if connection.info.get("statement_timeout_ms", 0) == ms:
+        return
+    # psycopg 3 drives every PostgreSQL URL (settings.normalise_database_url)
+    from psycopg.pq import TransactionStatus
+
+    raw = connection.connection.driver_connection
+    if raw.info.transaction_status != TransactionStatus.IDLE:
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")  # a statement has begun one
+        return
+    # outside any transaction: a SET inside one would end with it (every GET's session rolls back)
+    autocommit, raw.autocommit = raw.autocommit, True
+    try:
+        raw.execute(f"SET statement_timeout = {ms}")
+    finally:
+        raw.autocommit = autocommit
+    connection.info["statement_timeout_ms"] = ms
 
 
 def is_timeout(exc: BaseException) -> bool:

@@ -80,6 +80,7 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_status_created", "status", "created_at"),
         Index("ix_runs_algorithm_created", "algorithm", "created_at"),
+        Index("ix_runs_created", "created_at", "id"),  # the run list, newest first
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -10,22 +10,24 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.routing import APIRoute
 from sqlmodel import Session
 
 from backend.auth import require_write, token_holder
-from studio.db import get_engine
+from studio.db import autocommit_engine, get_engine
 from studio.models import Run
 from studio.paths import Refusal
 from studio.settings import get_settings
 
 
-async def get_session() -> AsyncIterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     # The routes close it themselves (SessionReleasingRoute); this closes it on any other path,
     # on the event loop rather than on a thread the routes may be waiting for.
-    # Reads end after query_timeout_s (studio.db.limit_statements)
-    with Session(get_engine(), expire_on_commit=False, info={"timeout_s": get_settings().query_timeout_s}) as session:
+    # Queries end after query_timeout_s (studio.db.limit_statements). GET routes only read: their
+    # statements run without a transaction around them (studio.db.autocommit_engine).
+    engine = autocommit_engine(get_engine()) if request.method in ("GET", "HEAD") else get_engine()
+    with Session(engine, expire_on_commit=False, info={"timeout_s": get_settings().query_timeout_s}) as session:
         yield session
 
 

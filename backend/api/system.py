@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy import func, select
 
 from backend.api.deps import FullView, SessionDep, SessionReleasingRoute, errors
+from backend.api.read_cache import json_response
 from backend.api.schemas import BenchmarkOut, HealthOut, JobList, JobOut
 from backend.auth import require_read
 from remix_engine.benchmarks import BENCHMARKS, LABELS
@@ -73,20 +74,35 @@ SLOW_FACTS_TTL_S = 2.0
 
 
 class Recent:
-    """`fn()`'s result, computed at most once per SLOW_FACTS_TTL_S; single-flight (callers arriving
-    during a computation wait for it). An exception is not kept: it goes to the caller."""
+    """`fn()`'s result, computed at most once per SLOW_FACTS_TTL_S. Only callers that find no result
+    yet wait for a computation (one at a time); once there is one, a caller that finds it old
+    recomputes it while the others keep getting the last one at once. (Waiting for every refresh
+    had a broker probe hold every API thread that asked for /health meanwhile.) An exception is
+    not kept: it goes to the caller that computed."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields below; never held across fn()
+        self._computing = threading.Lock()  # held across fn(): one computation at a time
         self._value = None
         self._at = float("-inf")
 
     def get(self, fn):  # noqa: ANN001, ANN201
-        with self._lock:  # held across fn(): one computation at a time, the others reuse it
-            if time.monotonic() - self._at >= SLOW_FACTS_TTL_S:
-                self._value = fn()
-                self._at = time.monotonic()
-            return self._value
+        with self._lock:
+            if time.monotonic() - self._at < SLOW_FACTS_TTL_S:
+                return self._value
+            have_one = self._at > float("-inf")
+        if not self._computing.acquire(blocking=not have_one):
+            return self._value  # another caller is refreshing it
+        try:
+            with self._lock:  # computed while this caller waited?
+                if time.monotonic() - self._at < SLOW_FACTS_TTL_S:
+                    return self._value
+            value = fn()
+            with self._lock:
+                self._value, self._at = value, time.monotonic()
+            return value
+        finally:
+            self._computing.release()
 
 
 _recent_made = threading.Lock()
@@ -110,14 +126,15 @@ def _broker_state() -> dict:
 @router.get("/health", response_model=HealthOut,
             summary="Database, broker and the workers seen recently; status ok | starting | degraded | error",
             responses={503: {"description": "the database is unreachable"}})
-def health(request: Request, session: SessionDep, response: Response, full: FullView) -> HealthOut:
+def health(request: Request, session: SessionDep, full: FullView) -> Response:
     from remix_engine import __version__
 
     settings = get_settings()
     db: dict = {"url": redact_url(settings.sqlalchemy_url), "dialect": session.get_bind().dialect.name}
     try:
         conn = session.connection()  # Core: the ORM's per-statement work is most of a cheap read
-        conn.execute(select(1))
+        # the workers' rows are the database check too: one round trip
+        nodes = conn.execute(select(WorkerNode).order_by(WorkerNode.last_seen_at.desc()).limit(50)).all()
         db["ok"] = True
         db["revision"] = _recent(request, "schema_revision").get(lambda: current_revision(conn))
         db["head"] = head_revision()
@@ -131,7 +148,7 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
     reasons: list[str] = []
     if db.get("ok"):
         fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
-        for w in session.connection().execute(select(WorkerNode).order_by(WorkerNode.last_seen_at.desc()).limit(50)):
+        for w in nodes:
             seen = as_utc(w.last_seen_at)
             alive = w.status == "online" and seen is not None and seen >= fresh
             # online and silent: lost, even before the reaper's next pass marks it so
@@ -165,7 +182,7 @@ def health(request: Request, session: SessionDep, response: Response, full: Full
     if not db.get("ok"):
         reasons.insert(0, "the database is unreachable")
         overall = "error"
-        response.status_code = 503
     if not full:  # the SQLite file's absolute path, error texts
         db, broker = paths.scrub(db), paths.scrub(broker)
-    return HealthOut(status=overall, reasons=reasons, database=db, broker=broker, workers=workers, version=__version__)
+    return json_response(HealthOut(status=overall, reasons=reasons, database=db, broker=broker, workers=workers,
+                                   version=__version__), status_code=503 if overall == "error" else 200)

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from remix_engine.events import RolloutRecord, RolloutUseRecord
 from studio import jobs, queries, rollout_text
-from studio.db import is_timeout, make_engine, session_scope
+from studio.db import PING_AFTER_IDLE_S, autocommit_engine, is_timeout, make_engine, session_scope
 from studio.migrate import upgrade_database
 from studio.models import Rollout, RolloutUse
 from studio.settings import Settings
@@ -247,8 +247,41 @@ def test_api_sessions_give_up_on_a_slow_query(engine):
     with Session(engine, info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
         s.execute(text(slow))
     assert is_timeout(err.value) and time.monotonic() - t0 < 1.5
-    with Session(engine) as s:  # the connection went back to the pool without the limit
-        assert s.execute(text("SELECT 1")).scalar_one() == 1
+    # the connection went back to the pool without the limit (PostgreSQL keeps it on the connection:
+    # a session without a limit must lift it)
+    lasting = "SELECT pg_sleep(0.5)" if engine.dialect.name == "postgresql" else "SELECT 1"
+    with Session(engine) as s:
+        s.execute(text(lasting))
+    # the API's GET sessions run without a transaction around them: the limit holds there too,
+    # and a transaction's session after them gets none
+    with Session(autocommit_engine(engine), info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
+        s.execute(text(slow))
+    assert is_timeout(err.value)
+    with Session(engine) as s:
+        s.execute(text(lasting))
+        s.commit()
+    with Session(engine, info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
+        s.execute(text(slow))
+    assert is_timeout(err.value)
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_unseen(engine):
+    """PostgreSQL connections idle in the pool for PING_AFTER_IDLE_S are pinged before use; one
+    the server ended (a restart, an idle-session killer) is replaced without the request noticing."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    import psycopg
+    pid = _backend_pid(engine)
+    with psycopg.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                         autocommit=True) as other:  # not from the pool: that would hand back the same connection
+        other.execute(f"SELECT pg_terminate_backend({pid})")
+    time.sleep(PING_AFTER_IDLE_S + 0.1)
+    assert _backend_pid(engine) != pid
+
+
+def _backend_pid(engine) -> int:
+    with Session(autocommit_engine(engine)) as s:
+        return s.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
 
 def test_a_deleted_runs_texts_leave_the_search_index(engine):

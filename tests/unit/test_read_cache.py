@@ -5,6 +5,8 @@ Token holders and open reads are cached apart."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,43 @@ def test_health_probes_the_broker_and_reads_the_revision_at_most_every_few_secon
     monkeypatch.setattr(system, "SLOW_FACTS_TTL_S", 0.0)
     _get(client, "/health")
     assert calls == {"broker": 2, "revision": 2}
+
+
+def test_an_old_slow_fact_is_served_while_one_caller_refreshes_it(monkeypatch):
+    """Callers that find the health's broker state old do not queue behind the caller refreshing
+    it: they get the last state at once; only the first computation is waited for."""
+    from backend.api import system
+
+    recent, started, release = system.Recent(), threading.Event(), threading.Event()
+    assert recent.get(lambda: "first") == "first"
+    monkeypatch.setattr(system, "SLOW_FACTS_TTL_S", 0.0)
+
+    def slow_probe() -> str:
+        started.set()
+        assert release.wait(10)
+        return "second"
+
+    refresher = concurrent.futures.ThreadPoolExecutor(1).submit(recent.get, slow_probe)
+    assert started.wait(10)
+    assert recent.get(lambda: "never computed: a refresh is under way") == "first"
+    release.set()
+    assert refresher.result(10) == "second"
+    assert recent.get(lambda: "third") == "third"  # old (TTL 0): this caller refreshes it
+
+
+def test_the_first_slow_fact_is_waited_for_by_every_caller():
+    from backend.api import system
+
+    recent, started, release = system.Recent(), threading.Event(), threading.Event()
+
+    def slow_probe() -> str:
+        started.set()
+        assert release.wait(10)
+        return "only"
+
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    first = pool.submit(recent.get, slow_probe)
+    assert started.wait(10)
+    second = pool.submit(recent.get, lambda: "never computed: the first computation is waited for")
+    release.set()
+    assert first.result(10) == second.result(10) == "only"

@@ -38,7 +38,7 @@ from studio.processes import die_with_parent
 from studio.settings import Settings, get_settings
 
 log = logging.getLogger("remix.api")
-API_THREADS = 24  # threads for the sync routes (see lifespan)
+API_THREADS = 8  # threads for the sync routes (see lifespan)
 # `remix studio --api-workers N` sets it to its pid for the API processes it spawns: each dies with it
 # (SIGTERM, a graceful shutdown), so a kill -9 of the studio leaves no process holding the port.
 API_PARENT_ENV = "REMIX_API_PARENT_PID"
@@ -195,9 +195,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # GC's reach, a full collection (every few requests that build thousands of objects, e.g.
         # the off-policy view) no longer walks it -- ~80 ms pauses on this 2-core machine.
         gc.freeze()
-        # Few threads for the sync routes: a read takes about a millisecond of CPU, so more threads
+        # Few threads for the sync routes: a read takes a few milliseconds of CPU, so more threads
         # add no throughput on a few cores, only contenders for the GIL -- with anyio's 40, the 4
         # write threads (deps.py) got so little of it that submissions timed out under a read load.
+        # 100 submitters + 200 readers on 2 cores, 2 API processes: 24 threads gave 15-21 writes/s
+        # (p95 7-9 s, close to clients' 10 s time-out), 8 gave 31-34/s (p95 4 s) for the same reads.
         anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
         reaper = Reaper(settings) if settings.reaper_enabled else None
         if reaper is not None:

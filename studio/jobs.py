@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -133,15 +133,20 @@ def _new_job(session: Session, kind: JobKind, settings: Settings, idempotency: I
     return job
 
 
-def dispatch(job_id: int, settings: Settings | None = None) -> bool:
+def dispatch(job_id: int, settings: Settings | None = None, *, created: Job | None = None) -> bool:
     """Send the Celery message for a pending job and mark it queued. False if the send failed
-    (the job stays pending and the reaper tries again after REMIX_DISPATCH_RETRY_S)."""
+    (the job stays pending and the reaper tries again after REMIX_DISPATCH_RETRY_S).
+    `created`: the job as the caller has just committed it, which saves reading it back (should it
+    have changed since, the worker's claim refuses the message, as it refuses any stale one)."""
     settings = settings or get_settings()
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.status != JobStatus.PENDING.value or not job.dispatch_token:
-            return False
-        token, kind, queue = job.dispatch_token, job.kind, job.queue
+    if created is not None:
+        token, kind, queue = created.dispatch_token, created.kind, created.queue
+    else:
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.status != JobStatus.PENDING.value or not job.dispatch_token:
+                return False
+            token, kind, queue = job.dispatch_token, job.kind, job.queue
     try:
         app = get_celery_app(settings)
         app.send_task(TASK_NAMES[kind], args=[job_id, token], queue=queue, task_id=token)
@@ -151,16 +156,21 @@ def dispatch(job_id: int, settings: Settings | None = None) -> bool:
 
     def _mark() -> None:
         with session_scope() as s:
-            res = s.execute(_upd(Job).where(Job.id == job_id, Job.status == JobStatus.PENDING.value,
-                                              Job.dispatch_token == token)
-                            .values(status=JobStatus.QUEUED.value, celery_task_id=token, queued_at=utcnow()))
-            if res.rowcount:
-                s.execute(_upd(Run).where(Run.id == s.get(Job, job_id).run_id,
-                                            Run.status == JobStatus.PENDING.value)
-                          .values(status=JobStatus.QUEUED.value, updated_at=utcnow()))
+            conn, now = s.connection(), utcnow()  # Core: a submission's costliest part was the ORM's work here
+            run_id = conn.execute(_MARK_JOB_QUEUED, {"job_id": job_id, "token": token, "now": now}).scalar()
+            if run_id is not None:
+                conn.execute(_MARK_RUN_QUEUED, {"run_id": run_id, "now": now})
 
     retrying(_mark)
     return True
+
+
+_MARK_JOB_QUEUED = (update(Job).where(Job.id == bindparam("job_id"), Job.status == JobStatus.PENDING.value,
+                                      Job.dispatch_token == bindparam("token"))
+                    .values(status=JobStatus.QUEUED.value, celery_task_id=bindparam("token"), queued_at=bindparam("now"))
+                    .returning(Job.run_id))
+_MARK_RUN_QUEUED = (update(Run).where(Run.id == bindparam("run_id"), Run.status == JobStatus.PENDING.value)
+                    .values(status=JobStatus.QUEUED.value, updated_at=bindparam("now")))
 
 
 # ------------------------------------------------------------------------------------ worker side

@@ -284,7 +284,7 @@ def create_evaluation(body: EvaluationCreate, session: SessionDep, response: Res
 
     job, created = submit_once(session, idem, JobKind.EVAL, create)
     if created:
-        jobs.dispatch(job.id)
+        jobs.dispatch(job.id, created=job)
     else:
         response.status_code = status.HTTP_200_OK
     session.expire_all()

@@ -219,7 +219,7 @@ def _submit(session: Session, *, name: str | None, cfg: RunConfig, request: dict
 
     job, created = submit_once(session, idem, JobKind.TRAIN, create)
     if created:
-        jobs.dispatch(job.id)
+        jobs.dispatch(job.id, created=job)
     elif response is not None:
         response.status_code = status.HTTP_200_OK
     return run_detail(session, run_state(session, job.run_id), full=True)

@@ -73,6 +73,20 @@ def test_dispatch_sends_one_message_carrying_the_token_and_marks_queued(studio_e
     assert _messages(studio_env) == 1
 
 
+def test_dispatch_of_the_job_a_request_just_created_reads_nothing_back_and_a_stale_copy_changes_nothing(studio_env):
+    run_id, job_id = _new_run(studio_env)
+    assert jobs.dispatch(job_id, studio_env, created=_job(job_id))
+    assert (_job(job_id).status, _run(run_id).status) == ("queued", "queued") and _messages(studio_env) == 1
+    # cancelled between its creator's commit and the send: the message goes out, nothing else changes
+    run_id, job_id = _new_run(studio_env)
+    created = _job(job_id)
+    with session_scope() as s:
+        jobs.request_cancel(s, s.get(Job, job_id))
+    assert jobs.dispatch(job_id, studio_env, created=created)
+    assert (_job(job_id).status, _run(run_id).status) == ("cancelled", "cancelled") and _messages(studio_env) == 2
+    assert jobs.claim(job_id, created.dispatch_token, "w1") is None
+
+
 def test_a_failed_send_leaves_the_job_pending_for_the_reaper(studio_env, monkeypatch):
     run_id, job_id = _new_run(studio_env)
     monkeypatch.setenv("REMIX_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens on port 9

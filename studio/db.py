@@ -130,6 +130,7 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        autocommit_engine.cache_clear()
 
 
 @event.listens_for(Session, "after_begin")

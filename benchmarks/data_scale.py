@@ -13,8 +13,10 @@ PostgreSQL: the database remix_data_scale_<rollouts>).
 
 Printed, in one table: p50/p95 (ms) of each endpoint over --requests sequential requests through
 the real FastAPI app (starlette's TestClient, in process) after --warmup requests, beside its
-target; ingest rollouts/s of the sink (one more run of rollouts, deleted afterwards) and of a bare
-executemany (SQLite) / COPY (PostgreSQL) of the same rows into index-less tables; the database's
+target; ingest rollouts/s of the sink (one more run of rollouts, deleted afterwards), of the same
+rollouts written into the studio's own tables by the driver alone (the floor for this schema: same
+indexes, compressed texts, search index) and of a bare executemany (SQLite) / COPY (PostgreSQL) of
+the same rows into index-less tables; the database's
 size; and the sink's cost to a toy training step (benchmarks/ingest.py, with and without the sink,
 interleaved).
 """
@@ -249,10 +251,60 @@ def ingest_probe(args: argparse.Namespace, corpus: Corpus) -> dict[str, float]:
     sink_rate = sent / (time.perf_counter() - t0)
     rows = [r for step in range(1, steps + 1) for r in rollout_rows(corpus, 10_000 + run_id, step, per_step)]
     bare_rate = bare_insert(rows, run_id)
-    finish_run(run_id)
-    with session_scope() as s:
-        jobs.delete_run(s, s.get(Run, run_id))
-    return {"sink": sink_rate, "bare": bare_rate, "rollouts": sent}
+    floor_run = new_run("data-scale ingest floor", steps)
+    floor_rate = floor_insert(rows, floor_run)
+    for rid in (run_id, floor_run):
+        finish_run(rid)
+        with session_scope() as s:
+            jobs.delete_run(s, s.get(Run, rid))
+    return {"sink": sink_rate, "floor": floor_rate, "bare": bare_rate, "rollouts": sent}
+
+
+def floor_insert(rows: list[dict[str, Any]], run_id: int) -> float:
+    """The same rollouts into the studio's own tables (all their indexes, the search index) with
+    the per-row work the sink cannot skip (a compressed text, search terms) through the driver's
+    bulk path, in transactions of 2,500 rollouts: no uses, metrics, upserts or record objects. What
+    any writer of this schema pays on this machine. Returns rollouts/s."""
+    from studio import rollout_text
+    from studio.db import get_engine
+    from worker.sink import _ROLLOUT_COLS, _UNUSED
+
+    def row(r: dict[str, Any]) -> tuple:
+        return (run_id, r["uid"], r["step"], r["policy_version"], r["group_id"], r["prompt_id"], r["extracted"],
+                r["reference"], r["reward"], r["correct"], r["format_ok"], r["reason"], r["length"], r["truncated"],
+                r["advantage"], time.time(), rollout_text.preview(r["response"]), *_UNUSED)
+
+    engine = get_engine()
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        t0 = time.perf_counter()
+        for start in range(0, len(rows), 2500):
+            chunk = rows[start:start + 2500]
+            docs = [rollout_text.document(r["prompt"], r["response"], r["extracted"]) for r in chunk]
+            bodies = [rollout_text.pack(r["prompt"], r["response"]) for r in chunk]
+            if engine.dialect.name == "postgresql":
+                ids = [i for (i,) in cur.execute("SELECT nextval(pg_get_serial_sequence('rollouts', 'id')) "
+                                                 "FROM generate_series(1, %s)", (len(chunk),))]
+                with cur.copy(f"COPY rollouts (id, {', '.join(_ROLLOUT_COLS)}) FROM STDIN") as copy:
+                    for i, r in zip(ids, chunk, strict=True):
+                        copy.write_row((i, *row(r)))
+                with cur.copy("COPY rollout_texts (rollout_id, body, terms) FROM STDIN") as copy:
+                    for i, body, doc in zip(ids, bodies, docs, strict=True):
+                        copy.write_row((i, body, rollout_text.tsvector_literal(rollout_text.terms(doc))))
+            else:
+                first = (cur.execute("SELECT max(id) FROM rollouts").fetchone()[0] or 0) + 1
+                ids = list(range(first, first + len(chunk)))
+                marks = ", ".join("?" * (len(_ROLLOUT_COLS) + 1))
+                cur.executemany(f"INSERT INTO rollouts (id, {', '.join(_ROLLOUT_COLS)}) VALUES ({marks})",
+                                [(i, *row(r)) for i, r in zip(ids, chunk, strict=True)])
+                cur.executemany("INSERT INTO rollout_texts (rollout_id, body) VALUES (?, ?)", list(zip(ids, bodies, strict=True)))
+                cur.executemany(f"INSERT INTO {rollout_text.SEARCH_TABLE}(rowid, terms) VALUES (?, ?)",
+                                list(zip(ids, docs, strict=True)))
+            raw.commit()
+        return len(rows) / (time.perf_counter() - t0)
+    finally:
+        raw.close()
 
 
 def bare_insert(rows: list[dict[str, Any]], run_id: int) -> float:
@@ -468,7 +520,10 @@ def main() -> int:
           f"{'yes' if probe['sink'] >= 20_000 else 'NO'}")
     if build_rates:
         print(f"{'ingest: SqlSink (building, median)':<36} {statistics.median(build_rates):>8,.0f} rollouts/s")
-    print(f"{'ingest: bare ' + bare + ' (same rows)':<36} {probe['bare']:>8,.0f} rollouts/s")
+    print(f"{'ingest: floor (own tables, ' + bare + ')':<36} {probe['floor']:>8,.0f} rollouts/s   "
+          "(the rollouts and texts alone; no uses or metrics)")
+    print(f"{'ingest: bare ' + bare + ' (same rows)':<36} {probe['bare']:>8,.0f} rollouts/s   "
+          "(index-less temporary tables, texts as they are)")
     extra = rollout_bytes()
     print(f"{'storage: whole database':<36} {size / 1e9:>8.2f} GB" + (
         f"   rollout tables {extra / 1e9:.2f} GB" if extra else "") + "   target <= 2 GB for the rollouts")

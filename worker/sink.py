@@ -258,8 +258,13 @@ class SqlSink(Sink):
             # then rewrites only older rows (on PostgreSQL each UPDATE leaves a dead row version)
             newest_before_batch = (conn.execute(select(func.max(_ROLLOUTS.c.id))).scalar() or 0
                                    if stats_at and any(e[0] == "uses" for e in events) else None)
+            # the batch's metric rows by (key, step), written in one upsert after the events (and
+            # before a truncate, which must not see them): a later copy of a row replaces an earlier one
+            metric_rows: dict[tuple[str, int], tuple] = {}
             for i, (kind, step, payload, wall) in enumerate(events):
                 if kind == "truncate":
+                    self._write_metrics(conn, metric_rows)
+                    metric_rows.clear()
                     self._truncate(conn, step)
                 elif kind == "rollouts":
                     written += self._write_rollouts(conn, payload, wall, stats_at[i])
@@ -267,7 +272,7 @@ class SqlSink(Sink):
                     written += self._write_uses(conn, payload)
                     use_steps.add(step)
                 elif kind == "step":
-                    written += self._write_metrics(conn, payload, wall)
+                    written += _collect_metrics(self.run_id, payload, wall, metric_rows)
                     last_step = payload
                 elif kind == "checkpoint":
                     self._write_checkpoint(conn, step, payload)
@@ -277,6 +282,7 @@ class SqlSink(Sink):
                     written += 1
                 elif kind == "tokens":
                     written += self._write_token_stats(conn, payload)
+            self._write_metrics(conn, metric_rows)
             if use_steps:
                 used = select(_USES.c.rollout_id).where(_USES.c.run_id == self.run_id, _USES.c.step.in_(sorted(use_steps)),
                                                         _USES.c.rollout_id.is_not(None))
@@ -478,21 +484,20 @@ class SqlSink(Sink):
             ["run_id", "step", "age", "uses", "ratio_mean_sum", "ratio_mean_n", "ratio_max", "clipfrac_sum",
              "clipfrac_n", "kl_sum", "kl_n"], agg))
 
-    def _write_metrics(self, conn: Connection, metrics: StepMetrics, wall: float) -> int:
-        step, rid = metrics.step, self.run_id
-        rollouts = int(metrics.rollouts) if metrics.rollouts is not None else None
-        values = [(rid, step, str(k)[:250], finite_or_none(v), rollouts, metrics.elapsed_s, wall)
-                  for k, v in metrics.values.items()]
-        if not values:
-            return 0
-        values = list({row[2]: row for row in values}.values())  # keys cut to 250 characters may collide
+    def _write_metrics(self, conn: Connection, rows: dict[tuple[str, int], tuple]) -> None:
+        if not rows:
+            return
         self._upsert_rows(conn, _METRICS, ("run_id", "step", "key", "value", "rollouts", "elapsed_s", "wall_time"),
-                          ("run_id", "key", "step"), ("value", "rollouts", "elapsed_s", "wall_time"), values)
-        # latest_metrics never goes back to an older step (a late re-delivery)
+                          ("run_id", "key", "step"), ("value", "rollouts", "elapsed_s", "wall_time"), list(rows.values()))
+        # latest_metrics: each key's newest step in the batch, once; never back to an older step than
+        # the stored one (a late re-delivery)
+        latest: dict[str, tuple] = {}
+        for r, st, k, v, _, _, w in rows.values():
+            if k not in latest or latest[k][2] <= st:
+                latest[k] = (r, k, st, v, w)
         self._upsert_rows(conn, _LATEST, ("run_id", "key", "step", "value", "wall_time"), ("run_id", "key"),
-                          ("step", "value", "wall_time"), [(r, k, st, v, w) for r, st, k, v, _, _, w in values],
+                          ("step", "value", "wall_time"), list(latest.values()),
                           where="latest_metrics.step <= excluded.step")
-        return len(values)
 
     def _write_checkpoint(self, conn: Connection, step: int, ckpt: CheckpointRecord) -> None:
         stmt = self._insert(_CKPTS)
@@ -531,6 +536,18 @@ class SqlSink(Sink):
         if metrics.elapsed_s is not None:
             values["elapsed_s"] = metrics.elapsed_s
         jobs.record_progress(conn, run_id=self.run_id, job_id=self.job_id, step=metrics.step, counters=values)
+
+
+def _collect_metrics(run_id: int, metrics: StepMetrics, wall: float, rows: dict[tuple[str, int], tuple]) -> int:
+    """Add a step's metric rows to the batch's `rows` (keys cut to 250 characters may collide: the
+    last one wins); returns how many the step had."""
+    rollouts = int(metrics.rollouts) if metrics.rollouts is not None else None
+    keys = set()
+    for k, v in metrics.values.items():
+        key = str(k)[:250]
+        keys.add(key)
+        rows[(key, metrics.step)] = (run_id, metrics.step, key, finite_or_none(v), rollouts, metrics.elapsed_s, wall)
+    return len(keys)
 
 
 _UNUSED = (0, 0, None, None, None, None, None)  # _USE_STATS of a rollout with no use yet

@@ -87,6 +87,33 @@ def test_a_resumed_attempt_replaces_everything_after_its_checkpoint(engine):
     assert texts == {"r1": 1, "r2": 2, "r3": 3, "r4": 4}
 
 
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_metrics_of_a_batch_keep_each_keys_newest_step_and_the_last_copy_of_a_row(engine, one_batch):
+    """Metrics are written once per writer batch; whatever the batching, a late re-delivery of an
+    older step replaces that step's row and never moves latest_metrics back, and a key the newest
+    step lacks keeps its own newest value."""
+    from remix_engine.events import StepMetrics
+
+    claim = _job()
+    sink = SqlSink(claim.run_id, engine=engine)
+    sink.on_start({"resumed_from": None})
+    steps = [(1, {"a": 1.0, "b": 10.0}), (2, {"a": 2.0, "b": 20.0}), (4, {"a": 4.0}), (3, {"a": 3.0}),
+             (1, {"a": -1.0, "b": -10.0})]  # step 3 after step 4, step 1 again: late
+    if one_batch:  # the writer's own batch, as it drains a full queue
+        sink._write([("step", st, StepMetrics(st, values), 0.0) for st, values in steps])
+    else:
+        for st, values in steps:
+            sink.on_step(st, values)
+            sink.flush()
+    sink.close()
+    with Session(engine) as s:
+        latest = {k: (st, v) for k, st, v in s.execute(
+            select(LatestMetric.key, LatestMetric.step, LatestMetric.value).where(LatestMetric.run_id == claim.run_id))}
+        step1 = dict(s.execute(select(Metric.key, Metric.value).where(Metric.run_id == claim.run_id, Metric.step == 1)).all())
+    assert latest == {"a": (4, 4.0), "b": (2, 20.0)}
+    assert step1 == {"a": -1.0, "b": -10.0} and _count(engine, Metric, claim.run_id) == 6
+
+
 def test_a_sink_whose_job_was_taken_drops_its_events_and_asks_to_stop(engine):
     claim = _job()
     sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=claim.attempt)

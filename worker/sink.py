@@ -89,6 +89,7 @@ _ROLLOUT_COLS = ("run_id", "uid", "step", "policy_version", "group_id", "prompt_
                  *_USE_STATS)
 _ROLLOUT_UPDATABLE = tuple(c for c in _ROLLOUT_COLS if c not in ("run_id", "uid", *_USE_STATS))
 _USE_COLS = ("run_id", "rollout_id", "rollout_uid", "step", "age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
+_STAGING = "sink_rollouts_in"  # PostgreSQL: the temporary table _upsert_by_copy stages rows in
 _ID_CACHE = 200_000  # uid → id of the newest rollouts: their uses (fresh and replayed) need no look-up
 
 
@@ -244,6 +245,9 @@ class SqlSink(Sink):
     def _write(self, events: list[tuple]) -> None:
         # Core statements on one connection: no ORM unit-of-work on the ingest path.
         with self.engine.connect() as conn:
+            # explicitly: SQLAlchemy's autobegin sees only its own statements, not the driver-level
+            # COPYs below, and commit() would not commit a batch that began with one
+            conn.begin()
             if self.job_id is not None and not self._fence(conn):
                 conn.rollback()
                 self.fenced = True
@@ -364,9 +368,9 @@ class SqlSink(Sink):
                 {"run_id": rid, "key": k, "step": st, "value": v, "wall_time": w} for k, st, v, w in rows])
         jobs.record_progress(conn, run_id=rid, job_id=None, step=max(after_step, 0))
 
-    # The hot paths below send plain SQL through the driver (executemany, or one multi-row
-    # INSERT … RETURNING per chunk): building SQLAlchemy statements and processing parameters per
-    # row cost the writer thread more than the database's own work.
+    # The hot paths below send plain SQL through the driver (executemany, COPY, or one multi-row
+    # INSERT … RETURNING per chunk on SQLite): building SQLAlchemy statements and processing
+    # parameters per row cost the writer thread more than the database's own work.
     def _upsert_sql(self, table: Table, cols: tuple[str, ...], conflict: tuple[str, ...], update: tuple[str, ...],
                     rows: int = 1, returning: str = "", casts: dict[str, str] | None = None) -> str:
         mark = "%s" if self._dialect == "postgresql" else "?"
@@ -405,12 +409,34 @@ class SqlSink(Sink):
                          if self._dialect == "sqlite" else 0)
         ids: list[tuple[int, str]] = []
         # the ids come back with the insert (RETURNING), no second query
-        for chunk in _chunks(values, _ROWS_PER_INSERT):
-            sql = self._upsert_sql(_ROLLOUTS, _ROLLOUT_COLS, ("run_id", "uid"), _ROLLOUT_UPDATABLE, len(chunk), "id, uid")
-            ids += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).all()
+        if self._dialect == "postgresql":
+            ids = self._upsert_by_copy(conn, values)
+        else:
+            for chunk in _chunks(values, _ROWS_PER_INSERT):
+                sql = self._upsert_sql(_ROLLOUTS, _ROLLOUT_COLS, ("run_id", "uid"), _ROLLOUT_UPDATABLE, len(chunk),
+                                       "id, uid")
+                ids += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).all()
         self._remember_ids(ids)
         self._write_texts(conn, [(i, by_uid[uid]) for i, uid in ids], [i for i, _ in ids if i <= newest_before])
         return len(values)
+
+    def _upsert_by_copy(self, conn: Connection, values: list[tuple]) -> list[tuple[int, str]]:
+        """PostgreSQL: COPY the rows into a session-local staging table (emptied at commit), then one
+        set-based INSERT … SELECT … ON CONFLICT … RETURNING: a multi-row VALUES of 500 rows × 24
+        parameters costs the server more to parse and plan than the insert itself."""
+        cols = ", ".join(_ROLLOUT_COLS)
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+                        f"SELECT {cols} FROM {_ROLLOUTS.name} WITH NO DATA")
+            with cur.copy(f"COPY {_STAGING} ({cols}) FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row(row)
+            cur.execute(f"INSERT INTO {_ROLLOUTS.name} ({cols}) SELECT {cols} FROM {_STAGING} "
+                        f"ON CONFLICT (run_id, uid) DO UPDATE SET "
+                        + ", ".join(f"{c} = excluded.{c}" for c in _ROLLOUT_UPDATABLE) + " RETURNING id, uid")
+            ids = cur.fetchall()
+            cur.execute(f"DELETE FROM {_STAGING}")  # a batch may hold several rollout events
+        return ids
 
     def _write_texts(self, conn: Connection, rows: list[tuple[int, RolloutRecord]], redelivered: list[int]) -> None:
         ids = [rid for rid, _ in rows]

@@ -89,7 +89,6 @@ _ROLLOUT_COLS = ("run_id", "uid", "step", "policy_version", "group_id", "prompt_
                  *_USE_STATS)
 _ROLLOUT_UPDATABLE = tuple(c for c in _ROLLOUT_COLS if c not in ("run_id", "uid", *_USE_STATS))
 _USE_COLS = ("run_id", "rollout_id", "rollout_uid", "step", "age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
-_STAGING = "sink_rollouts_in"  # PostgreSQL: the temporary table _upsert_by_copy stages rows in
 _ID_CACHE = 200_000  # uid → id of the newest rollouts: their uses (fresh and replayed) need no look-up
 
 
@@ -410,7 +409,8 @@ class SqlSink(Sink):
         ids: list[tuple[int, str]] = []
         # the ids come back with the insert (RETURNING), no second query
         if self._dialect == "postgresql":
-            ids = self._upsert_by_copy(conn, values)
+            ids = self._upsert_by_copy(conn, _ROLLOUTS, _ROLLOUT_COLS, ("run_id", "uid"), _ROLLOUT_UPDATABLE, values,
+                                       "id, uid")
         else:
             for chunk in _chunks(values, _ROWS_PER_INSERT):
                 sql = self._upsert_sql(_ROLLOUTS, _ROLLOUT_COLS, ("run_id", "uid"), _ROLLOUT_UPDATABLE, len(chunk),
@@ -420,24 +420,6 @@ class SqlSink(Sink):
         self._write_texts(conn, [(i, by_uid[uid]) for i, uid in ids], [i for i, _ in ids if i <= newest_before])
         return len(values)
 
-    def _upsert_by_copy(self, conn: Connection, values: list[tuple]) -> list[tuple[int, str]]:
-        """PostgreSQL: COPY the rows into a session-local staging table (emptied at commit), then one
-        set-based INSERT … SELECT … ON CONFLICT … RETURNING: a multi-row VALUES of 500 rows × 24
-        parameters costs the server more to parse and plan than the insert itself."""
-        cols = ", ".join(_ROLLOUT_COLS)
-        with conn.connection.driver_connection.cursor() as cur:
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
-                        f"SELECT {cols} FROM {_ROLLOUTS.name} WITH NO DATA")
-            with cur.copy(f"COPY {_STAGING} ({cols}) FROM STDIN") as copy:
-                for row in values:
-                    copy.write_row(row)
-            cur.execute(f"INSERT INTO {_ROLLOUTS.name} ({cols}) SELECT {cols} FROM {_STAGING} "
-                        f"ON CONFLICT (run_id, uid) DO UPDATE SET "
-                        + ", ".join(f"{c} = excluded.{c}" for c in _ROLLOUT_UPDATABLE) + " RETURNING id, uid")
-            ids = cur.fetchall()
-            cur.execute(f"DELETE FROM {_STAGING}")  # a batch may hold several rollout events
-        return ids
-
     def _write_texts(self, conn: Connection, rows: list[tuple[int, RolloutRecord]], redelivered: list[int]) -> None:
         ids = [rid for rid, _ in rows]
         # a re-delivered rollout already has a text: FTS5 must forget its old terms first
@@ -446,10 +428,9 @@ class SqlSink(Sink):
         docs = [(rid, rollout_text.document(r.prompt, r.response, r.extracted)) for rid, r in rows]
         bodies = [rollout_text.pack(r.prompt, r.response) for _, r in rows]
         if self._dialect == "postgresql":
-            self._replace_by_copy(conn, _TEXTS, ("rollout_id", "body", "terms"),
-                                  [(rid, body, rollout_text.tsvector_literal(rollout_text.terms(doc)))
-                                   for (rid, doc), body in zip(docs, bodies, strict=True)],
-                                  "rollout_id = ANY(%s)", (ids,))
+            self._upsert_by_copy(conn, _TEXTS, ("rollout_id", "body", "terms"), ("rollout_id",), ("body", "terms"),
+                                 [(rid, body, rollout_text.tsvector_literal(rollout_text.terms(doc)))
+                                  for (rid, doc), body in zip(docs, bodies, strict=True)])
             return
         conn.exec_driver_sql(self._upsert_sql(_TEXTS, ("rollout_id", "body", "terms"), ("rollout_id",),
                                               ("body", "terms")),
@@ -463,24 +444,31 @@ class SqlSink(Sink):
         values = [(rid, id_of.get(u.rollout_uid), u.rollout_uid, u.step, u.age, finite_or_none(u.ratio_mean),
                    finite_or_none(u.ratio_max), finite_or_none(u.clipfrac), finite_or_none(u.kl_to_behavior))
                   for u in by_key.values()]
-        if self._dialect == "postgresql":
-            self._replace_by_copy(conn, _USES, _USE_COLS, values,
-                                  "run_id = %s AND step = ANY(%s) AND rollout_uid = ANY(%s)",
-                                  (rid, sorted({u.step for u in by_key.values()}), [uid for uid, _ in by_key]))
-        else:
-            self._upsert_rows(conn, _USES, _USE_COLS, ("run_id", "rollout_uid", "step"), _USE_COLS[4:] + ("rollout_id",),
-                              values)
+        upsert = self._upsert_by_copy if self._dialect == "postgresql" else self._upsert_rows
+        upsert(conn, _USES, _USE_COLS, ("run_id", "rollout_uid", "step"), _USE_COLS[4:] + ("rollout_id",), values)
         return len(values)
 
-    def _replace_by_copy(self, conn: Connection, table: Table, cols: tuple[str, ...], rows: list[tuple],
-                         existing: str, params: tuple) -> None:
-        """PostgreSQL: delete the rows these replace (a re-delivery; usually none), then COPY them
-        in: the upsert's idempotency at COPY's speed."""
+    def _upsert_by_copy(self, conn: Connection, table: Table, cols: tuple[str, ...], conflict: tuple[str, ...],
+                        update: tuple[str, ...], rows: list[tuple], returning: str = "") -> list[tuple]:
+        """PostgreSQL: COPY the rows into a session-local staging table, then one set-based
+        INSERT … SELECT … ON CONFLICT DO UPDATE: the upsert's idempotency at COPY's speed. (A
+        multi-row VALUES of 500 rows × 24 parameters costs the server more to parse and plan than
+        the insert; a DELETE of the rows a re-delivery replaces before a plain COPY cost more than
+        the COPY.) `rows` must not repeat a conflict key."""
+        names = ", ".join(cols)
+        staging = f"sink_{table.name}_in"
         with conn.connection.driver_connection.cursor() as cur:
-            cur.execute(f"DELETE FROM {table.name} WHERE {existing}", params)
-            with cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
+                        f"SELECT {names} FROM {table.name} WITH NO DATA")
+            with cur.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            cur.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} "
+                        f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET "
+                        + ", ".join(f"{c} = excluded.{c}" for c in update) + (f" RETURNING {returning}" if returning else ""))
+            out = cur.fetchall() if returning else []
+            cur.execute(f"DELETE FROM {staging}")  # the next call in this transaction starts empty
+        return out
 
     def _refresh_use_stats(self, conn: Connection, rollout_ids) -> None:  # noqa: ANN001
         """Recompute use/reuse counts and importance statistics of the given rollouts (a list of ids

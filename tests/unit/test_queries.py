@@ -107,6 +107,24 @@ def test_offpolicy_counts_fresh_and_replayed_uses_per_step_and_age(engine):
     assert [b["step"] for b in window["reuse_by_step"]] == [3] and window["totals"]["uses"] == 2
 
 
+def test_redelivered_rollouts_and_uses_replace_their_rows(engine):
+    """A rollout and a use sent again (a retried event, in a later batch and within one event) are
+    upserted: one row each, holding the last copy, and the rollout's use statistics follow."""
+    run_id = _run(engine)
+    _write(engine, run_id, 3)
+    sink = SqlSink(run_id, engine=engine)
+    sink.on_rollouts(2, [_rollout("r2", 2, reward=0.0), _rollout("r9", 2)])
+    sink.on_rollout_uses(3, [_use("r2", 3, 1, 1.5, 0.25), _use("r2", 3, 1, 1.6, 0.75)])  # twice: the last wins
+    sink.close()
+    with Session(engine) as s:
+        rows = {r.uid: r for r in s.execute(select(Rollout).where(Rollout.run_id == run_id)).scalars()}
+        uses = s.execute(select(RolloutUse.step, RolloutUse.ratio_mean, RolloutUse.clipfrac)
+                         .where(RolloutUse.rollout_uid == "r2").order_by(RolloutUse.step)).all()
+    assert sorted(rows) == ["r1", "r2", "r3", "r9"] and rows["r2"].correct is False
+    assert [tuple(u) for u in uses] == [(2, 1.0, 0.0), (3, 1.6, 0.75)]
+    assert (rows["r2"].use_count, rows["r2"].reuse_count, rows["r2"].ratio_mean) == (2, 1, pytest.approx(1.3))
+
+
 def test_downsampling_keeps_each_buckets_extremes_and_both_ends(engine):
     run_id = _run(engine)
     _write(engine, run_id, 60)

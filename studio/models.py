@@ -299,7 +299,6 @@ class RolloutUse(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("run_id", "rollout_uid", "step"),
         Index("ix_rollout_uses_run_step", "run_id", "step"),
-        Index("ix_rollout_uses_run_age", "run_id", "age"),
     )
 
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)

@@ -97,9 +97,9 @@ def search_query(dialect: str, q: str) -> str | None:
 # ------------------------------------------------------------------------------------- index upkeep
 def index_search(conn: Connection, rows: Iterable[tuple[int, str]]) -> None:
     """SQLite: add (rollout id, document) to the FTS5 table (PostgreSQL keeps terms in its row)."""
-    rows = [{"rid": rid, "t": t} for rid, t in rows]
-    if rows and conn.dialect.name == "sqlite":
-        conn.execute(text(f"INSERT INTO {SEARCH_TABLE}(rowid, terms) VALUES (:rid, :t)"), rows)
+    rows = list(rows)
+    if rows and conn.dialect.name == "sqlite":  # driver-level: SQLAlchemy's per-row handling cost ~3 µs
+        conn.exec_driver_sql(f"INSERT INTO {SEARCH_TABLE}(rowid, terms) VALUES (?, ?)", rows)
 
 
 def forget_search(conn: Connection, rollout_ids) -> None:  # noqa: ANN001 - a list of ids or a subquery

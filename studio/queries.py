@@ -116,14 +116,17 @@ def metric_series(session: Session, run_ids: list[int], keys: list[str], x: str,
         sql = f"SELECT run_id, key, {agg} FROM metrics WHERE {' AND '.join(where)} GROUP BY run_id, key"
     out: dict[int, dict[str, dict[str, Any]]] = {rid: {} for rid in run_ids}
     for rid, key, steps, values, xs in conn.exec_driver_sql(sql, tuple(params)):
-        out[rid][key] = _downsampled(key, *(np.array(c.split(","), dtype=float) for c in (steps, values, xs)),
-                                     max_points)
+        out[rid][key] = _downsampled(key, steps.split(","), np.array(values.split(","), dtype=float),
+                                     xs.split(","), max_points)
     empty = {"total": 0, "downsampled": False, "x": [], "y": [], "step": []}
     return {rid: [out[rid].get(k) or {"key": k, **empty} for k in keys] for rid in run_ids}
 
 
-def _downsampled(key: str, steps: np.ndarray, values: np.ndarray, xs: np.ndarray, max_points: int) -> dict[str, Any]:
-    n = len(steps)
+def _downsampled(key: str, steps: list[str], values: np.ndarray, xs: list[str], max_points: int) -> dict[str, Any]:
+    """`values` parsed; `steps` and `xs` still texts: only the kept points' are parsed (parsing every
+    point of 100 series was half of the compare page's request)."""
+    n = len(values)
+    kept: Any = range(n)
     if n > max_points:
         buckets = max(1, (max_points - 2) // 2)
         bucket = np.arange(n) * buckets // n  # equal-count buckets, in step order
@@ -134,9 +137,10 @@ def _downsampled(key: str, steps: np.ndarray, values: np.ndarray, xs: np.ndarray
         keep[[0, n - 1]] = True
         keep[first(np.lexsort((values, bucket)))] = True
         keep[first(np.lexsort((-values, bucket)))] = True
-        steps, values, xs = steps[keep], values[keep], xs[keep]
-    return {"key": key, "total": n, "downsampled": n > max_points, "x": xs.tolist(), "y": values.tolist(),
-            "step": steps.astype(int).tolist()}
+        kept = np.flatnonzero(keep).tolist()
+        values = values[keep]
+    return {"key": key, "total": n, "downsampled": n > max_points, "x": [float(xs[i]) for i in kept],
+            "y": values.tolist(), "step": [int(steps[i]) for i in kept]}
 
 
 def latest_metrics(session: Session, run_ids: list[int], keys: list[str] | None) -> dict[int, dict[str, float | None]]:

@@ -154,6 +154,9 @@ _LATEST = (select(LatestMetric.key, LatestMetric.value).where(LatestMetric.run_i
            .order_by(LatestMetric.key))
 _CHILDREN = select(_child.id).where(_child.parent_run_id == bindparam("run_id")).order_by(_child.id)
 _METRICS_VERSION = select(Run.updated_at, *_LATEST_STATE).where(Run.id == bindparam("run_id"))
+# GET /runs/metrics: the same version for each of its runs (missing ids simply have no row)
+_RUNS_METRICS_VERSION = (select(Run.id, Run.updated_at, *_LATEST_STATE)
+                         .where(Run.id.in_(bindparam("ids", expanding=True))).order_by(Run.id))
 
 
 class RunState(NamedTuple):
@@ -269,12 +272,12 @@ def list_runs(request: Request, session: SessionDep, full: FullView,
 
 @router.get("/metrics", response_model=MultiMetricsOut, responses=errors((422, "too many runs × keys")),
             summary="Metric series of several runs in one request (the compare page), downsampled like one run's")
-def get_runs_metrics(session: SessionDep,
+def get_runs_metrics(request: Request, session: SessionDep,
                      runs: str = Query(..., description=f"comma-separated run ids (at most {MAX_SERIES})"),
                      keys: str = Query(..., description="comma-separated metric keys"),
                      x: Literal["step", "rollouts", "time"] = Query("step"),
                      max_points: int = Query(200, ge=10, le=2000, description="upper bound on points per series"),
-                     step_min: int | None = None, step_max: int | None = None) -> MultiMetricsOut:
+                     step_min: int | None = None, step_max: int | None = None) -> Response:
     try:
         run_ids = list(dict.fromkeys(int(r) for r in runs.split(",") if r.strip()))
     except ValueError:
@@ -283,14 +286,21 @@ def get_runs_metrics(session: SessionDep,
     if len(run_ids) * len(wanted) > MAX_SERIES:
         raise HTTPException(422, detail=f"runs × keys: at most {MAX_SERIES} series per request "
                                         f"(got {len(run_ids)} × {len(wanted)})")
-    found = set(session.execute(select(Run.id).where(Run.id.in_(run_ids))).scalars()) if run_ids else set()
+    # the version first (see read_cache): finished runs compared again are a hit
+    version = tuple(map(tuple, session.connection().execute(_RUNS_METRICS_VERSION, {"ids": run_ids}))) if run_ids else ()
+    found = {row[0] for row in version}
     per_series = max(10, min(max_points, MAX_POINTS // max(1, len(run_ids) * len(wanted))))
-    series = queries.metric_series(session, [r for r in run_ids if r in found], wanted, x, per_series,
-                                   step_min, step_max)
-    return MultiMetricsOut(x=x, max_points=per_series, keys=wanted,
-                           runs=[RunSeries(run_id=rid, series=[MetricSeries(**s) for s in ser])
-                                 for rid, ser in series.items()],
-                           missing_run_ids=[r for r in run_ids if r not in found])
+
+    def build() -> MultiMetricsOut:
+        series = queries.metric_series(session, [r for r in run_ids if r in found], wanted, x, per_series,
+                                       step_min, step_max)
+        return MultiMetricsOut(x=x, max_points=per_series, keys=wanted,
+                               runs=[RunSeries(run_id=rid, series=[MetricSeries(**s) for s in ser])
+                                     for rid, ser in series.items()],
+                               missing_run_ids=[r for r in run_ids if r not in found])
+
+    return cached_json(request, ("runs-metrics", tuple(run_ids), tuple(wanted), x, max_points, step_min, step_max),
+                       version, build)
 
 
 @router.get("/{run_id}", response_model=RunDetail, summary="One run with its job, latest metrics and checkpoints",

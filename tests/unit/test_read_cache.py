@@ -64,7 +64,7 @@ def _get(client: TestClient, path: str, **kwargs) -> dict:
 
 def test_a_repeated_read_is_a_hit_with_the_same_bytes_and_headers(client):
     rid = _submit(client)
-    for path in ("/runs?limit=20", f"/runs/{rid}", f"/runs/{rid}/metrics"):
+    for path in ("/runs?limit=20", f"/runs/{rid}", f"/runs/{rid}/metrics", f"/runs/metrics?runs={rid},999&keys=a"):
         first = client.get("/api/v1" + path)
         hits = _cache(client).hits
         again = client.get("/api/v1" + path)
@@ -94,6 +94,12 @@ def test_writes_through_the_api_are_seen_at_once(client):
     assert client.get(f"/api/v1/runs/{child}/metrics").status_code == 404
 
 
+def _compared(client: TestClient, rid: int) -> list[float]:
+    """The compare page's read of one run's loss (GET /runs/metrics)."""
+    (run,) = _get(client, f"/runs/metrics?runs={rid}&keys=loss")["runs"]
+    return run["series"][0]["y"]
+
+
 def test_the_sinks_writes_are_seen_at_once(client, tmp_path):
     claim = _claimed_run()
     rid = claim.run_id
@@ -105,7 +111,7 @@ def test_the_sinks_writes_are_seen_at_once(client, tmp_path):
         sink.on_step(1, {"loss": 0.5, "cost/rollouts": 4.0})
         sink.flush(10)
         (series,) = [s for s in _get(client, f"/runs/{rid}/metrics")["series"] if s["key"] == "loss"]
-        assert series["y"] == [0.5]
+        assert series["y"] == [0.5] and _compared(client, rid) == [0.5]
         run = _get(client, f"/runs/{rid}")
         assert run["latest_metrics"]["loss"] == 0.5 and run["steps_done"] == 1 and run["job"]["progress_step"] == 1
         assert _get(client, "/runs?metrics=loss")["data"][0]["latest_metrics"] == {"loss": 0.5}
@@ -113,6 +119,7 @@ def test_the_sinks_writes_are_seen_at_once(client, tmp_path):
         sink.flush(10)
         (series,) = [s for s in _get(client, f"/runs/{rid}/metrics?keys=loss")["series"]]
         assert series["y"] == [0.5, 0.25]
+        assert _compared(client, rid) == [0.5, 0.25]
         assert _get(client, "/runs?metrics=loss")["data"][0]["latest_metrics"] == {"loss": 0.25}
         # a checkpoint row, then its files gone from the disk (no row changes)
         ckpt = tmp_path / "ckpt-2"
@@ -153,7 +160,10 @@ def test_hand_made_sql_updates_are_seen_without_updated_at(client):
     _sql("INSERT INTO metrics (run_id, step, key, value, wall_time) VALUES (:id, 1, 'loss', 1.5, 1.0)", id=rid)
     _sql("INSERT INTO latest_metrics (run_id, key, step, value, wall_time) VALUES (:id, 'loss', 1, 1.5, 1.0)", id=rid)
     assert [s["y"] for s in _get(client, f"/runs/{rid}/metrics")["series"]] == [[1.5]]
-    assert _get(client, f"/runs/{rid}")["latest_metrics"] == {"loss": 1.5}
+    assert _get(client, f"/runs/{rid}")["latest_metrics"] == {"loss": 1.5} and _compared(client, rid) == [1.5]
+    _sql("INSERT INTO metrics (run_id, step, key, value, wall_time) VALUES (:id, 2, 'loss', 0.5, 2.0)", id=rid)
+    _sql("UPDATE latest_metrics SET step = 2, value = 0.5, wall_time = 2.0 WHERE run_id = :id", id=rid)
+    assert _compared(client, rid) == [1.5, 0.5]
 
 
 def test_the_waiting_reason_follows_the_workers(client):

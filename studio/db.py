@@ -160,10 +160,15 @@ def _statement_timeout(connection: Connection, ms: int) -> None:
     if raw.info.transaction_status != TransactionStatus.IDLE:
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")  # a statement has begun one
         return
-    # outside any transaction: a SET inside one would end with it (every GET's session rolls back)
+    # outside any transaction: a SET inside one would end with it (every GET's session rolls back).
+    # With it, the API's connections plan every statement for its actual parameters: a run's rows
+    # are one range of shared tables, and the generic plan PostgreSQL switches to once psycopg has
+    # prepared a statement (its fifth run) cannot see which range -- a trace search at 1M rollouts
+    # went from ~20 ms to 90-250 ms. (Not for the worker's sink: re-planning its pipelined upserts
+    # halved its ingest.)
     autocommit, raw.autocommit = raw.autocommit, True
     try:
-        raw.execute(f"SET statement_timeout = {ms}")
+        raw.execute(f"SET statement_timeout = {ms}; SET plan_cache_mode = force_custom_plan")
     finally:
         raw.autocommit = autocommit
     connection.info["statement_timeout_ms"] = ms

@@ -59,16 +59,19 @@ def _search(session: Session, run_id: int, query: str, base: Select) -> tuple[Se
     rollouts with every text from the table's first id (0.65–1.4 s for a common word in the middle
     run of 1M rollouts), and FTS5 would read a common word's doclist for every run."""
     lo, hi = session.execute(select(func.min(Rollout.id), func.max(Rollout.id)).where(Rollout.run_id == run_id)).one()
+    # as literals in the SQL: psycopg prepares a statement after its fifth run, and PostgreSQL's
+    # generic plan for a parameter range went back to the merge join (250 ms)
+    lo, hi = literal(lo or 0, literal_execute=True), literal(hi or 0, literal_execute=True)
     if session.get_bind().dialect.name == "postgresql":
         hit = select(RolloutText.rollout_id).where(RolloutText.rollout_id == Rollout.id,
-                                                    RolloutText.rollout_id.between(lo or 0, hi or 0),
+                                                    RolloutText.rollout_id.between(lo, hi),
                                                     RolloutText.terms.op("@@")(func.to_tsquery("simple", query)))
         return base.where(hit.exists()), Rollout.id
     # SQLite: the FTS5 table drives the join (it seeks its doclists by rowid)
     fts = rollout_text.SEARCH
     return (base.join_from(fts, Rollout, Rollout.id == fts.c.rowid)
             .where(literal_column(rollout_text.SEARCH_TABLE).op("MATCH")(query),
-                   fts.c.rowid.between(lo or 0, hi or 0)), fts.c.rowid)
+                   fts.c.rowid.between(lo, hi)), fts.c.rowid)
 
 
 def _capped_count(session: Session, base: Select, cap: int) -> tuple[int, bool]:

@@ -275,6 +275,9 @@ def test_api_sessions_give_up_on_a_slow_query(engine):
     with Session(autocommit_engine(engine), info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
         s.execute(text(slow))
     assert is_timeout(err.value)
+    if engine.dialect.name == "postgresql":  # and plans each statement for its parameters (studio/db.py)
+        with Session(autocommit_engine(engine), info={"timeout_s": 5}) as s:
+            assert s.execute(text("SHOW plan_cache_mode")).scalar_one() == "force_custom_plan"
     with Session(engine) as s:
         s.execute(text(lasting))
         s.commit()

@@ -1,4 +1,5 @@
-"""A per-app cache of the hot GET reads' JSON (a run, its metrics, the run list) that is never stale.
+"""A per-app cache of the hot GET reads' JSON (a run, its metrics, several runs' metrics, the run
+list) that is never stale.
 
 Each entry is stored under a *version*: a few values that one cheap query reads on every request
 (the run row's state and updated_at, counts and maxima of the rows the response shows, the

@@ -1,4 +1,4 @@
-"""The read cache of GET /runs, /runs/{id} and /runs/{id}/metrics (backend/api/read_cache.py) and the
+"""The read cache of GET /runs, /runs/{id}, /runs/{id}/metrics and /runs/metrics (backend/api/read_cache.py) and the
 slow facts of /health: a repeated read is served from the cache, and no write -- through the API,
 by the worker's sink, or a hand-made SQL update -- is ever answered with the state before it.
 Token holders and open reads are cached apart."""

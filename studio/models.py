@@ -168,24 +168,17 @@ class WorkerNode(SQLModel, table=True):
 
 
 # ------------------------------------------------------------------------------------------ metrics
-class Metric(SQLModel, table=True):
-    """Long format: one row per (run, key, step). Re-emitted steps upsert onto the same row."""
+class MetricChunk(SQLModel, table=True):
+    """The points of CHUNK_STEPS consecutive steps of one (run, key) as one blob (studio/metric_chunks.py):
+    a series is read as a few blobs instead of one row per point. Re-emitted steps replace their
+    points in the chunk."""
 
-    __tablename__ = "metrics"
-    # A series is read as one range of this covering index: without it each point is a row on its
-    # own table page (the sink writes a step's ~60 keys together), 100k page reads for 100 runs.
-    __table_args__ = (UniqueConstraint("run_id", "key", "step"),
-                      Index("ix_metrics_series", "run_id", "key", "step", "value", "rollouts", "elapsed_s"))
+    __tablename__ = "metric_chunks"
 
-    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
-    run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE")
-    step: int
-    key: str = Field(max_length=250)
-    value: float | None = Field(default=None, sa_type=Double)  # NULL for NaN/inf
-    # x axes besides the step: cumulative rollouts generated, training seconds (carried across resumes).
-    rollouts: int | None = Field(default=None, sa_type=BigInteger)
-    elapsed_s: float | None = Field(default=None, sa_type=Double)
-    wall_time: float = Field(sa_type=Double)  # unix seconds when the step was recorded
+    run_id: int = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True)
+    key: str = Field(max_length=250, primary_key=True)
+    chunk: int = Field(primary_key=True)  # step // CHUNK_STEPS
+    points: bytes = Field(sa_type=LargeBinary)
 
 
 class LatestMetric(SQLModel, table=True):

@@ -12,11 +12,12 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
 from remix_engine.jsonsafe import finite_or_none
+from studio import metric_chunks as mc
 from studio import rollout_text
-from studio.models import LatestMetric, Metric, OffPolicyStep, Rollout, RolloutText
+from studio.models import LatestMetric, MetricChunk, OffPolicyStep, Rollout, RolloutText
 
 # x axes of a metric series: training step, rollouts generated so far, training seconds
-X_COLUMNS = {"step": "step", "rollouts": "rollouts", "time": "elapsed_s"}
+X_FIELDS = {"step": mc.STEP, "rollouts": mc.ROLLOUTS, "time": mc.ELAPSED_S}
 # Counts of matching rollouts stop here: past it a page says "10,000+" (total_capped) instead of
 # counting a whole run on every request.
 COUNT_CAP = 10_000
@@ -96,43 +97,37 @@ def metric_series(session: Session, run_ids: list[int], keys: list[str], x: str,
     by step) into (max_points − 2) / 2 equal-count buckets keeping each bucket's minimum and maximum,
     plus the first and last point: spikes survive, the line spans the whole range.
 
-    One range read of the covering index (run_id, key, step, value, rollouts, elapsed_s) per
-    series, which the database hands over as one row of comma-separated texts per series: 100k
-    points as Python rows cost ~0.3 s here, as 300 strings parsed by numpy a few ms. The buckets
-    are cut with numpy (window functions sorted every point again in the database)."""
+    One range read of metric_chunks' primary key per series: a blob per 100 steps, which numpy
+    reads in place (studio/metric_chunks.py). Points without a value or an x are left out."""
     if not keys or not run_ids:
         return {rid: [] for rid in run_ids}
-    conn = session.connection()
-    pg = conn.dialect.name == "postgresql"
-    mark = "%s" if pg else "?"
-    marks = lambda n: ", ".join([mark] * n)  # noqa: E731
-    where = [f"run_id IN ({marks(len(run_ids))})", f"key IN ({marks(len(keys))})", "value IS NOT NULL",
-             f"{X_COLUMNS[x]} IS NOT NULL"]
-    params: list[Any] = [*run_ids, *keys]
-    for bound, op in ((step_min, ">="), (step_max, "<=")):
-        if bound is not None:
-            where.append(f"step {op} {mark}")
-            params.append(bound)
-    if pg:  # float8 as text round-trips exactly (extra_float_digits ≥ 1, the default)
-        agg = ", ".join(f"string_agg({c}::text, ',' ORDER BY step)" for c in ("step", "value", X_COLUMNS[x]))
-        sql = f"SELECT run_id, key, {agg} FROM metrics WHERE {' AND '.join(where)} GROUP BY run_id, key"
-    else:  # group_concat follows the covering index's step order; REAL as text has 15 significant
-        # digits (printf('%.17g') would round-trip exactly but doubles the query's time)
-        agg = ", ".join(f"group_concat({c}, ',')" for c in ("step", "value", X_COLUMNS[x]))
-        sql = f"SELECT run_id, key, {agg} FROM metrics WHERE {' AND '.join(where)} GROUP BY run_id, key"
+    c = MetricChunk
+    cond = [c.run_id.in_(run_ids), c.key.in_(keys)]
+    if step_min is not None:
+        cond.append(c.chunk >= mc.chunk_of(step_min))
+    if step_max is not None:
+        cond.append(c.chunk <= mc.chunk_of(step_max))
+    blobs: dict[tuple[int, str], list[bytes]] = {}
+    for rid, key, blob in session.execute(select(c.run_id, c.key, c.points).where(*cond)
+                                          .order_by(c.run_id, c.key, c.chunk)):
+        blobs.setdefault((rid, key), []).append(blob)
     out: dict[int, dict[str, dict[str, Any]]] = {rid: {} for rid in run_ids}
-    for rid, key, steps, values, xs in conn.exec_driver_sql(sql, tuple(params)):
-        out[rid][key] = _downsampled(key, steps.split(","), np.array(values.split(","), dtype=float),
-                                     xs.split(","), max_points)
+    x_field = X_FIELDS[x]
+    for (rid, key), series in blobs.items():
+        pts = mc.concat(series)
+        keep = np.isfinite(pts[mc.VALUE]) & np.isfinite(pts[x_field])
+        if step_min is not None:
+            keep &= pts[mc.STEP] >= step_min
+        if step_max is not None:
+            keep &= pts[mc.STEP] <= step_max
+        pts = pts[:, keep]
+        out[rid][key] = _downsampled(key, pts[mc.STEP], pts[mc.VALUE], pts[x_field], max_points)
     empty = {"total": 0, "downsampled": False, "x": [], "y": [], "step": []}
     return {rid: [out[rid].get(k) or {"key": k, **empty} for k in keys] for rid in run_ids}
 
 
-def _downsampled(key: str, steps: list[str], values: np.ndarray, xs: list[str], max_points: int) -> dict[str, Any]:
-    """`values` parsed; `steps` and `xs` still texts: only the kept points' are parsed (parsing every
-    point of 100 series was half of the compare page's request)."""
+def _downsampled(key: str, steps: np.ndarray, values: np.ndarray, xs: np.ndarray, max_points: int) -> dict[str, Any]:
     n = len(values)
-    kept: Any = range(n)
     if n > max_points:
         buckets = max(1, (max_points - 2) // 2)
         bucket = np.arange(n) * buckets // n  # equal-count buckets, in step order
@@ -143,10 +138,9 @@ def _downsampled(key: str, steps: list[str], values: np.ndarray, xs: list[str], 
         keep[[0, n - 1]] = True
         keep[first(np.lexsort((values, bucket)))] = True
         keep[first(np.lexsort((-values, bucket)))] = True
-        kept = np.flatnonzero(keep).tolist()
-        values = values[keep]
-    return {"key": key, "total": n, "downsampled": n > max_points, "x": [float(xs[i]) for i in kept],
-            "y": values.tolist(), "step": [int(steps[i]) for i in kept]}
+        steps, values, xs = steps[keep], values[keep], xs[keep]
+    return {"key": key, "total": n, "downsampled": n > max_points, "x": xs.tolist(), "y": values.tolist(),
+            "step": steps.astype(np.int64).tolist()}
 
 
 def latest_metrics(session: Session, run_ids: list[int], keys: list[str] | None) -> dict[int, dict[str, float | None]]:
@@ -224,11 +218,14 @@ def offpolicy(session: Session, run_id: int, step_min: int | None = None, step_m
 
 
 def cost_at_step(session: Session, run_id: int, step: int) -> int | None:
-    """The run's cumulative `cost/rollouts` at `step` (the metrics table), if recorded."""
-    value = session.execute(select(Metric.value).where(Metric.run_id == run_id, Metric.key == "cost/rollouts",
-                                                       Metric.step == step)).scalar_one_or_none()
-    if value is not None:
-        return int(value)
-    rollouts = session.execute(select(func.max(Metric.rollouts)).where(Metric.run_id == run_id,
-                                                                       Metric.step == step)).scalar_one_or_none()
-    return int(rollouts) if rollouts is not None else None
+    """The run's cumulative `cost/rollouts` at `step`, else the rollout count recorded with the
+    step's metrics, if any."""
+    c = MetricChunk
+    points = {key: mc.unpack(blob) for key, blob in session.execute(
+        select(c.key, c.points).where(c.run_id == run_id, c.chunk == mc.chunk_of(step)))}
+    at_step = {key: pts[:, pts[mc.STEP] == step] for key, pts in points.items()}
+    cost = at_step.get("cost/rollouts")
+    if cost is not None and cost.shape[1] and np.isfinite(cost[mc.VALUE, 0]):
+        return int(cost[mc.VALUE, 0])
+    counts = [pts[mc.ROLLOUTS, 0] for pts in at_step.values() if pts.shape[1] and np.isfinite(pts[mc.ROLLOUTS, 0])]
+    return int(max(counts)) if counts else None

@@ -54,12 +54,13 @@ from remix_engine.events import (
 from remix_engine.jsonsafe import finite_or_none
 from remix_engine.sinks import Sink
 from studio import jobs, rollout_text
+from studio import metric_chunks as mc
 from studio.db import get_engine, refresh_statistics, retrying
 from studio.models import (
     Alert,
     Checkpoint,
     LatestMetric,
-    Metric,
+    MetricChunk,
     OffPolicyStep,
     Rollout,
     RolloutText,
@@ -72,7 +73,7 @@ log = logging.getLogger("remix.sink")
 
 _IN_CHUNK = 500  # ids per IN (...) list (SQLite's bound-parameter limit)
 _ALERTS: Table = Alert.__table__
-_METRICS: Table = Metric.__table__
+_CHUNKS: Table = MetricChunk.__table__
 _LATEST: Table = LatestMetric.__table__
 _CKPTS: Table = Checkpoint.__table__
 _ROLLOUTS: Table = Rollout.__table__
@@ -344,7 +345,7 @@ class SqlSink(Sink):
         conn.execute(delete(_OFFPOLICY).where(_OFFPOLICY.c.run_id == rid, _OFFPOLICY.c.step > after_step))
         self._id_of.clear()
         conn.execute(delete(_ROLLOUTS).where(_ROLLOUTS.c.run_id == rid, _ROLLOUTS.c.step > after_step))
-        conn.execute(delete(_METRICS).where(_METRICS.c.run_id == rid, _METRICS.c.step > after_step))
+        self._truncate_metrics(conn, after_step)
         conn.execute(delete(_CKPTS).where(_CKPTS.c.run_id == rid, _CKPTS.c.step > after_step))
         # alerts: episodes that began later go; one still open at `after_step` is open again there
         conn.execute(delete(_ALERTS).where(_ALERTS.c.run_id == rid, _ALERTS.c.first_step > after_step))
@@ -355,17 +356,28 @@ class SqlSink(Sink):
                 use_count=0, reuse_count=0, max_age=None, ratio_mean=None, ratio_max=None, clipfrac=None,
                 kl_to_behavior=None))
             self._refresh_use_stats(conn, chunk)
-        # latest_metrics: rebuild from what is left
-        conn.execute(delete(_LATEST).where(_LATEST.c.run_id == rid))
-        last = (select(_METRICS.c.key, func.max(_METRICS.c.step).label("step"))
-                .where(_METRICS.c.run_id == rid).group_by(_METRICS.c.key).subquery())
-        rows = conn.execute(select(_METRICS.c.key, _METRICS.c.step, _METRICS.c.value, _METRICS.c.wall_time)
-                            .join(last, (_METRICS.c.key == last.c.key) & (_METRICS.c.step == last.c.step))
-                            .where(_METRICS.c.run_id == rid)).all()
-        if rows:
-            conn.execute(self._insert(_LATEST), [
-                {"run_id": rid, "key": k, "step": st, "value": v, "wall_time": w} for k, st, v, w in rows])
         jobs.record_progress(conn, run_id=rid, job_id=None, step=max(after_step, 0))
+
+    def _truncate_metrics(self, conn: Connection, after_step: int) -> None:
+        """Metric points after `after_step` go (whole chunks, and the tail of the chunk holding
+        it); latest_metrics is rebuilt from each key's last point left."""
+        rid, c = self.run_id, _CHUNKS.c
+        last = mc.chunk_of(after_step)
+        conn.execute(delete(_CHUNKS).where(c.run_id == rid, c.chunk > last))
+        for key, blob in conn.execute(select(c.key, c.points).where(c.run_id == rid, c.chunk == last)).all():
+            kept = mc.until(blob, after_step)
+            where = (c.run_id == rid) & (c.key == key) & (c.chunk == last)
+            conn.execute(delete(_CHUNKS).where(where) if kept is None else update(_CHUNKS).where(where).values(points=kept))
+        conn.execute(delete(_LATEST).where(_LATEST.c.run_id == rid))
+        newest = select(c.key, func.max(c.chunk).label("chunk")).where(c.run_id == rid).group_by(c.key).subquery()
+        rows = []
+        for key, blob in conn.execute(select(c.key, c.points).join(newest, (c.key == newest.c.key)
+                                                                    & (c.chunk == newest.c.chunk)).where(c.run_id == rid)):
+            point = mc.unpack(blob)[:, -1]
+            rows.append({"run_id": rid, "key": key, "step": int(point[mc.STEP]),
+                         "value": finite_or_none(float(point[mc.VALUE])), "wall_time": float(point[mc.WALL_TIME])})
+        if rows:
+            conn.execute(self._insert(_LATEST), rows)
 
     # The hot paths below send plain SQL through the driver (executemany, COPY, or one multi-row
     # INSERT … RETURNING per chunk on SQLite): building SQLAlchemy statements and processing
@@ -501,8 +513,16 @@ class SqlSink(Sink):
     def _write_metrics(self, conn: Connection, rows: dict[tuple[str, int], tuple]) -> None:
         if not rows:
             return
-        self._upsert_rows(conn, _METRICS, ("run_id", "step", "key", "value", "rollouts", "elapsed_s", "wall_time"),
-                          ("run_id", "key", "step"), ("value", "rollouts", "elapsed_s", "wall_time"), list(rows.values()))
+        # each touched chunk: read once, the batch's points merged in, written back in one upsert
+        points: dict[tuple[str, int], list[tuple]] = {}
+        for _, st, k, v, ro, el, w in rows.values():
+            points.setdefault((k, mc.chunk_of(st)), []).append((st, v, ro, el, w))
+        c = _CHUNKS.c
+        stored = {(k, ch): blob for k, ch, blob in conn.execute(select(c.key, c.chunk, c.points).where(
+            c.run_id == self.run_id, c.chunk.in_(sorted({ch for _, ch in points})))) if (k, ch) in points}
+        self._upsert_rows(conn, _CHUNKS, ("run_id", "key", "chunk", "points"), ("run_id", "key", "chunk"), ("points",),
+                          [(self.run_id, k, ch, mc.merge(stored.get((k, ch)), mc.points(pts)))
+                           for (k, ch), pts in points.items()])
         # latest_metrics: each key's newest step in the batch, once; never back to an older step than
         # the stored one (a late re-delivery)
         latest: dict[str, tuple] = {}

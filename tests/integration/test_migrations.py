@@ -60,7 +60,7 @@ def test_migrations_match_models_and_downgrade(settings: Settings) -> None:
         # idempotent: a second start (or a worker starting at the same time) changes nothing
         assert upgrade_database(settings, engine) == head_revision()
         tables = set(inspect(engine).get_table_names())
-        assert {"runs", "jobs", "metrics", "latest_metrics", "checkpoints", "rollouts", "rollout_texts",
+        assert {"runs", "jobs", "metric_chunks", "latest_metrics", "checkpoints", "rollouts", "rollout_texts",
                 "rollout_uses", "evaluations", "eval_samples", "leaderboard_entries", "workers",
                 "offpolicy_steps"} <= tables
         # the search index each dialect has beside the models (include_object leaves them out of _diff)
@@ -125,5 +125,45 @@ def test_upgrade_from_0004_moves_texts_into_the_new_layout_and_back(settings: Se
             conn.commit()
             back = conn.execute(text("SELECT prompt, response FROM rollout_texts ORDER BY rollout_id")).all()
         assert [tuple(r) for r in back] == [("Compute 2+2.", long), ("Name a prime.", "Seven is prime.")]
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0009_packs_metric_rows_into_chunks_and_back(settings: Settings) -> None:
+    """0010 on a database with metric rows: each (run, key)'s points, NULLs included, come back from
+    the chunks (one per 100 steps) exactly; the downgrade brings the rows back."""
+    engine = make_engine(settings.sqlalchemy_url)
+    rows = [(key, step, None if step == 7 else step / 3, step * 8 if step % 2 else None, step * 0.1, 1e9 + step)
+            for key in ("loss", "cost/rollouts") for step in (*range(0, 250, 7), 1000)]
+    try:
+        assert upgrade_database(settings, engine, revision="0009_drop_uses_age_index") == "0009_drop_uses_age_index"
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO runs (name, preset, algorithm, config, request, status, cancel_requested, "
+                              "steps_total, steps_done, rollouts_generated, tokens_generated, elapsed_s, created_at, "
+                              "updated_at) VALUES ('old', 'toy', 'remix-grpo', '{}', '{}', 'succeeded', false, 2, 2, "
+                              "2, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            run_id = conn.execute(text("SELECT max(id) FROM runs")).scalar_one()
+            conn.execute(text("INSERT INTO metrics (run_id, key, step, value, rollouts, elapsed_s, wall_time) "
+                              "VALUES (:run, :key, :step, :value, :rollouts, :elapsed, :wall)"),
+                         [dict(zip(("key", "step", "value", "rollouts", "elapsed", "wall"), r, strict=True), run=run_id)
+                          for r in rows])
+        assert upgrade_database(settings, engine) == head_revision()
+        assert _diff(engine) == []
+        with Session(engine) as s:
+            chunks = s.execute(text("SELECT key, chunk FROM metric_chunks ORDER BY key, chunk")).all()
+            series = queries.metric_series(s, [run_id], ["loss"], "rollouts", 1000)[run_id][0]
+            assert queries.cost_at_step(s, run_id, 1000) == 333  # cost/rollouts' value, 1000 / 3
+        assert [tuple(c) for c in chunks] == [(k, c) for k in ("cost/rollouts", "loss") for c in (0, 1, 2, 10)]
+        kept = [r for r in rows if r[0] == "loss" and r[2] is not None and r[3] is not None]
+        assert series["step"] == [r[1] for r in kept] and series["y"] == [r[2] for r in kept]
+        assert series["x"] == [r[3] for r in kept]
+        cfg = alembic_config(settings.sqlalchemy_url)
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0009_drop_uses_age_index")
+            conn.commit()
+            back = conn.execute(text("SELECT key, step, value, rollouts, elapsed_s, wall_time FROM metrics "
+                                     "ORDER BY key DESC, step")).all()
+        assert [tuple(r) for r in back] == rows
     finally:
         engine.dispose()

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from backend.api.read_cache import ReadCache
 from studio import jobs
+from studio import metric_chunks as mc
 from studio.db import get_engine, session_scope
 from studio.models import WorkerNode
 from worker.sink import SqlSink
@@ -155,13 +156,15 @@ def test_hand_made_sql_updates_are_seen_without_updated_at(client):
     _sql("UPDATE alerts SET status = 'resolved' WHERE run_id = :id", id=rid)
     assert _get(client, f"/runs/{rid}")["alerts"] == {"firing": 0, "total": 1}
     assert _get(client, "/runs")["data"][0]["alerts"] == {"firing": 0, "total": 1}
-    # metric rows with their latest_metrics row, as the sink writes them (but no run update)
+    # metric points with their latest_metrics row, as the sink writes them (but no run update)
     _get(client, f"/runs/{rid}/metrics")
-    _sql("INSERT INTO metrics (run_id, step, key, value, wall_time) VALUES (:id, 1, 'loss', 1.5, 1.0)", id=rid)
+    _sql("INSERT INTO metric_chunks (run_id, key, chunk, points) VALUES (:id, 'loss', 0, :p)", id=rid,
+         p=mc.pack(mc.points([(1, 1.5, None, None, 1.0)])))
     _sql("INSERT INTO latest_metrics (run_id, key, step, value, wall_time) VALUES (:id, 'loss', 1, 1.5, 1.0)", id=rid)
     assert [s["y"] for s in _get(client, f"/runs/{rid}/metrics")["series"]] == [[1.5]]
     assert _get(client, f"/runs/{rid}")["latest_metrics"] == {"loss": 1.5} and _compared(client, rid) == [1.5]
-    _sql("INSERT INTO metrics (run_id, step, key, value, wall_time) VALUES (:id, 2, 'loss', 0.5, 2.0)", id=rid)
+    _sql("UPDATE metric_chunks SET points = :p WHERE run_id = :id", id=rid,
+         p=mc.pack(mc.points([(1, 1.5, None, None, 1.0), (2, 0.5, None, None, 2.0)])))
     _sql("UPDATE latest_metrics SET step = 2, value = 0.5, wall_time = 2.0 WHERE run_id = :id", id=rid)
     assert _compared(client, rid) == [1.5, 0.5]
 

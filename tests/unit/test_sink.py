@@ -9,9 +9,10 @@ from sqlalchemy import case, func, select
 from sqlmodel import Session
 
 from remix_engine.events import CheckpointRecord, RolloutRecord, RolloutUseRecord
-from studio import jobs
+from studio import jobs, queries
+from studio import metric_chunks as mc
 from studio.db import get_engine, session_scope
-from studio.models import Checkpoint, Job, LatestMetric, Metric, Rollout, RolloutUse, Run
+from studio.models import Checkpoint, Job, LatestMetric, MetricChunk, Rollout, RolloutUse, Run
 from worker.sink import SqlSink
 
 
@@ -50,6 +51,18 @@ def _count(engine, model, run_id: int) -> int:
         return s.execute(select(func.count()).select_from(model).where(model.run_id == run_id)).scalar_one()
 
 
+def _points(engine, run_id: int) -> dict[tuple[str, int], float | None]:
+    """Every stored metric point of the run: (key, step) → value (None: NaN)."""
+    out = {}
+    with Session(engine) as s:
+        for key, blob in s.execute(select(MetricChunk.key, MetricChunk.points).where(MetricChunk.run_id == run_id)
+                                   .order_by(MetricChunk.key, MetricChunk.chunk)):
+            for step, value, *_ in mc.unpack(blob).T.tolist():
+                assert (key, int(step)) not in out, "a point stored twice"
+                out[key, int(step)] = None if value != value else value
+    return out
+
+
 def test_events_become_rows_and_run_counters(engine):
     claim = _job()
     sink = SqlSink(claim.run_id, engine=engine, job_id=claim.job_id, attempt=claim.attempt)
@@ -66,7 +79,7 @@ def test_events_become_rows_and_run_counters(engine):
     assert (job.progress_step, job.last_checkpoint_step) == (4, 4)
     assert r4.reference == "['2', 'two']" and r4.advantage is None and r4.use_count == 1, "NaN stored as NULL"
     assert (ck.policy_version, ck.policy_path, ck.info["path"]) == (5, "/ck/4/policy", "/ck/4")
-    assert latest == 16.0 and _count(engine, Metric, claim.run_id) == 16
+    assert latest == 16.0 and len(_points(engine, claim.run_id)) == 16
 
 
 def test_a_resumed_attempt_replaces_everything_after_its_checkpoint(engine):
@@ -80,7 +93,7 @@ def test_a_resumed_attempt_replaces_everything_after_its_checkpoint(engine):
     _emit_steps(again, range(3, 5), response="second attempt")
     again.close()
     assert _count(engine, Rollout, claim.run_id) == 4 and _count(engine, RolloutUse, claim.run_id) == 4
-    assert _count(engine, Metric, claim.run_id) == 16, "exactly one row per step and key"
+    assert len(_points(engine, claim.run_id)) == 16, "exactly one point per step and key"
     with Session(engine) as s:
         assert s.get(Run, claim.run_id).steps_done == 4
         texts = {r.uid: r.step for r in s.execute(select(Rollout)).scalars()}
@@ -109,9 +122,36 @@ def test_metrics_of_a_batch_keep_each_keys_newest_step_and_the_last_copy_of_a_ro
     with Session(engine) as s:
         latest = {k: (st, v) for k, st, v in s.execute(
             select(LatestMetric.key, LatestMetric.step, LatestMetric.value).where(LatestMetric.run_id == claim.run_id))}
-        step1 = dict(s.execute(select(Metric.key, Metric.value).where(Metric.run_id == claim.run_id, Metric.step == 1)).all())
+    points = _points(engine, claim.run_id)
     assert latest == {"a": (4, 4.0), "b": (2, 20.0)}
-    assert step1 == {"a": -1.0, "b": -10.0} and _count(engine, Metric, claim.run_id) == 6
+    assert points[("a", 1)] == -1.0 and points[("b", 1)] == -10.0 and len(points) == 6
+
+
+def test_a_resume_across_chunks_keeps_the_points_up_to_its_step_and_rebuilds_latest(engine):
+    """Metric points live in chunks of CHUNK_STEPS steps: a resume from the middle of a chunk drops
+    the later chunks and the tail of its own, and the re-emitted steps replace what they replace."""
+    claim = _job()
+    first = SqlSink(claim.run_id, engine=engine)
+    first.on_start({"resumed_from": None})
+    last = 2 * mc.CHUNK_STEPS + 50
+    for t in range(1, last + 1):
+        first.on_step(t, {"loss": float(t), "cost/rollouts": 4.0 * t, **({"late": 0.5} if t == last else {})})
+    first.close()
+    resume = mc.CHUNK_STEPS + 20
+    again = SqlSink(claim.run_id, engine=engine)
+    again.on_start({"resumed_from": resume})
+    again.on_step(resume + 1, {"loss": -1.0, "nan": float("nan")})
+    again.close()
+    points = _points(engine, claim.run_id)
+    assert sorted(step for key, step in points if key == "loss") == list(range(1, resume + 2))
+    assert points[("loss", resume + 1)] == -1.0 and points[("nan", resume + 1)] is None
+    assert ("late", last) not in points and ("cost/rollouts", resume + 1) not in points
+    with Session(engine) as s:
+        latest = {k: (st, v) for k, st, v in s.execute(
+            select(LatestMetric.key, LatestMetric.step, LatestMetric.value).where(LatestMetric.run_id == claim.run_id))}
+        assert queries.cost_at_step(s, claim.run_id, resume) == 4 * resume
+        assert queries.cost_at_step(s, claim.run_id, last) is None
+    assert latest == {"loss": (resume + 1, -1.0), "nan": (resume + 1, None), "cost/rollouts": (resume, 4.0 * resume)}
 
 
 def test_a_sink_whose_job_was_taken_drops_its_events_and_asks_to_stop(engine):
@@ -130,7 +170,7 @@ def test_a_sink_whose_job_was_taken_drops_its_events_and_asks_to_stop(engine):
     assert sink.fenced and sink.should_stop()
     sink.close()
     with Session(engine) as s:
-        assert s.execute(select(func.max(Metric.step)).where(Metric.run_id == claim.run_id)).scalar_one() == 1
+        assert max(step for _, step in _points(engine, claim.run_id)) == 1
 
 
 def test_dict_events_must_hold_exactly_the_record_fields(engine):

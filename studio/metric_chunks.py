@@ -54,5 +54,5 @@ def until(blob: bytes, last_step: int) -> bytes | None:
 
 
 def concat(blobs: list[bytes]) -> np.ndarray:
-    """One series from its chunks in chunk order."""
-    return np.concatenate([unpack(b) for b in blobs], axis=1) if blobs else np.empty((len(FIELDS), 0))
+    """One series from its chunks (at least one) in chunk order."""
+    return np.concatenate([unpack(b) for b in blobs], axis=1)

@@ -52,6 +52,15 @@ def _diff(engine) -> list:  # noqa: ANN001
         return compare_metadata(ctx, SQLModel.metadata)
 
 
+def _old_run(conn) -> int:  # noqa: ANN001
+    """A finished run, inserted with the columns every revision since 0001 has; its id."""
+    conn.execute(text("INSERT INTO runs (name, preset, algorithm, config, request, status, cancel_requested, "
+                      "steps_total, steps_done, rollouts_generated, tokens_generated, elapsed_s, created_at, "
+                      "updated_at) VALUES ('old', 'toy', 'remix-grpo', '{}', '{}', 'succeeded', false, 2, 2, "
+                      "2, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    return conn.execute(text("SELECT max(id) FROM runs")).scalar_one()
+
+
 def test_migrations_match_models_and_downgrade(settings: Settings) -> None:
     engine = make_engine(settings.sqlalchemy_url)
     try:
@@ -88,11 +97,7 @@ def test_upgrade_from_0004_moves_texts_into_the_new_layout_and_back(settings: Se
     try:
         assert upgrade_database(settings, engine, revision="0004_job_phase") == "0004_job_phase"
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO runs (name, preset, algorithm, config, request, status, cancel_requested, "
-                              "steps_total, steps_done, rollouts_generated, tokens_generated, elapsed_s, created_at, "
-                              "updated_at) VALUES ('old', 'toy', 'remix-grpo', '{}', '{}', 'succeeded', false, 2, 2, "
-                              "2, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-            run_id = conn.execute(text("SELECT max(id) FROM runs")).scalar_one()
+            run_id = _old_run(conn)
             for i, (prompt, response) in enumerate([("Compute 2+2.", long), ("Name a prime.", "Seven is prime.")]):
                 conn.execute(text("INSERT INTO rollouts (run_id, uid, step, policy_version, group_id, prompt_id, "
                                   "extracted, correct, format_ok, length, truncated, use_count, reuse_count, wall_time) "
@@ -138,11 +143,7 @@ def test_upgrade_from_0009_packs_metric_rows_into_chunks_and_back(settings: Sett
     try:
         assert upgrade_database(settings, engine, revision="0009_drop_uses_age_index") == "0009_drop_uses_age_index"
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO runs (name, preset, algorithm, config, request, status, cancel_requested, "
-                              "steps_total, steps_done, rollouts_generated, tokens_generated, elapsed_s, created_at, "
-                              "updated_at) VALUES ('old', 'toy', 'remix-grpo', '{}', '{}', 'succeeded', false, 2, 2, "
-                              "2, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-            run_id = conn.execute(text("SELECT max(id) FROM runs")).scalar_one()
+            run_id = _old_run(conn)
             conn.execute(text("INSERT INTO metrics (run_id, key, step, value, rollouts, elapsed_s, wall_time) "
                               "VALUES (:run, :key, :step, :value, :rollouts, :elapsed, :wall)"),
                          [dict(zip(("key", "step", "value", "rollouts", "elapsed", "wall"), r, strict=True), run=run_id)

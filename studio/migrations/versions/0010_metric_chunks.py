@@ -10,6 +10,7 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 import math
+from itertools import groupby, islice
 
 import sqlalchemy as sa
 from alembic import op
@@ -37,30 +38,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_metric_chunks_run_id_runs", ondelete="CASCADE"),
     )
     insert = sa.text("INSERT INTO metric_chunks (run_id, key, chunk, points) VALUES (:run_id, :key, :chunk, :points)")
-    batch: list[dict] = []
-    current: tuple | None = None
-    rows: list[tuple] = []
-
-    def close() -> None:
-        if rows:
-            batch.append({"run_id": current[0], "key": current[1], "chunk": current[2],
-                          "points": mc.pack(mc.points(rows))})
-            rows.clear()
-        if len(batch) >= _BATCH:
-            conn.execute(insert, batch)
-            batch.clear()
-
     # streamed in (run, key, step) order: one chunk's rows are consecutive
-    result = conn.execute(sa.text("SELECT run_id, key, step, value, rollouts, elapsed_s, wall_time FROM metrics "
-                                  "ORDER BY run_id, key, step").execution_options(stream_results=True, yield_per=10_000))
-    for run_id, key, step, *rest in result:
-        where = (run_id, key, mc.chunk_of(step))
-        if where != current:
-            close()
-            current = where
-        rows.append((step, *rest))
-    close()
-    if batch:
+    rows = conn.execute(sa.text("SELECT run_id, key, step, value, rollouts, elapsed_s, wall_time FROM metrics "
+                                "ORDER BY run_id, key, step").execution_options(stream_results=True, yield_per=10_000))
+    chunks = ({"run_id": run_id, "key": key, "chunk": chunk, "points": mc.pack(mc.points(r[2:] for r in points))}
+              for (run_id, key, chunk), points in groupby(rows, key=lambda r: (r[0], r[1], mc.chunk_of(r[2]))))
+    while batch := list(islice(chunks, _BATCH)):
         conn.execute(insert, batch)
     op.drop_table("metrics")
 

@@ -1,7 +1,7 @@
 """A metric series is stored in chunks: the points of CHUNK_STEPS consecutive steps of one (run,
 key) as one blob of little-endian float64 columns, FIELDS in order, sorted by step; NaN marks a
 missing value (a NaN/inf metric, a step without a rollout count). The compare page's 100 runs × 1
-key × 1,000 steps are then ~1,000 blobs that numpy reads in place, where 100k rows cost 80–130 ms
+key × 1,000 steps are then ~1,000 blobs that numpy reads in place, where 100k rows cost 80–140 ms
 of database and driver time before any Python ran (the metrics table until migration 0010).
 
 Pure functions; the sink (worker/sink.py) merges a batch's points into the stored chunks and

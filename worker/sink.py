@@ -262,8 +262,8 @@ class SqlSink(Sink):
             # then rewrites only older rows (on PostgreSQL each UPDATE leaves a dead row version)
             newest_before_batch = (conn.execute(select(func.max(_ROLLOUTS.c.id))).scalar() or 0
                                    if stats_at and any(e[0] == "uses" for e in events) else None)
-            # the batch's metric rows by (key, step), written in one upsert after the events (and
-            # before a truncate, which must not see them): a later copy of a row replaces an earlier one
+            # the batch's metric points by (key, step), written after the events (and before a
+            # truncate, which must not see them): a later copy of a point replaces an earlier one
             metric_rows: dict[tuple[str, int], tuple] = {}
             for i, (kind, step, payload, wall) in enumerate(events):
                 if kind == "truncate":
@@ -276,7 +276,7 @@ class SqlSink(Sink):
                     written += self._write_uses(conn, payload)
                     use_steps.add(step)
                 elif kind == "step":
-                    written += _collect_metrics(self.run_id, payload, wall, metric_rows)
+                    written += _collect_metrics(payload, wall, metric_rows)
                     last_step = payload
                 elif kind == "checkpoint":
                     self._write_checkpoint(conn, step, payload)
@@ -515,8 +515,8 @@ class SqlSink(Sink):
             return
         # each touched chunk: read once, the batch's points merged in, written back in one upsert
         points: dict[tuple[str, int], list[tuple]] = {}
-        for _, st, k, v, ro, el, w in rows.values():
-            points.setdefault((k, mc.chunk_of(st)), []).append((st, v, ro, el, w))
+        for (k, st), point in rows.items():
+            points.setdefault((k, mc.chunk_of(st)), []).append((st, *point))
         c = _CHUNKS.c
         stored = {(k, ch): blob for k, ch, blob in conn.execute(select(c.key, c.chunk, c.points).where(
             c.run_id == self.run_id, c.chunk.in_(sorted({ch for _, ch in points})))) if (k, ch) in points}
@@ -526,9 +526,9 @@ class SqlSink(Sink):
         # latest_metrics: each key's newest step in the batch, once; never back to an older step than
         # the stored one (a late re-delivery)
         latest: dict[str, tuple] = {}
-        for r, st, k, v, _, _, w in rows.values():
+        for (k, st), (v, _, _, w) in rows.items():
             if k not in latest or latest[k][2] <= st:
-                latest[k] = (r, k, st, v, w)
+                latest[k] = (self.run_id, k, st, v, w)
         self._upsert_rows(conn, _LATEST, ("run_id", "key", "step", "value", "wall_time"), ("run_id", "key"),
                           ("step", "value", "wall_time"), list(latest.values()),
                           where="latest_metrics.step <= excluded.step")
@@ -572,15 +572,16 @@ class SqlSink(Sink):
         jobs.record_progress(conn, run_id=self.run_id, job_id=self.job_id, step=metrics.step, counters=values)
 
 
-def _collect_metrics(run_id: int, metrics: StepMetrics, wall: float, rows: dict[tuple[str, int], tuple]) -> int:
-    """Add a step's metric rows to the batch's `rows` (keys cut to 250 characters may collide: the
-    last one wins); returns how many the step had."""
+def _collect_metrics(metrics: StepMetrics, wall: float, rows: dict[tuple[str, int], tuple]) -> int:
+    """Add a step's metric points to the batch's `rows`: (key, step) → the point's FIELDS after the
+    step (studio/metric_chunks.py). Keys cut to 250 characters may collide: the last one wins.
+    Returns how many keys the step had."""
     rollouts = int(metrics.rollouts) if metrics.rollouts is not None else None
     keys = set()
     for k, v in metrics.values.items():
         key = str(k)[:250]
         keys.add(key)
-        rows[(key, metrics.step)] = (run_id, metrics.step, key, finite_or_none(v), rollouts, metrics.elapsed_s, wall)
+        rows[(key, metrics.step)] = (finite_or_none(v), rollouts, metrics.elapsed_s, wall)
     return len(keys)
 
 

@@ -272,7 +272,7 @@ def floor_insert(rows: list[dict[str, Any]], run_id: int) -> float:
     def row(r: dict[str, Any]) -> tuple:
         return (run_id, r["uid"], r["step"], r["policy_version"], r["group_id"], r["prompt_id"], r["extracted"],
                 r["reference"], r["reward"], r["correct"], r["format_ok"], r["reason"], r["length"], r["truncated"],
-                r["advantage"], time.time(), rollout_text.preview(r["response"]), *_UNUSED)
+                r["advantage"], time.time(), *_UNUSED)
 
     engine = get_engine()
     raw = engine.raw_connection()

@@ -235,13 +235,14 @@ class Rollout(SQLModel, table=True):
     __tablename__ = "rollouts"
     __table_args__ = (
         UniqueConstraint("run_id", "uid"),
-        Index("ix_rollouts_run_step_id", "run_id", "step", "id"),
+        # the trace page in (step, id) order; its flag filters are checked in the index, before any
+        # row is read. One index appended at its right end stays packed: an index per flag (0007)
+        # had one insertion point per flag value, and the pages left of the last one split half-full.
+        Index("ix_rollouts_run_step_flags", "run_id", "step", "id", "correct", "format_ok", "truncated"),
         Index("ix_rollouts_run_group", "run_id", "group_id"),
         Index("ix_rollouts_run_reuse", "run_id", "reuse_count"),
-        # the trace page's filters, each in (step, id) order: a page reads only its own rows
+        # a policy version's rollouts sit in a few steps anywhere in the run: seek them
         Index("ix_rollouts_run_version_step", "run_id", "policy_version", "step", "id"),
-        Index("ix_rollouts_run_correct_step", "run_id", "correct", "step", "id"),
-        Index("ix_rollouts_run_truncated_step", "run_id", "truncated", "step", "id"),
         # a search walks the run in id order (studio/queries.py rollout_page); SQLite: its id range
         Index("ix_rollouts_run_id", "run_id", "id"),
     )
@@ -270,8 +271,6 @@ class Rollout(SQLModel, table=True):
     clipfrac: float | None = Field(default=None, sa_type=Double)  # mean over its uses
     kl_to_behavior: float | None = Field(default=None, sa_type=Double)  # mean over its uses
     wall_time: float = Field(sa_type=Double)
-    # the response's first characters, for the trace list (0007; studio/rollout_text.py)
-    preview: str = Field(default="", sa_type=Text)
 
 
 class RolloutText(SQLModel, table=True):

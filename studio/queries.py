@@ -84,10 +84,19 @@ def _capped_count(session: Session, base: Select, cap: int) -> tuple[int, bool]:
 
 def rollout_texts(session: Session, rollout_ids: list[int]) -> dict[int, tuple[str, str]]:
     """(prompt, response) by rollout id, decompressed."""
+    return {rid: rollout_text.unpack(body) for rid, body in _bodies(session, rollout_ids)}
+
+
+def rollout_previews(session: Session, rollout_ids: list[int]) -> dict[int, str]:
+    """The response's preview by rollout id (only the head of each blob is decompressed)."""
+    return {rid: rollout_text.response_preview(body) for rid, body in _bodies(session, rollout_ids)}
+
+
+def _bodies(session: Session, rollout_ids: list[int]) -> list[tuple[int, bytes]]:
     if not rollout_ids:
-        return {}
-    return {rid: rollout_text.unpack(body) for rid, body in session.execute(
-        select(RolloutText.rollout_id, RolloutText.body).where(RolloutText.rollout_id.in_(rollout_ids)))}
+        return []
+    return [(rid, body) for rid, body in session.execute(
+        select(RolloutText.rollout_id, RolloutText.body).where(RolloutText.rollout_id.in_(rollout_ids)))]
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -2,8 +2,8 @@
 
 * The texts are one zlib blob per rollout (`rollout_texts.body`): a length-prefixed pair of UTF-8
   strings, level 1 (the sink compresses ~45 MB/s of text at 20k rollouts/s on one core).
-* The trace list shows `rollouts.preview` (the response's first PREVIEW_CHARS characters), so a
-  page of 50 never decompresses anything.
+* The trace list shows the response's first PREVIEW_CHARS characters: `response_preview`
+  decompresses only the head of each blob (a stored copy cost ~250 bytes per rollout; 0011).
 * Search is by words: a rollout's document is its prompt, response and extracted answer; its
   words are runs of ASCII letters and digits (lower-cased) and of non-ASCII characters. PostgreSQL
   keeps the distinct words as a tsvector (`rollout_texts.terms`, GIN index; computed by the sink,
@@ -50,6 +50,20 @@ def unpack(body: bytes | None) -> tuple[str, str]:
 def preview(response: str | None) -> str:
     resp = response or ""
     return resp if len(resp) <= PREVIEW_CHARS else resp[:PREVIEW_CHARS] + "…"
+
+
+def response_preview(body: bytes | None) -> str:
+    """`preview` of the blob's response, decompressing only the prompt and the response's first
+    4 × PREVIEW_CHARS + 1 bytes (a character is at most 4 UTF-8 bytes, so getting all of those bytes
+    means the response has more than PREVIEW_CHARS characters)."""
+    if not body:
+        return ""
+    stream = zlib.decompressobj()
+    (n,) = _LEN.unpack(stream.decompress(body, _LEN.size))
+    need = n + 4 * PREVIEW_CHARS + 1
+    raw = stream.decompress(stream.unconsumed_tail, need)
+    response = raw[n:].decode(errors="ignore")  # the cut may split the last character
+    return response[:PREVIEW_CHARS] + "…" if len(raw) == need else preview(response)
 
 
 # ------------------------------------------------------------------------------------- terms

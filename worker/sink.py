@@ -81,12 +81,12 @@ _TEXTS: Table = RolloutText.__table__
 _USES: Table = RolloutUse.__table__
 _TOKEN_STATS: Table = RolloutTokenStats.__table__
 _OFFPOLICY: Table = OffPolicyStep.__table__
-_ROWS_PER_INSERT = 500  # rows per multi-row INSERT … RETURNING (24 parameters each; SQLite allows 32,766)
+_ROWS_PER_INSERT = 500  # rows per multi-row INSERT … RETURNING (23 parameters each; SQLite allows 32,766)
 # a rollout's use statistics, recomputed from its uses (_refresh_use_stats) or, for a new row, from the
 # uses that follow it in the same batch (_use_stats)
 _USE_STATS = ("use_count", "reuse_count", "max_age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
 _ROLLOUT_COLS = ("run_id", "uid", "step", "policy_version", "group_id", "prompt_id", "extracted", "reference", "reward",
-                 "correct", "format_ok", "reason", "length", "truncated", "advantage", "wall_time", "preview",
+                 "correct", "format_ok", "reason", "length", "truncated", "advantage", "wall_time",
                  *_USE_STATS)
 _ROLLOUT_UPDATABLE = tuple(c for c in _ROLLOUT_COLS if c not in ("run_id", "uid", *_USE_STATS))
 _USE_COLS = ("run_id", "rollout_id", "rollout_uid", "step", "age", "ratio_mean", "ratio_max", "clipfrac", "kl_to_behavior")
@@ -412,7 +412,7 @@ class SqlSink(Sink):
             # several accepted answers are stored as their list's text
             r.reference if isinstance(r.reference, str) or r.reference is None else str(r.reference),
             finite_or_none(r.reward), bool(r.correct), bool(r.format_ok), r.reason, r.length, bool(r.truncated),
-            finite_or_none(r.advantage), wall, rollout_text.preview(r.response), *use_stats.get(r.uid, _UNUSED),
+            finite_or_none(r.advantage), wall, *use_stats.get(r.uid, _UNUSED),
         ) for r in by_uid.values()]
         # ids only grow, so a returned id at or below the largest before the insert is a re-delivery
         # (only SQLite's FTS5 needs to know: PostgreSQL keeps the terms in the text's own row)

@@ -23,7 +23,7 @@ from backend.api.schemas import (
 )
 from backend.auth import require_read
 from remix_engine.group_stats import DEGENERATE_NOTE, FORMULAS, GRPO_EPS, group_stats
-from studio import queries
+from studio import queries, rollout_text
 from studio.models import Rollout, RolloutUse
 
 router = APIRouter(tags=["rollouts"], dependencies=[Depends(require_read)], route_class=SessionReleasingRoute)
@@ -48,14 +48,18 @@ def _decode_cursor(cursor: str, order: str) -> tuple[int, int]:
     return step, rid
 
 
-def _rollout_out(r: Rollout, text: tuple[str, str] | None = None) -> dict:
-    """The rollout's fields with its preview, and its prompt and response when `text` is given."""
+def _rollout_out(r: Rollout, preview: str) -> dict:
+    """The rollout's fields with its response's preview."""
     data = {c: getattr(r, c) for c in RolloutOut.model_fields if hasattr(r, c) and c not in
             ("prompt", "response", "response_preview")}
-    data["response_preview"] = r.preview
-    if text is not None:
-        data["prompt"], data["response"] = text
+    data["response_preview"] = preview
     return data
+
+
+def _with_text(r: Rollout, text: tuple[str, str]) -> dict:
+    """The rollout's fields with its prompt and response."""
+    prompt, response = text
+    return {**_rollout_out(r, rollout_text.preview(response)), "prompt": prompt, "response": response}
 
 
 @router.get("/runs/{run_id}/rollouts", response_model=RolloutPage, summary="Rollouts of a run (filtered, keyset-paginated)",
@@ -102,8 +106,13 @@ def list_rollouts(
     rows, count, capped = queries.rollout_page(session, run_id, cond, q, after, order, limit)
     more = len(rows) > limit
     rows = rows[:limit]
-    texts = queries.rollout_texts(session, [r.id for r in rows]) if include_text else {}
-    data = [RolloutOut(**_rollout_out(r, texts.get(r.id) if include_text else None)) for r in rows]
+    ids = [r.id for r in rows]
+    if include_text:
+        texts = queries.rollout_texts(session, ids)
+        data = [RolloutOut(**_with_text(r, texts.get(r.id, ("", "")))) for r in rows]
+    else:
+        previews = queries.rollout_previews(session, ids)
+        data = [RolloutOut(**_rollout_out(r, previews.get(r.id, ""))) for r in rows]
     next_cursor = _encode_cursor(rows[-1].step, rows[-1].id, order) if more and rows else None
     return RolloutPage(data=data, count=count, total_capped=capped, limit=limit, next_cursor=next_cursor)
 
@@ -126,7 +135,7 @@ def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
     if r is None:
         raise HTTPException(404, detail=f"rollout {rollout_id} not found")
     text = queries.rollout_texts(session, [r.id]).get(r.id, ("", ""))
-    return RolloutDetail(**_rollout_out(r, text), uses=_uses_of(session, [r.id])[r.id])
+    return RolloutDetail(**_with_text(r, text), uses=_uses_of(session, [r.id])[r.id])
 
 
 @router.get("/runs/{run_id}/groups/{group_id}", response_model=GroupOut, responses=errors(404),
@@ -139,7 +148,7 @@ def get_group(run_id: int, group_id: str, session: SessionDep) -> GroupOut:
         raise HTTPException(404, detail=f"group {group_id!r} not found in run {run_id}")
     uses = _uses_of(session, [r.id for r in rows])
     texts = queries.rollout_texts(session, [r.id for r in rows])
-    rollouts = [RolloutDetail(**_rollout_out(r, texts.get(r.id, ("", ""))), uses=uses[r.id]) for r in rows]
+    rollouts = [RolloutDetail(**_with_text(r, texts.get(r.id, ("", ""))), uses=uses[r.id]) for r in rows]
     stats = group_stats([r.reward for r in rows if r.reward is not None])
     kind = ((run.config or {}).get("actor") or {}).get("advantage")
     formula = FORMULAS.get(kind, "")

@@ -15,7 +15,7 @@ from sqlalchemy import inspect, select, text
 from sqlmodel import Session, SQLModel
 
 import studio.models  # noqa: F401
-from studio import queries
+from studio import queries, rollout_text
 from studio.db import make_engine
 from studio.migrate import alembic_config, current_revision, head_revision, include_object, upgrade_database
 from studio.models import Rollout
@@ -115,8 +115,8 @@ def test_upgrade_from_0004_moves_texts_into_the_new_layout_and_back(settings: Se
             ids = {r.uid: r.id for r in s.execute(select(Rollout).where(Rollout.run_id == run_id)).scalars()}
             assert queries.rollout_texts(s, list(ids.values())) == {
                 ids["u0"]: ("Compute 2+2.", long), ids["u1"]: ("Name a prime.", "Seven is prime.")}
-            assert s.get(Rollout, ids["u1"]).preview == "Seven is prime."
-            assert s.get(Rollout, ids["u0"]).preview == long[:240] + "…"
+            assert queries.rollout_previews(s, list(ids.values())) == {
+                ids["u0"]: long[:240] + "…", ids["u1"]: "Seven is prime."}
             cond = [Rollout.run_id == run_id]
             assert [r.uid for r in queries.rollout_page(s, run_id, cond, "prime", None, "asc", 50)[0]] == ["u1"]
             assert [r.uid for r in queries.rollout_page(s, run_id, cond, "check", None, "asc", 50)[0]] == ["u0"]
@@ -166,5 +166,47 @@ def test_upgrade_from_0009_packs_metric_rows_into_chunks_and_back(settings: Sett
             back = conn.execute(text("SELECT key, step, value, rollouts, elapsed_s, wall_time FROM metrics "
                                      "ORDER BY key DESC, step")).all()
         assert [tuple(r) for r in back] == rows
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0010_drops_the_stored_previews_and_the_downgrade_recomputes_them(settings: Settings) -> None:
+    """0011 on a database with rollouts: the previews now come from the blobs, the trace filters
+    still select their rows; the downgrade writes the previews and the per-flag indexes back."""
+    engine = make_engine(settings.sqlalchemy_url)
+    long = "Wait, ∑ again. " * 30
+    texts = {"u0": long, "u1": "Seven is prime.", "u2": ""}
+    try:
+        assert upgrade_database(settings, engine, revision="0010_metric_chunks") == "0010_metric_chunks"
+        with engine.begin() as conn:
+            run_id = _old_run(conn)
+            for i, (uid, response) in enumerate(texts.items()):
+                conn.execute(text("INSERT INTO rollouts (run_id, uid, step, policy_version, group_id, prompt_id, "
+                                  "correct, format_ok, length, truncated, use_count, reuse_count, wall_time, preview) "
+                                  "VALUES (:run, :uid, :step, :step, 'g', 'p', :ok, true, 5, false, 1, 0, 0, 'old')"),
+                             {"run": run_id, "uid": uid, "step": i + 1, "ok": i % 2 == 1})
+                rid = conn.execute(text("SELECT max(id) FROM rollouts")).scalar_one()
+                conn.execute(text("INSERT INTO rollout_texts (rollout_id, body) VALUES (:r, :b)"),
+                             {"r": rid, "b": rollout_text.pack("Compute.", response)})
+        assert upgrade_database(settings, engine) == head_revision()
+        assert _diff(engine) == []
+        assert "preview" not in {c["name"] for c in inspect(engine).get_columns("rollouts")}
+        with Session(engine) as s:
+            ids = {r.uid: r.id for r in s.execute(select(Rollout).where(Rollout.run_id == run_id)).scalars()}
+            assert queries.rollout_previews(s, list(ids.values())) == {
+                ids[uid]: rollout_text.preview(response) for uid, response in texts.items()}
+            page = queries.rollout_page(s, run_id, [Rollout.run_id == run_id, Rollout.correct == True],  # noqa: E712
+                                        None, None, "asc", 50)
+            assert [r.uid for r in page[0]] == ["u1"] and page[1] == 1
+        cfg = alembic_config(settings.sqlalchemy_url)
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0010_metric_chunks")
+            conn.commit()
+            back = {uid: pv for uid, pv in conn.execute(text("SELECT uid, preview FROM rollouts"))}
+        assert back == {uid: rollout_text.preview(response) for uid, response in texts.items()}
+        indexes = {i["name"] for i in inspect(engine).get_indexes("rollouts")}
+        assert {"ix_rollouts_run_step_id", "ix_rollouts_run_correct_step", "ix_rollouts_run_truncated_step"} <= indexes
+        assert "ix_rollouts_run_step_flags" not in indexes
     finally:
         engine.dispose()

@@ -251,11 +251,20 @@ def test_rollout_text_is_compressed_and_comes_back_exactly(engine):
     _texts(engine, run_id, {"r1": long})
     with Session(engine) as s:
         rid = s.execute(select(Rollout.id).where(Rollout.run_id == run_id)).scalar_one()
-        preview = s.get(Rollout, rid).preview
         assert queries.rollout_texts(s, [rid]) == {rid: ("Compute 1+1.", long)}
-    assert preview == long[:rollout_text.PREVIEW_CHARS] + "…"
+        assert queries.rollout_previews(s, [rid]) == {rid: long[:rollout_text.PREVIEW_CHARS] + "…"}
     assert len(rollout_text.pack("Compute 1+1.", long)) < len(long.encode()) / 10
     assert rollout_text.unpack(rollout_text.pack("", "")) == ("", "")
+
+
+@pytest.mark.parametrize("char", ["a", "é", "∑", "𝔼"])  # 1, 2, 3 and 4 UTF-8 bytes
+@pytest.mark.parametrize("length", [0, 1, 239, 240, 241, 300])
+def test_a_preview_from_the_head_of_the_blob_equals_one_from_the_whole_response(char, length):
+    n = rollout_text.PREVIEW_CHARS
+    for response in (char * length, "x" * (n - 1) + char * (length - n + 1) if length >= n else char * length):
+        body = rollout_text.pack("∑ prompt " * 50, response)
+        assert rollout_text.response_preview(body) == rollout_text.preview(response)
+        assert rollout_text.response_preview(body).endswith("…") == (length > n)
 
 
 def test_api_sessions_give_up_on_a_slow_query(engine):

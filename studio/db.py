@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Select, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlmodel import Session, create_engine
@@ -180,10 +180,22 @@ def is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and ("statement timeout" in text or "interrupted" in text)
 
 
+def fetch_binary(session: Session, stmt: Select) -> list[tuple]:
+    """The rows of `stmt`; on PostgreSQL in the binary wire format, so that bytea columns arrive as
+    bytes rather than as hex text that the server encodes and the driver decodes (the compare
+    page's 1,100 metric chunks of 4 kB: 16 ms against 37–44 ms). Same connection and transaction."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        return [tuple(row) for row in conn.execute(stmt)]
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    with conn.connection.driver_connection.cursor(binary=True) as cursor:
+        return cursor.execute(str(compiled), compiled.params).fetchall()
+
+
 def refresh_statistics(engine: Engine) -> None:
-    """SQLite: sampled planner statistics (ANALYZE reading ~1,000 rows per index: well under a
-    second at 1M rollouts). Without them SQLite picks, e.g., the (run, step) index for a
-    `correct=true` page. PostgreSQL's autovacuum keeps its own."""
+    """SQLite: sampled planner statistics (ANALYZE reading ~1,000 rows per index: 1–2 s at 1M
+    rollouts on a 2-core machine), so that SQLite weighs the rollouts' indexes by their real
+    selectivity. PostgreSQL's autovacuum keeps its own."""
     if engine.dialect.name != "sqlite":
         return
     with engine.connect() as conn:

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from remix_engine.jsonsafe import finite_or_none
 from studio import metric_chunks as mc
 from studio import rollout_text
+from studio.db import fetch_binary
 from studio.models import LatestMetric, MetricChunk, OffPolicyStep, Rollout, RolloutText
 
 # x axes of a metric series: training step, rollouts generated so far, training seconds
@@ -95,8 +96,8 @@ def rollout_previews(session: Session, rollout_ids: list[int]) -> dict[int, str]
 def _bodies(session: Session, rollout_ids: list[int]) -> list[tuple[int, bytes]]:
     if not rollout_ids:
         return []
-    return [(rid, body) for rid, body in session.execute(
-        select(RolloutText.rollout_id, RolloutText.body).where(RolloutText.rollout_id.in_(rollout_ids)))]
+    return fetch_binary(session, select(RolloutText.rollout_id, RolloutText.body)
+                        .where(RolloutText.rollout_id.in_(rollout_ids)))
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -117,8 +118,8 @@ def metric_series(session: Session, run_ids: list[int], keys: list[str], x: str,
     if step_max is not None:
         cond.append(c.chunk <= mc.chunk_of(step_max))
     blobs: dict[tuple[int, str], list[bytes]] = {}
-    for rid, key, blob in session.execute(select(c.run_id, c.key, c.points).where(*cond)
-                                          .order_by(c.run_id, c.key, c.chunk)):
+    for rid, key, blob in fetch_binary(session, select(c.run_id, c.key, c.points).where(*cond)
+                                       .order_by(c.run_id, c.key, c.chunk)):
         blobs.setdefault((rid, key), []).append(blob)
     out: dict[int, dict[str, dict[str, Any]]] = {rid: {} for rid in run_ids}
     x_field = X_FIELDS[x]
@@ -230,8 +231,8 @@ def cost_at_step(session: Session, run_id: int, step: int) -> int | None:
     """The run's cumulative `cost/rollouts` at `step`, else the rollout count recorded with the
     step's metrics, if any."""
     c = MetricChunk
-    points = {key: mc.unpack(blob) for key, blob in session.execute(
-        select(c.key, c.points).where(c.run_id == run_id, c.chunk == mc.chunk_of(step)))}
+    points = {key: mc.unpack(blob) for key, blob in fetch_binary(
+        session, select(c.key, c.points).where(c.run_id == run_id, c.chunk == mc.chunk_of(step)))}
     at_step = {key: pts[:, pts[mc.STEP] == step] for key, pts in points.items()}
     cost = at_step.get("cost/rollouts")
     if cost is not None and cost.shape[1] and np.isfinite(cost[mc.VALUE, 0]):

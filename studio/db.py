@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from sqlalchemy import Select, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlmodel import Session, create_engine
 
 from studio.settings import Settings, get_settings
@@ -187,9 +187,15 @@ def fetch_binary(session: Session, stmt: Select) -> list[tuple]:
     conn = session.connection()
     if conn.dialect.name != "postgresql":
         return [tuple(row) for row in conn.execute(stmt)]
+    import psycopg
+
     compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    with conn.connection.driver_connection.cursor(binary=True) as cursor:
-        return cursor.execute(str(compiled), compiled.params).fetchall()
+    sql, params = str(compiled), compiled.params
+    try:
+        with conn.connection.driver_connection.cursor(binary=True) as cursor:
+            return cursor.execute(sql, params).fetchall()
+    except psycopg.Error as exc:  # raised as SQLAlchemy would (the API answers a timeout with 503)
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=conn.dialect) from exc
 
 
 def refresh_statistics(engine: Engine) -> None:

@@ -10,13 +10,20 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import case, func, select, text
+from sqlalchemy import case, func, literal, select, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from remix_engine.events import RolloutRecord, RolloutUseRecord
 from studio import jobs, queries, rollout_text
-from studio.db import PING_AFTER_IDLE_S, autocommit_engine, is_timeout, make_engine, session_scope
+from studio.db import (
+    PING_AFTER_IDLE_S,
+    autocommit_engine,
+    fetch_binary,
+    is_timeout,
+    make_engine,
+    session_scope,
+)
 from studio.migrate import upgrade_database
 from studio.models import Rollout, RolloutUse
 from studio.settings import Settings
@@ -293,6 +300,16 @@ def test_api_sessions_give_up_on_a_slow_query(engine):
     with Session(engine, info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
         s.execute(text(slow))
     assert is_timeout(err.value)
+
+
+def test_a_binary_fetch_gives_up_on_a_slow_query_like_any_other(engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no binary wire format: fetch_binary runs the statement through SQLAlchemy")
+    with Session(engine, info={"timeout_s": 0.2}) as s, pytest.raises(OperationalError) as err:
+        fetch_binary(s, select(func.pg_sleep(2)))
+    assert is_timeout(err.value)
+    with Session(engine) as s:  # and the binary rows are the same rows
+        assert fetch_binary(s, select(literal(b"\x00\xff"), literal(7))) == [(b"\x00\xff", 7)]
 
 
 def test_a_connection_the_server_dropped_while_idle_is_replaced_unseen(engine):

@@ -8,7 +8,7 @@
   per flag value, and the pages left of the last one split half-full.
 
 PostgreSQL keeps a dropped column's bytes in existing rows until they are rewritten (VACUUM FULL);
-SQLite rewrites the rows in place. The downgrade recomputes the previews from the blobs.
+SQLite (≥ 3.35, March 2021) rewrites the rows in place. The downgrade recomputes the previews from the blobs.
 
 Revision ID: 0011_slim_rollouts
 Revises: 0010_metric_chunks

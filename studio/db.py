@@ -200,8 +200,8 @@ def fetch_binary(session: Session, stmt: Select) -> list[tuple]:
 
 def refresh_statistics(engine: Engine) -> None:
     """SQLite: sampled planner statistics (ANALYZE reading ~1,000 rows per index: 2.2 s at 1M
-    rollouts, measured once on the 2-core VM beside another job), so that SQLite weighs the rollouts' indexes by their real
-    selectivity. PostgreSQL's autovacuum keeps its own."""
+    rollouts, measured once on the 2-core VM beside another job), so that SQLite weighs the
+    rollouts' indexes by their real selectivity. PostgreSQL's autovacuum keeps its own."""
     if engine.dialect.name != "sqlite":
         return
     with engine.connect() as conn:
